@@ -1,0 +1,162 @@
+"""Pure evaluation metrics: numpy arrays in, numpy arrays / floats out (faiss-contrib style).
+
+Label convention shared with the trainer: an integer label of -1 means "not in this head's label
+space" (a class too rare to train on); such rows are ignored by the classification metrics here.
+A metric over zero valid rows is ``nan`` (the report prints it as n/a), never a silent 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Queries per block in class_recall_at_k: bounds the (block, nb) similarity matrix to
+# 1024 x nb float32 (16 MB at nb = 4k) however many queries there are.
+RECALL_BLOCK = 1024
+
+
+def _labels(y: np.ndarray, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"{name} must be a 1-D integer array, got dtype {y.dtype} shape {y.shape}")
+    return y.astype(np.int64, copy=False)
+
+
+def topk_accuracy(scores: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Share of labelled rows (y >= 0) whose true class is among the k highest scores.
+
+    ``scores`` is (n, C): probabilities, logits or similarities, higher is better.
+    """
+    scores = np.asarray(scores)
+    y = _labels(y, "y")
+    if scores.ndim != 2 or scores.shape[0] != y.shape[0]:
+        raise ValueError(f"scores must be (n, C) with n = len(y) = {y.shape[0]}, "
+                         f"got shape {scores.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if y.size and y.max() >= scores.shape[1]:
+        raise ValueError(f"label {int(y.max())} out of range for {scores.shape[1]} classes")
+    valid = y >= 0
+    if not valid.any():
+        return float("nan")
+    s, t = scores[valid], y[valid]
+    k = min(k, s.shape[1])
+    true_score = s[np.arange(len(t)), t]
+    # Rank = number of other classes scoring at least as high as the true one: ties count
+    # against the true class (a constant score gets no credit) and no tie order is involved.
+    rank = (s >= true_score[:, None]).sum(axis=1) - 1
+    return float(np.mean(rank < k))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes that occur in y_true or y_pred.
+
+    Same definition as ``sklearn.metrics.f1_score(average="macro")`` (0 where precision and
+    recall are both 0); rows with y_true == -1 are dropped first. Macro-F1 weighs a rare class
+    as much as a large one, which is what an unbalanced catalog needs next to top-1.
+    """
+    y_true = _labels(y_true, "y_true")
+    y_pred = _labels(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}")
+    valid = y_true >= 0
+    if not valid.any():
+        return float("nan")
+    t, p = y_true[valid], y_pred[valid]
+    classes = np.union1d(t, p)
+    ti = np.searchsorted(classes, t)
+    pi = np.searchsorted(classes, p)
+    n = len(classes)
+    tp = np.bincount(ti[ti == pi], minlength=n).astype(np.float64)
+    support = np.bincount(ti, minlength=n)
+    predicted = np.bincount(pi, minlength=n)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros(n), where=denom > 0)
+    return float(f1.mean())
+
+
+def class_recall_at_k(
+    xq: np.ndarray,
+    yq: np.ndarray,
+    xb: np.ndarray,
+    yb: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    exclude_self: bool = False,
+) -> dict[int, float]:
+    """Class-level retrieval recall@k (the HUSE paper's protocol).
+
+    A query scores a hit at k when any of its k nearest database items (inner product; pass
+    L2-normalised vectors for cosine) has the query's class. ``exclude_self`` says that query i
+    and database item i are the same item (xq and xb describe the same rows), so item i is
+    removed from query i's results. Queries with yq == -1 are skipped; database items with
+    yb == -1 are retrieved but never count as hits. Exact search, brute force in query blocks.
+    """
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    yq = _labels(yq, "yq")
+    yb = _labels(yb, "yb")
+    if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
+        raise ValueError(f"xq and xb must be 2-D with the same d, got {xq.shape} and {xb.shape}")
+    if len(yq) != len(xq) or len(yb) != len(xb):
+        raise ValueError(f"labels do not match rows: xq {xq.shape} yq {yq.shape}, "
+                         f"xb {xb.shape} yb {yb.shape}")
+    if exclude_self and len(xq) != len(xb):
+        raise ValueError(f"exclude_self needs row-aligned xq and xb, got {len(xq)} and {len(xb)}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    queries = np.flatnonzero(yq >= 0)
+    if queries.size == 0:
+        return {k: float("nan") for k in ks}
+    kmax = min(ks[-1], len(xb) - int(exclude_self))
+    if kmax < 1:
+        raise ValueError(f"database of {len(xb)} items is too small to retrieve from")
+    first_hit = np.empty(len(queries), dtype=np.int64)  # rank of the first hit, ks[-1] if none
+    for start in range(0, len(queries), RECALL_BLOCK):
+        rows = queries[start:start + RECALL_BLOCK]
+        sims = xq[rows] @ xb.T
+        if exclude_self:
+            sims[np.arange(len(rows)), rows] = -np.inf
+        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        hits = yb[top] == yq[rows, None]
+        first_hit[start:start + len(rows)] = np.where(hits.any(axis=1), hits.argmax(axis=1), ks[-1])
+    return {k: float(np.mean(first_hit < k)) for k in ks}
+
+
+def confusion_matrix_top(
+    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, max_classes: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion counts restricted to the ``max_classes`` largest true classes.
+
+    Returns ``(classes, cm)``: ``classes`` (m,) are the chosen class indices, largest first;
+    ``cm`` is (m, m + 1) int64, cm[i, j] = items of class classes[i] predicted as classes[j],
+    and the last column counts predictions outside the chosen classes, so each row sums to the
+    class's support. Rows with y_true == -1 are dropped.
+    """
+    y_true = _labels(y_true, "y_true")
+    y_pred = _labels(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}")
+    if max_classes < 1:
+        raise ValueError(f"max_classes must be >= 1, got {max_classes}")
+    valid = y_true >= 0
+    t, p = y_true[valid], y_pred[valid]
+    if t.size and max(t.max(), p.max()) >= n_classes:
+        raise ValueError(f"labels go up to {int(max(t.max(), p.max()))}, "
+                         f"but n_classes = {n_classes}")
+    counts = np.bincount(t, minlength=n_classes)
+    present = np.flatnonzero(counts)
+    # Largest first; ties broken by class index so the choice is deterministic.
+    classes = present[np.lexsort((present, -counts[present]))][:max_classes]
+    position = np.full(n_classes, len(classes), dtype=np.int64)
+    position[classes] = np.arange(len(classes))
+    keep = position[t] < len(classes)
+    cm = np.zeros((len(classes), len(classes) + 1), dtype=np.int64)
+    np.add.at(cm, (position[t[keep]], position[p[keep]]), 1)
+    return classes.astype(np.int64), cm
