@@ -14,9 +14,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Queries per block in class_recall_at_k: bounds the (block, nb) similarity matrix to
+# Queries per block in knn_search: bounds the (block, nb) similarity matrix to
 # 1024 x nb float32 (16 MB at nb = 4k) however many queries there are.
-RECALL_BLOCK = 1024
+SEARCH_BLOCK = 1024
 
 
 def _labels(y: np.ndarray, name: str) -> np.ndarray:
@@ -79,6 +79,38 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1.mean())
 
 
+def knn_search(
+    xq: np.ndarray, xb: np.ndarray, k: int, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product k-NN, brute force in query blocks: ``(D, I)``, each (nq, k), best first.
+
+    ``exclude_self`` means query i and database item i are the same item, so item i is left out
+    of row i. Memory stays at one (SEARCH_BLOCK, nb) similarity block whatever nq is.
+    """
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
+        raise ValueError(f"xq and xb must be 2-D with the same d, got {xq.shape} and {xb.shape}")
+    if exclude_self and len(xq) != len(xb):
+        raise ValueError(f"exclude_self needs row-aligned xq and xb, got {len(xq)} and {len(xb)}")
+    if not 1 <= k <= len(xb) - int(exclude_self):
+        raise ValueError(f"k = {k} is out of range for a database of {len(xb)} items "
+                         f"(exclude_self={exclude_self})")
+    D = np.empty((len(xq), k), dtype=np.float32)
+    I = np.empty((len(xq), k), dtype=np.int64)  # noqa: E741 (faiss naming)
+    for start in range(0, len(xq), SEARCH_BLOCK):
+        sims = xq[start:start + SEARCH_BLOCK] @ xb.T
+        if exclude_self:
+            rows = np.arange(len(sims))
+            sims[rows, rows + start] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        I[start:start + len(sims)] = np.take_along_axis(top, order, axis=1)
+        D[start:start + len(sims)] = np.take_along_axis(top_sims, order, axis=1)
+    return D, I
+
+
 def class_recall_at_k(
     xq: np.ndarray,
     yq: np.ndarray,
@@ -93,19 +125,13 @@ def class_recall_at_k(
     L2-normalised vectors for cosine) has the query's class. ``exclude_self`` says that query i
     and database item i are the same item (xq and xb describe the same rows), so item i is
     removed from query i's results. Queries with yq == -1 are skipped; database items with
-    yb == -1 are retrieved but never count as hits. Exact search, brute force in query blocks.
+    yb == -1 are retrieved but never count as hits. Exact search (``knn_search``).
     """
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    xb = np.ascontiguousarray(xb, dtype=np.float32)
     yq = _labels(yq, "yq")
     yb = _labels(yb, "yb")
-    if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
-        raise ValueError(f"xq and xb must be 2-D with the same d, got {xq.shape} and {xb.shape}")
     if len(yq) != len(xq) or len(yb) != len(xb):
-        raise ValueError(f"labels do not match rows: xq {xq.shape} yq {yq.shape}, "
-                         f"xb {xb.shape} yb {yb.shape}")
-    if exclude_self and len(xq) != len(xb):
-        raise ValueError(f"exclude_self needs row-aligned xq and xb, got {len(xq)} and {len(xb)}")
+        raise ValueError(f"labels do not match rows: xq {np.shape(xq)} yq {yq.shape}, "
+                         f"xb {np.shape(xb)} yb {yb.shape}")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
@@ -113,19 +139,13 @@ def class_recall_at_k(
     if queries.size == 0:
         return {k: float("nan") for k in ks}
     kmax = min(ks[-1], len(xb) - int(exclude_self))
-    if kmax < 1:
-        raise ValueError(f"database of {len(xb)} items is too small to retrieve from")
-    first_hit = np.empty(len(queries), dtype=np.int64)  # rank of the first hit, ks[-1] if none
-    for start in range(0, len(queries), RECALL_BLOCK):
-        rows = queries[start:start + RECALL_BLOCK]
-        sims = xq[rows] @ xb.T
-        if exclude_self:
-            sims[np.arange(len(rows)), rows] = -np.inf
-        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        hits = yb[top] == yq[rows, None]
-        first_hit[start:start + len(rows)] = np.where(hits.any(axis=1), hits.argmax(axis=1), ks[-1])
+    # With exclude_self the query rows must keep their positions, so search all rows and pick.
+    _, top = knn_search(xq if exclude_self else xq[queries], xb, kmax, exclude_self)
+    if exclude_self:
+        top = top[queries]
+    hits = yb[top] == yq[queries, None]
+    # rank of the first hit; ks[-1] (never < any k) when there is none
+    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), ks[-1])
     return {k: float(np.mean(first_hit < k)) for k in ks}
 
 

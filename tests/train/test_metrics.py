@@ -3,7 +3,13 @@ import pytest
 from sklearn.metrics import confusion_matrix, f1_score, top_k_accuracy_score
 
 from train import metrics
-from train.metrics import class_recall_at_k, confusion_matrix_top, macro_f1, topk_accuracy
+from train.metrics import (
+    class_recall_at_k,
+    confusion_matrix_top,
+    knn_search,
+    macro_f1,
+    topk_accuracy,
+)
 
 
 class TestTopkAccuracy:
@@ -83,6 +89,31 @@ def _reference_recall(xq, yq, xb, yb, ks, exclude_self):
     return out
 
 
+class TestKnnSearch:
+    def test_matches_full_sort_across_blocks(self, monkeypatch):
+        monkeypatch.setattr(metrics, "SEARCH_BLOCK", 8)
+        rng = np.random.default_rng(4)
+        xb = rng.normal(size=(40, 6)).astype(np.float32)
+        xq = rng.normal(size=(19, 6)).astype(np.float32)
+        D, I = knn_search(xq, xb, 5)  # noqa: E741
+        sims = xq @ xb.T
+        ref_I = np.argsort(-sims, axis=1)[:, :5]
+        np.testing.assert_array_equal(I, ref_I)
+        np.testing.assert_allclose(D, np.take_along_axis(sims, ref_I, axis=1), rtol=1e-6)
+
+    def test_exclude_self_drops_the_diagonal(self, monkeypatch):
+        monkeypatch.setattr(metrics, "SEARCH_BLOCK", 3)
+        x = np.eye(7, dtype=np.float32) * 2 + 0.01
+        _, I = knn_search(x, x, 6, exclude_self=True)  # noqa: E741
+        assert all(i not in row for i, row in enumerate(I.tolist()))
+        assert all(sorted(row + [i]) == list(range(7)) for i, row in enumerate(I.tolist()))
+
+    def test_k_out_of_range(self):
+        x = np.zeros((3, 2), dtype=np.float32)
+        with pytest.raises(ValueError, match="k = 3"):
+            knn_search(x, x, 3, exclude_self=True)
+
+
 class TestClassRecallAtK:
     def test_hand_computed(self):
         # 1-D "embeddings" on a line: nearest neighbours are easy to read off.
@@ -104,7 +135,7 @@ class TestClassRecallAtK:
         }
 
     def test_matches_brute_force_across_blocks(self, monkeypatch):
-        monkeypatch.setattr(metrics, "RECALL_BLOCK", 7)  # several blocks, a ragged last one
+        monkeypatch.setattr(metrics, "SEARCH_BLOCK", 7)  # several blocks, a ragged last one
         rng = np.random.default_rng(2)
         x = rng.normal(size=(50, 8)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
