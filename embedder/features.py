@@ -1,0 +1,246 @@
+"""Batched backbone feature extraction with a persistent, content-addressed cache.
+
+Vectors are stored per backbone namespace (spec, kind, dim, preprocessing version) keyed by the
+sha256 of the content (image bytes, or the title's UTF-8), one SQLite file per namespace. Each
+batch is committed in its own transaction, so an interrupted run keeps what it computed and the
+next run resumes; a second run over the same catalog computes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedder.backbones import Backbone, ImageBackbone, TextBackbone
+from embedder.catalog import Product
+from embedder.errors import CatalogError, FeatureCacheError
+from embedder.images import DEFAULT_LIMITS, ImageLimits, load_image, read_image_bytes, sha256_bytes
+
+logger = logging.getLogger(__name__)
+
+_SQLITE_MAX_VARS = 900  # stay under SQLite's bound-parameter limit on old builds
+
+
+def default_cache_dir() -> Path:
+    """$HUSE_CACHE_DIR, else ~/.cache/huse/features."""
+    env = os.environ.get("HUSE_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "huse" / "features"
+
+
+class FeatureCache:
+    """On-disk store of float32 vectors: namespace -> {content sha256 -> vector}."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._connections: dict[str, sqlite3.Connection] = {}
+
+    def path_for(self, namespace: str) -> Path:
+        """One SQLite file per namespace: a readable prefix plus a hash of the full namespace."""
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", namespace.split("|")[0])[:60]
+        digest = hashlib.sha256(namespace.encode()).hexdigest()[:16]
+        return self.root / f"{readable}-{digest}.sqlite"
+
+    def _db(self, namespace: str) -> sqlite3.Connection:
+        db = self._connections.get(namespace)
+        if db is None:
+            db = sqlite3.connect(self.path_for(namespace), timeout=60)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB)")
+            with db:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('namespace', ?)", (namespace,))
+            stored = db.execute("SELECT value FROM meta WHERE key='namespace'").fetchone()[0]
+            if stored != namespace:
+                raise FeatureCacheError(f"{self.path_for(namespace)} holds namespace {stored!r}")
+            self._connections[namespace] = db
+        return db
+
+    def get(self, namespace: str, dim: int, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """Vectors for the keys present (missing keys are simply absent from the result)."""
+        db, keys = self._db(namespace), list(dict.fromkeys(keys))
+        found: dict[str, np.ndarray] = {}
+        for i in range(0, len(keys), _SQLITE_MAX_VARS):
+            chunk = keys[i : i + _SQLITE_MAX_VARS]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk)
+            for key, blob in rows:
+                vec = np.frombuffer(blob, dtype=np.float32)
+                if vec.shape != (dim,):
+                    raise FeatureCacheError(
+                        f"cached vector {key} in {namespace!r} has shape {vec.shape}, want ({dim},)"
+                    )
+                found[key] = vec
+        return found
+
+    def put(self, namespace: str, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Store one batch in one transaction (so a crash loses at most the current batch)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(keys):
+            raise ValueError(f"put: {len(keys)} keys but vectors of shape {vectors.shape}")
+        db = self._db(namespace)
+        with db:
+            db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                [(k, v.tobytes()) for k, v in zip(keys, vectors, strict=True)],
+            )
+
+    def count(self, namespace: str) -> int:
+        return self._db(namespace).execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+
+    def close(self) -> None:
+        for db in self._connections.values():
+            db.close()
+        self._connections.clear()
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ImageDataset:
+    """Map-style dataset for DataLoader workers: path -> (preprocessed tensor, sha256 of bytes)."""
+
+    def __init__(self, paths: list[Path], preprocess: Any, limits: ImageLimits) -> None:
+        self.paths, self.preprocess, self.limits = paths, preprocess, limits
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Any, str]:
+        data = read_image_bytes(self.paths[i], self.limits)
+        return self.preprocess(load_image(data, self.limits)), sha256_bytes(data)
+
+
+def _progress(total: int, show: bool, unit: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not show, unit=unit, smoothing=0.1, dynamic_ncols=True)
+
+
+def _gather(found: dict[str, np.ndarray], keys: list[str], dim: int) -> np.ndarray:
+    out = np.empty((len(keys), dim), np.float32)
+    for i, key in enumerate(keys):
+        out[i] = found[key]
+    return out
+
+
+def _check_kind(backbone: Backbone, kind: type, fn: str) -> None:
+    if not isinstance(backbone, kind):
+        raise TypeError(f"{fn} needs a {kind.__name__}, got {backbone!r}")
+
+
+def extract_image_features(
+    products: Sequence[Product],
+    backbone: ImageBackbone,
+    cache: FeatureCache,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    show_progress: bool = False,
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> np.ndarray:
+    """(n, dim) float32 image features aligned with `products`; only cache misses are decoded."""
+    from torch.utils.data import DataLoader
+
+    _check_kind(backbone, ImageBackbone, "extract_image_features")
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"need batch_size >= 1, num_workers >= 0; got {batch_size}, {num_workers}")
+    keys = [
+        p.image_sha256 or sha256_bytes(read_image_bytes(p.image_path, limits)) for p in products
+    ]
+    namespace = backbone.cache_namespace
+    found = cache.get(namespace, backbone.dim, keys)
+    todo = {k: p.image_path for k, p in zip(keys, products, strict=True) if k not in found}
+    logger.info(
+        "%s image features: %d products, %d cached, %d to compute",
+        backbone.spec,
+        len(keys),
+        len(keys) - len(todo),
+        len(todo),
+    )
+    if todo:
+        loader = DataLoader(
+            _ImageDataset(list(todo.values()), backbone.preprocess, limits),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle=False,
+        )
+        expected = list(todo)
+        start, done = time.perf_counter(), 0
+        with _progress(len(todo), show_progress, "img") as bar:
+            for pixels, got in loader:
+                want = expected[done : done + len(got)]
+                if list(got) != want:
+                    changed = [str(todo[k]) for k, g in zip(want, got, strict=True) if k != g]
+                    raise CatalogError(f"images changed since the catalog was read: {changed[:5]}")
+                vectors = backbone.forward_pixels(pixels)
+                cache.put(namespace, want, vectors)
+                found.update(zip(want, vectors, strict=True))
+                done += len(got)
+                bar.update(len(got))
+        logger.info(
+            "%s: computed %d image features in %.1f s",
+            backbone.spec,
+            len(todo),
+            time.perf_counter() - start,
+        )
+    return _gather(found, keys, backbone.dim)
+
+
+def text_key(text: str) -> str:
+    """Cache key of a text: sha256 of its UTF-8 bytes."""
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def extract_text_features(
+    titles: Sequence[str],
+    backbone: TextBackbone,
+    cache: FeatureCache,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """(n, dim) float32 text features aligned with `titles`; only cache misses are encoded."""
+    _check_kind(backbone, TextBackbone, "extract_text_features")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keys = [text_key(t) for t in titles]
+    namespace = backbone.cache_namespace
+    found = cache.get(namespace, backbone.dim, keys)
+    todo = {k: t for k, t in zip(keys, titles, strict=True) if k not in found}
+    logger.info(
+        "%s text features: %d titles, %d cached, %d to compute",
+        backbone.spec,
+        len(keys),
+        len(keys) - len(todo),
+        len(todo),
+    )
+    # Sort by length so each batch pads little; each batch is committed as soon as it is done.
+    pending = sorted(todo, key=lambda k: len(todo[k]))
+    start = time.perf_counter()
+    with _progress(len(pending), show_progress, "title") as bar:
+        for i in range(0, len(pending), batch_size):
+            batch = pending[i : i + batch_size]
+            vectors = backbone.encode([todo[k] for k in batch], batch_size=batch_size)
+            cache.put(namespace, batch, vectors)
+            found.update(zip(batch, vectors, strict=True))
+            bar.update(len(batch))
+    if pending:
+        logger.info(
+            "%s: computed %d text features in %.1f s",
+            backbone.spec,
+            len(pending),
+            time.perf_counter() - start,
+        )
+    return _gather(found, keys, backbone.dim)
