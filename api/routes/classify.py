@@ -1,0 +1,26 @@
+"""POST /v1/classify: ranked labels per category level for an image and/or a title."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form
+
+from api.deps import ServicesDep
+from api.media import read_upload
+from api.routes.forms import ImageField, KField, TitleField
+from api.schemas import ClassifyPublic
+
+router = APIRouter(prefix="/v1", tags=["classify"])
+
+
+@router.post("/classify", response_model=ClassifyPublic)
+async def classify(
+    services: ServicesDep,
+    image: ImageField = None,
+    title: TitleField = None,
+    k: KField = None,
+    method: Annotated[Literal["linear", "centroid"], Form()] = "linear",
+) -> ClassifyPublic:
+    data = await read_upload(image, services.settings.max_upload_bytes)
+    return await services.classify(data, title, k or services.settings.default_k, method)

@@ -1,0 +1,345 @@
+"""What the routes call: one loaded bundle + index + batcher and the operations over them.
+
+Routes stay thin (parse the form, call one method here, return its `*Public` schema). Every
+model, FAISS, SQLite or file call runs off the event loop: model calls through the batcher's
+futures, the rest in the threadpool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from api.batching import BatchConfig, EmbedBatcher
+from api.errors import ApiError
+from api.media import ImageStore
+from api.metrics import ApiMetrics
+from api.schemas import (
+    ClassifyPublic,
+    DeletedPublic,
+    HealthPublic,
+    LabelScorePublic,
+    LevelPredictionPublic,
+    ProductPublic,
+    SearchHitPublic,
+    SearchPublic,
+)
+from api.settings import Settings
+from embedder.images import ImageLimits, load_image
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("linear", "centroid")
+_VERSIONED = ("huse-search", "fastapi", "torch", "transformers", "faiss-cpu", "numpy", "pillow")
+
+
+@dataclass
+class Query:
+    """Decoded, validated inputs of one classify/search request."""
+
+    image: Any | None = None  # PIL RGB image
+    title: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.image is not None and self.title is not None:
+            return "fused"
+        return "image" if self.image is not None else "text"
+
+
+def image_url(product_id: str, recorded_image: str) -> str | None:
+    return f"/v1/products/{quote(product_id, safe='')}/image" if recorded_image else None
+
+
+class Services:
+    """The loaded model and index, shared by every request of one app."""
+
+    def __init__(self, settings: Settings, bundle: Any, index: Any, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.bundle = bundle
+        self.index = index
+        self.metrics = metrics
+        self.limits = ImageLimits(
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_pixels,
+            min_side=settings.min_image_side,
+        )
+        assert settings.uploads_dir is not None
+        self.images = ImageStore(settings.uploads_dir, settings.media_root)
+        self.threshold = (
+            settings.other_threshold
+            if settings.other_threshold is not None
+            else float(bundle.other_threshold)
+        )
+        self.batcher = EmbedBatcher(
+            self._embed,
+            BatchConfig(
+                enabled=settings.batching,
+                max_batch=settings.batch_max_size,
+                max_wait_ms=settings.batch_max_wait_ms,
+                unbatched_workers=settings.unbatched_workers,
+            ),
+            on_batch=metrics.observe_batch,
+        )
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings, metrics: ApiMetrics) -> Services:
+        """Load the bundle, then the index built from it (a mismatched pair is refused)."""
+        from embedder.bundle import Bundle
+        from index.store import ProductIndex
+
+        bundle = Bundle.load(settings.bundle_dir)
+        index = ProductIndex.open(settings.index_dir, expected_fingerprint=bundle.fingerprint)
+        logger.info(
+            "serving bundle %s (%s) and index %s (%d products)",
+            settings.bundle_dir,
+            bundle.fingerprint[:12],
+            settings.index_dir,
+            len(index),
+        )
+        return cls(settings, bundle, index, metrics)
+
+    def close(self) -> None:
+        """Stop the batcher, snapshot the index (writes are already durable in SQLite), close."""
+        self.batcher.close()
+        with self._write_lock:
+            try:
+                self.index.save()
+            finally:
+                self.index.close()
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def check_k(self, k: int) -> int:
+        if not 1 <= k <= self.settings.max_k:
+            raise ValueError(f"k must be in [1, {self.settings.max_k}], got {k}")
+        return k
+
+    def check_title(self, title: str | None) -> str | None:
+        if title is None:
+            return None
+        title = title.strip()
+        if len(title) > self.settings.max_title_chars:
+            raise ValueError(
+                f"title has {len(title)} characters, limit {self.settings.max_title_chars}"
+            )
+        return title or None
+
+    async def decode_image(self, data: bytes | None) -> Any | None:
+        if data is None:
+            return None
+        with self.metrics.stage("decode"):
+            return await run_in_threadpool(load_image, data, self.limits)
+
+    async def parse_query(self, image_bytes: bytes | None, title: str | None) -> Query:
+        query = Query(image=await self.decode_image(image_bytes), title=self.check_title(title))
+        if query.image is None and query.title is None:
+            raise ApiError(422, "empty_request", "send an image, a title, or both")
+        return query
+
+    # ---- model --------------------------------------------------------------------------
+
+    def _embed(self, images: list | None, texts: list[str] | None) -> np.ndarray:
+        return self.bundle.embed(images=images, texts=texts)
+
+    async def embed(self, query: Query) -> np.ndarray:
+        """The query's (d,) embedding, computed in a micro-batch with other requests."""
+        with self.metrics.stage("embed"):
+            future = self.batcher.submit(image=query.image, text=query.title)
+            return await asyncio.wrap_future(future)
+
+    def _rank(self, method: str, emb: np.ndarray, k: int) -> list[LevelPredictionPublic]:
+        scores = (
+            self.bundle.head_probs(emb[None, :])
+            if method == "linear"
+            else self.bundle.centroid_scores(emb[None, :])
+        )
+        levels = []
+        for head in self.bundle.heads:
+            row = np.asarray(scores[head])[0]
+            names = self.bundle.labels[head]
+            top = np.argsort(-row, kind="stable")[: min(k, len(names))]
+            ranked = [LabelScorePublic(label=names[i], score=float(row[i])) for i in top]
+            other = not ranked or ranked[0].score < self.threshold
+            levels.append(
+                LevelPredictionPublic(
+                    head=head,
+                    answer="other" if other else ranked[0].label,
+                    other=other,
+                    labels=ranked,
+                )
+            )
+        return levels
+
+    async def classify(
+        self, image_bytes: bytes | None, title: str | None, k: int, method: str
+    ) -> ClassifyPublic:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        k = self.check_k(k)
+        emb = await self.embed(await self.parse_query(image_bytes, title))
+        levels = await run_in_threadpool(self._rank, method, emb, k)
+        return ClassifyPublic(method=method, threshold=self.threshold, levels=levels)
+
+    # ---- search -------------------------------------------------------------------------
+
+    async def search(
+        self,
+        image_bytes: bytes | None,
+        title: str | None,
+        product_id: str | None,
+        k: int,
+        category: str | None,
+    ) -> SearchPublic:
+        k = self.check_k(k)
+        category = (category or "").strip() or None
+        if product_id:
+            if image_bytes is not None or self.check_title(title):
+                raise ValueError("send either product_id or an image/title, not both")
+            xq = await run_in_threadpool(self.index.vector, product_id)
+            exclude, kind = [product_id], "product"
+        else:
+            query = await self.parse_query(image_bytes, title)
+            xq, exclude, kind = await self.embed(query), None, query.kind
+        with self.metrics.stage("search"):
+            hits = await run_in_threadpool(
+                self.index.search,
+                np.asarray(xq, dtype=np.float32)[None, :],
+                k,
+                category_prefix=category,
+                exclude_ids=exclude,
+            )
+        public = [
+            SearchHitPublic(
+                id=h.id,
+                score=float(h.score),
+                title=h.record.title,
+                category=h.record.category,
+                image_url=image_url(h.id, h.record.image),
+            )
+            for h in hits[0]
+        ]
+        return SearchPublic(hits=public, count=len(public), query=kind)
+
+    # ---- products -----------------------------------------------------------------------
+
+    @staticmethod
+    def _public(record: Any) -> ProductPublic:
+        return ProductPublic(
+            id=record.id,
+            title=record.title,
+            category=record.category,
+            attributes=dict(record.attributes or {}),
+            image_url=image_url(record.id, record.image),
+        )
+
+    def _parse_attributes(self, attributes: str | None) -> dict[str, str]:
+        if not attributes:
+            return {}
+        if len(attributes) > self.settings.max_attributes_chars:
+            raise ValueError(
+                f"attributes have {len(attributes)} characters, "
+                f"limit {self.settings.max_attributes_chars}"
+            )
+        try:
+            parsed = json.loads(attributes)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"attributes must be a JSON object: {e}") from e
+        if not isinstance(parsed, dict):
+            raise ValueError(f"attributes must be a JSON object, got {type(parsed).__name__}")
+        return {str(key): str(value) for key, value in parsed.items()}
+
+    async def put_product(
+        self,
+        product_id: str,
+        image_bytes: bytes | None,
+        title: str,
+        category: str,
+        attributes: str | None,
+    ) -> ProductPublic:
+        """Embed the product and upsert it; durable (SQLite commit) when this returns."""
+        from index.store import ProductRecord
+
+        category = " > ".join(p.strip() for p in category.split(">") if p.strip())
+        if not category:
+            raise ValueError("category must name at least one level, e.g. 'Footwear > Shoes'")
+        attrs = self._parse_attributes(attributes)
+        query = await self.parse_query(image_bytes, title)
+        if query.title is None:
+            raise ValueError("title must not be empty")
+        emb = await self.embed(query)
+        recorded = ""
+        if image_bytes is not None:
+            recorded = await run_in_threadpool(self.images.save, image_bytes, query.image)
+        record = ProductRecord(
+            id=product_id, title=query.title, category=category, image=recorded, attributes=attrs
+        )
+        with self.metrics.stage("write"):
+            await run_in_threadpool(self._upsert, record, emb)
+        return self._public(record)
+
+    def _upsert(self, record: Any, emb: np.ndarray) -> None:
+        with self._write_lock:
+            self.index.upsert([record], np.asarray(emb, dtype=np.float32)[None, :])
+
+    def _delete(self, product_id: str) -> None:
+        with self._write_lock:
+            self.index.get(product_id)  # ProductNotFound -> 404
+            self.index.delete([product_id])
+
+    async def delete_product(self, product_id: str) -> DeletedPublic:
+        with self.metrics.stage("write"):
+            await run_in_threadpool(self._delete, product_id)
+        return DeletedPublic(id=product_id, deleted=True)
+
+    async def get_product(self, product_id: str) -> ProductPublic:
+        return self._public(await run_in_threadpool(self.index.get, product_id))
+
+    async def product_image(self, product_id: str) -> Path:
+        record = await run_in_threadpool(self.index.get, product_id)
+        path = await run_in_threadpool(self.images.resolve, record.image)
+        if path is None:
+            raise ApiError(404, "image_not_found", f"product {product_id!r} has no stored image")
+        return path
+
+    # ---- health -------------------------------------------------------------------------
+
+    def health(self) -> HealthPublic:
+        versions = {"python": platform.python_version()}
+        for name in _VERSIONED:
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        config = self.bundle.config
+        return HealthPublic(
+            status="ok",
+            model={
+                "bundle_dir": str(self.settings.bundle_dir),
+                "fingerprint": self.bundle.fingerprint,
+                "dim": int(self.bundle.dim),
+                "heads": list(self.bundle.heads),
+                "image_backbone": config.get("image_backbone"),
+                "text_backbone": config.get("text_backbone"),
+                "other_threshold": self.threshold,
+            },
+            index={"index_dir": str(self.settings.index_dir), "size": len(self.index)},
+            batching={
+                "enabled": self.settings.batching,
+                "max_batch": self.settings.batch_max_size,
+                "max_wait_ms": self.settings.batch_max_wait_ms,
+            },
+            versions=versions,
+        )
