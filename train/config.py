@@ -1,0 +1,172 @@
+"""Training configuration: one flat dataclass of documented defaults, overridable in layers.
+
+Precedence (as nanoGPT's configurator, without exec): dataclass defaults, then a JSON preset
+(`--config file.json`), then `--set key=value` overrides parsed with `ast.literal_eval`. Every
+override is type-checked against the field's declared type and unknown keys are an error.
+The defaults describe a small, general run that fits on a CPU for any catalog.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import logging
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    # --- data and output ---
+    catalog: str = ""  # catalog CSV/JSONL (required by the pipeline)
+    out: str = ""  # output dir: OUT/bundle, OUT/index, OUT/checkpoints, OUT/rejects.csv
+    cache_dir: str = ""  # feature cache; "" = $HUSE_CACHE_DIR or ~/.cache/huse/features
+    image_backbone: str = "efficientnet-lite0"  # frozen image encoder spec (see DESIGN.md)
+    text_backbone: str = "minilm"  # frozen text encoder spec; also embeds class names
+    # --- model (HUSE towers) ---
+    embed_dim: int = 256  # D of the universal space
+    image_tower: tuple[int, ...] = (512, 512, 512, 512, 512)  # hidden widths (paper: 5 x 512)
+    text_tower: tuple[int, ...] = (512, 512)  # hidden widths (paper: 2 x 512)
+    dropout: float = 0.15  # after every hidden ReLU
+    use_tfidf: bool = True  # append TF-IDF of the title to the text features (as the paper)
+    tfidf_max_features: int = 2000  # TF-IDF vocabulary size (unigrams + bigrams)
+    # --- losses: total = w_cls * L_cls + w_graph * L_graph + w_gap * L_gap ---
+    w_cls: float = 1.0  # cross-entropy of the shared heads on image and text embeddings
+    w_graph: float = 1.0  # semantic graph loss (pairwise distances toward class-name distances)
+    w_gap: float = 0.5  # cross-modal gap loss (image and text of one product pulled together)
+    graph_margin: float = 0.5  # only class pairs with A_ij < margin are constrained
+    # --- optimisation ---
+    lr: float = 1e-3  # AdamW learning rate (constant; early stopping ends the run)
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    batch_size: int = 256  # products per step (both modalities of each)
+    max_epochs: int = 60  # upper bound; early stopping usually ends sooner
+    patience: int = 8  # epochs without a better validation score before stopping
+    seed: int = 0  # splits, initialisation, shuffling, dropout
+    # --- splits and imbalance ---
+    val_frac: float = 0.1  # per leaf class, for early stopping
+    test_frac: float = 0.2  # per leaf class, for the report
+    min_per_class: int = 3  # classes with fewer training items leave the head's label space
+    oversample_percentile: float | None = None  # e.g. 50.0: rare classes resampled up to it
+    # --- heads and inference ---
+    attribute_heads: tuple[str, ...] = ()  # extra heads on catalog columns, e.g. ("gender",)
+    other_threshold: float = 0.3  # top probability below this -> flagged "other"
+    fuse: str = "mean"  # image + text fusion: normalize(normalize(img) + normalize(txt))
+    # --- index ---
+    index_factory: str = "auto"  # FAISS factory string or "auto" (chosen by index size)
+    # --- runtime ---
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    num_workers: int = 2  # image decoding workers during feature extraction
+    feature_batch_size: int = 32  # backbone batch size during feature extraction
+    resume: bool = False  # continue from OUT/checkpoints/last.pt
+    show_progress: bool = False  # tqdm bars (the CLI turns them on)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, saved as is
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the bad value; return self for chaining."""
+        if self.embed_dim <= 0:
+            raise ValueError(f"embed_dim must be > 0, got {self.embed_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.val_frac < 0 or self.test_frac < 0 or self.val_frac + self.test_frac >= 1:
+            raise ValueError(f"need val_frac, test_frac >= 0 and val_frac + test_frac < 1, "
+                             f"got {self.val_frac}, {self.test_frac}")
+        if self.min_per_class < 1:
+            raise ValueError(f"min_per_class must be >= 1, got {self.min_per_class}")
+        if self.oversample_percentile is not None and not 0 < self.oversample_percentile <= 100:
+            raise ValueError(f"oversample_percentile must be in (0, 100] or None, "
+                             f"got {self.oversample_percentile}")
+        if min(self.w_cls, self.w_graph, self.w_gap) < 0:
+            raise ValueError(f"loss weights must be >= 0, got w_cls={self.w_cls}, "
+                             f"w_graph={self.w_graph}, w_gap={self.w_gap}")
+        if self.fuse != "mean":
+            raise ValueError(f"fuse must be 'mean', got {self.fuse!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto|cpu|cuda, got {self.device!r}")
+        for name in ("batch_size", "max_epochs", "patience", "tfidf_max_features"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return value coerced to the declared type (int -> float, list -> tuple) or raise."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(key, value, option)
+            except TypeError:
+                continue
+        raise TypeError(f"{key}: {value!r} ({type(value).__name__}) does not match {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            (item_hint, _ellipsis) = typing.get_args(hint)
+            return tuple(_check_type(key, v, item_hint) for v in value)
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, hint):
+        return value
+    raise TypeError(f"{key}: {value!r} ({type(value).__name__}) does not match {hint}")
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """Return a copy of cfg with overrides applied; unknown keys -> ValueError."""
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
+    checked = {k: _check_type(k, v, hints[k]) for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **checked)
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """Parse `key=value` strings; values go through literal_eval, bare words stay strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw
+    return out
+
+
+def resolve_config(
+    config_file: str | Path | None = None,
+    sets: Iterable[str] = (),
+    **explicit: Any,
+) -> TrainConfig:
+    """Defaults, then the JSON preset, then `--set` items, then explicit keyword values."""
+    cfg = TrainConfig()
+    if config_file:
+        preset = json.loads(Path(config_file).read_text())
+        if not isinstance(preset, dict):
+            raise ValueError(f"{config_file}: expected a JSON object, got {type(preset).__name__}")
+        cfg = apply_overrides(cfg, preset)
+    cfg = apply_overrides(cfg, parse_set(sets))
+    cfg = apply_overrides(cfg, {k: v for k, v in explicit.items() if v is not None})
+    return cfg.validate()

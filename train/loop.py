@@ -1,0 +1,208 @@
+"""Training loop on cached features held in memory: AdamW, early stopping, atomic checkpoints.
+
+Early stopping watches the validation split's fused (image + text) top-1 at the leaf head, ties
+broken by the lower validation loss; without labelled validation rows it watches the train loss.
+The best epoch's weights are restored at the end. Every epoch writes OUT/checkpoints/last.pt
+(model, optimizer, epoch, step, best state, history, RNG states) atomically, so `resume`
+continues exactly where an interrupted run stopped: same batches, same dropout masks.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from embedder.towers import HuseModel, fuse
+from train.config import TrainConfig
+from train.losses import classification_loss, cross_modal_gap_loss, semantic_graph_loss
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainData:
+    """Row-aligned inputs for every product; the index arrays pick the splits."""
+
+    image: np.ndarray  # (n, Di) float32 frozen image features
+    text: np.ndarray  # (n, Dt) float32 text-tower input (backbone features [+ TF-IDF])
+    y: dict[str, np.ndarray]  # head -> (n,) int64, -1 = outside the label space
+    train_idx: np.ndarray  # rows per epoch (may repeat rows when oversampling)
+    val_idx: np.ndarray
+    leaf_head: str
+    A: np.ndarray  # (C_leaf, C_leaf) class-name distances for the leaf head
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def compute_losses(
+    model: HuseModel,
+    xi: torch.Tensor,
+    xt: torch.Tensor,
+    ys: dict[str, torch.Tensor],
+    A: torch.Tensor,
+    leaf_head: str,
+    cfg: TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """The weighted HUSE objective on one batch; also returns each term and the fused embedding."""
+    e_img, e_txt = model(xi, xt)
+    cls_terms = [
+        classification_loss(logits, ys[head])
+        for emb in (e_img, e_txt)
+        for head, logits in model.logits(emb).items()
+    ]
+    cls = torch.stack(cls_terms).mean()
+    y_leaf = ys[leaf_head]
+    graph = semantic_graph_loss(
+        torch.cat([e_img, e_txt]), torch.cat([y_leaf, y_leaf]), A, cfg.graph_margin
+    )
+    gap = cross_modal_gap_loss(e_img, e_txt)
+    total = cfg.w_cls * cls + cfg.w_graph * graph + cfg.w_gap * gap
+    return {"loss": total, "cls": cls, "graph": graph, "gap": gap, "fused": fuse(e_img, e_txt)}
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _tensors(data: TrainData, rows: np.ndarray, device: torch.device):
+    xi = torch.from_numpy(data.image[rows]).to(device)
+    xt = torch.from_numpy(data.text[rows]).to(device)
+    ys = {h: torch.from_numpy(y[rows]).to(device) for h, y in data.y.items()}
+    return xi, xt, ys
+
+
+@torch.no_grad()
+def _validate(model, data, A, cfg, device) -> tuple[float, float]:
+    """(val loss, fused leaf top-1) on the whole validation split, in eval mode."""
+    model.eval()
+    xi, xt, ys = _tensors(data, data.val_idx, device)
+    out = compute_losses(model, xi, xt, ys, A, data.leaf_head, cfg)
+    y = ys[data.leaf_head]
+    labelled = y >= 0
+    pred = model.logits(out["fused"])[data.leaf_head].argmax(dim=1)
+    top1 = float((pred[labelled] == y[labelled]).float().mean()) if labelled.any() else math.nan
+    model.train()
+    return float(out["loss"]), top1
+
+
+def _score(val_loss: float, val_top1: float, train_loss: float) -> tuple[float, float]:
+    """Higher is better: (fused leaf top-1, -val loss), or (-train loss, 0) without a val split."""
+    if math.isnan(val_top1):
+        return (-train_loss, 0.0)
+    return (val_top1, -val_loss)
+
+
+def train_model(
+    model: HuseModel, data: TrainData, cfg: TrainConfig, checkpoint_dir: Path | None
+) -> TrainResult:
+    """Train in place (best weights restored at the end); resume when cfg.resume is set."""
+    device = pick_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    model.to(device).train()
+    A = torch.from_numpy(np.asarray(data.A, dtype=np.float32)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    history: list[dict] = []
+    best = {"score": (-math.inf, -math.inf), "epoch": 0, "state": None}
+    bad_epochs, step, start = 0, 0, 1
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    if cfg.resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["gen_state"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        history = ckpt["history"]
+        best = {"score": tuple(ckpt["best_score"]), "epoch": ckpt["best_epoch"],
+                "state": ckpt["best_state"]}
+        bad_epochs, step, start = ckpt["bad_epochs"], ckpt["step"], ckpt["epoch"] + 1
+        logger.info("resumed from %s at epoch %d (step %d)", ckpt_path, ckpt["epoch"], step)
+    elif ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+
+    n_train = len(data.train_idx)
+    if n_train == 0:
+        raise ValueError("empty training split")
+    bar = tqdm(range(start, cfg.max_epochs + 1), desc="train", unit="epoch",
+               disable=not cfg.show_progress, initial=start - 1, total=cfg.max_epochs)
+    for epoch in bar:
+        if bad_epochs >= cfg.patience:
+            break
+        perm = data.train_idx[torch.randperm(n_train, generator=gen).numpy()]
+        sums = {"loss": 0.0, "cls": 0.0, "graph": 0.0, "gap": 0.0}
+        for lo in range(0, n_train, cfg.batch_size):
+            xi, xt, ys = _tensors(data, perm[lo : lo + cfg.batch_size], device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = compute_losses(model, xi, xt, ys, A, data.leaf_head, cfg)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            step += 1
+            weight = len(xi) / n_train
+            for k in sums:
+                sums[k] += float(out[k].detach()) * weight
+        val_loss, val_top1 = (_validate(model, data, A, cfg, device) if len(data.val_idx)
+                              else (math.nan, math.nan))
+        history.append({"epoch": epoch, "step": step, "train_loss": sums["loss"],
+                        "val_loss": val_loss, "train_cls": sums["cls"],
+                        "train_graph": sums["graph"], "train_gap": sums["gap"],
+                        "val_top1": val_top1})
+        logger.info("epoch %d step %d: train loss %.4f, val loss %.4f, val top1 %.3f",
+                    epoch, step, sums["loss"], val_loss, val_top1)
+        bar.set_postfix(loss=f"{sums['loss']:.4f}", val_top1=f"{val_top1:.3f}")
+        score = _score(val_loss, val_top1, sums["loss"])
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if ckpt_path is not None:
+            ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                    "step": step, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "history": history, "best_score": list(best["score"]),
+                    "best_epoch": best["epoch"], "best_state": best["state"],
+                    "bad_epochs": bad_epochs}
+            if device.type == "cuda":
+                ckpt["cuda_rng"] = torch.cuda.get_rng_state()
+            _atomic_torch_save(ckpt, ckpt_path)
+    stopped_early = bad_epochs >= cfg.patience
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    logger.info("best epoch %d of %d%s", best["epoch"], len(history),
+                " (early stop)" if stopped_early else "")
+    return TrainResult(history=copy.deepcopy(history), best_epoch=best["epoch"],
+                       stopped_early=stopped_early)
+
