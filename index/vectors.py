@@ -1,0 +1,557 @@
+"""FAISS vector index with int64 ids, inner product, mutations and filtered search.
+
+Numpy in, numpy out, faiss vocabulary (xb, xq, d, k, D, I, ids). Ids are the caller's int64
+keys, never row positions. Three ways to keep ids, chosen from what the FAISS index can do:
+
+- "idmap": IndexIDMap2 over an index that can remove rows (Flat and other flat codes);
+- "ivf":   native ids of an IVF index, with a hash-table direct map for remove/reconstruct;
+- "tomb":  IndexIDMap2 over an index that cannot remove (HNSW): removed rows become
+           tombstones filtered out at search, and the index is rebuilt when they pile up.
+
+Not thread-safe for writes: the owner (index.store.ProductIndex) serialises writers and lets
+searches run concurrently, as the FAISS wiki allows for CPU indexes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from index.errors import CorruptIndexError, ProductNotFound
+
+logger = logging.getLogger(__name__)
+
+ExactVectors = Callable[[np.ndarray], np.ndarray]
+"""Returns the exact float32 vectors (n, d) of int64 ids (n,), in order (for re-ranking)."""
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """Every threshold behind the choice and tuning of an index type, in one place."""
+
+    flat_max_n: int = 50_000  # exact search is fast enough up to here
+    hnsw_max_n: int = 300_000  # HNSW build time grows past a few minutes on 2 cores beyond
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 128
+    ivf_lists_per_sqrt_n: float = 2.0  # nlist ~ 2 sqrt(n), rounded to a power of two
+    ivf_min_points_per_list: int = 39  # k-means needs ~39 points per centroid
+    ivf_train_points_per_list: int = 64  # training sample size per list
+    min_train_points: int = 20_000  # PQ codebooks need many points even with few lists
+    ivf_nprobe: int = 32
+    pq_dims_per_byte: int = 4  # PQ m = d / 4 one-byte codes: 16x smaller than float32
+    rerank_factor: int = 10  # lossy codes: fetch k * factor candidates, re-rank exactly
+    tombstone_rebuild_fraction: float = 0.2
+    exact_subset_max: int = 20_000  # filters this selective are searched exactly
+    overfetch_growth: int = 4
+    max_k: int = 10_000
+    gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
+
+
+def _power_of_two(x: float) -> int:
+    return 1 << max(0, round(math.log2(max(x, 1.0))))
+
+
+def _nlist(n: int, plan: IndexPlan) -> int:
+    nlist = _power_of_two(plan.ivf_lists_per_sqrt_n * math.sqrt(n))
+    while nlist > 1 and n < nlist * plan.ivf_min_points_per_list:
+        nlist //= 2
+    return nlist
+
+
+def _pq_m(d: int, plan: IndexPlan) -> int:
+    m = max(1, d // plan.pq_dims_per_byte)
+    while d % m:
+        m -= 1
+    return m
+
+
+def estimate_bytes(n: int, d: int, factory: str, plan: IndexPlan | None = None) -> int:
+    """Rough resident size of an index (vectors + ids + graph or codes) for planning."""
+    plan = plan or IndexPlan()
+    if "PQ" in factory:
+        return n * (_pq_m(d, plan) + 8)
+    if factory.startswith("HNSW"):
+        return n * (4 * d + 8 + 2 * 4 * plan.hnsw_m)
+    return n * (4 * d + 8)
+
+
+def choose_factory(
+    n: int, d: int, memory_budget_bytes: int | None = None, plan: IndexPlan | None = None
+) -> str:
+    """Pick a FAISS factory string for n vectors of dimension d.
+
+    Exact Flat while small; HNSW for mid sizes; IVF-Flat when large; IVF-PQ (re-ranked
+    exactly from stored vectors) when full-precision vectors exceed the memory budget.
+    """
+    plan = plan or IndexPlan()
+    if n < 0 or d < 1:
+        raise ValueError(f"choose_factory needs n >= 0 and d >= 1, got n={n}, d={d}")
+    if memory_budget_bytes is not None and estimate_bytes(n, d, "Flat", plan) > memory_budget_bytes:
+        return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}"
+    if n <= plan.flat_max_n:
+        return "Flat"
+    hnsw = f"HNSW{plan.hnsw_m}"
+    fits = memory_budget_bytes is None or estimate_bytes(n, d, hnsw, plan) <= memory_budget_bytes
+    if n <= plan.hnsw_max_n and fits:
+        return hnsw
+    return f"IVF{_nlist(n, plan)},Flat"
+
+
+def gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _as_matrix(x: Any, d: int, name: str = "xb") -> np.ndarray:
+    """Validate once at the boundary: (n, d) finite float32, contiguous, no zero rows."""
+    arr = np.asarray(x)
+    if arr.ndim == 1 and arr.shape[0] == d:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != d:
+        raise ValueError(f"{name} must have shape (n, {d}), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{name} has NaN or infinite values in rows {np.flatnonzero(bad)[:10]}")
+    zero = ~arr.any(axis=1)
+    if zero.any():
+        raise ValueError(f"{name} has all-zero rows {np.flatnonzero(zero)[:10]}")
+    return arr
+
+
+def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
+    """int64 (n,) ids, unique within the batch."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"ids must be a 1-d integer array, got shape {arr.shape} {arr.dtype}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"got {arr.shape[0]} ids for {n} vectors")
+    arr = arr.astype(np.int64)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"duplicate ids within one batch: {uniq[counts > 1][:10].tolist()}")
+    return arr
+
+
+def _topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row of `scores` (nq, m) over columns labelled `ids`, -1 padded."""
+    nq, m = scores.shape
+    D = np.full((nq, k), -np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 (faiss vocabulary)
+    kk = min(k, m)
+    if kk == 0:
+        return D, I
+    if kk < m:
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.tile(np.arange(m), (nq, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    D[:, :kk] = np.take_along_axis(scores, best, axis=1)
+    I[:, :kk] = ids[best]
+    return D, I
+
+
+def _exact_types() -> tuple[type, ...]:
+    import faiss
+
+    return (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat)
+
+
+class VectorIndex:
+    """Inner-product k-NN over int64 ids; see the module docstring for the id strategies."""
+
+    def __init__(
+        self,
+        d: int,
+        factory: str = "auto",
+        use_gpu: bool | str = "auto",
+        plan: IndexPlan | None = None,
+        memory_budget_bytes: int | None = None,
+        exact_vectors: ExactVectors | None = None,
+    ) -> None:
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
+            raise ValueError(f"d must be a positive int, got {d!r}")
+        if not isinstance(factory, str) or not factory.strip():
+            raise ValueError(f"factory must be 'auto' or a FAISS factory string, got {factory!r}")
+        if use_gpu not in ("auto", True, False):
+            raise ValueError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
+        self.d = int(d)
+        self.requested_factory = factory
+        self.plan = plan or IndexPlan()
+        self.memory_budget_bytes = memory_budget_bytes
+        self._exact_source = exact_vectors
+        want_gpu = use_gpu is True or use_gpu == "auto"
+        self.use_gpu = want_gpu and gpu_available()
+        if use_gpu is True and not self.use_gpu:
+            logger.warning("use_gpu=True but FAISS sees no GPU; searching on CPU")
+        self._gpu_index: Any = None
+        self._gpu_res: Any = None
+        self.factory = ""  # resolved factory string, "" until data arrives for "auto"
+        self._index: Any = None
+        self._kind = ""
+        self._lossy = False
+        self._live = np.empty(0, dtype=np.int64)  # sorted live ids
+        self._row_ids = np.empty(0, dtype=np.int64)  # "tomb": row -> id
+        self._dead = np.empty(0, dtype=bool)  # "tomb": row is a tombstone
+        self._n_at_plan = 0
+        if factory != "auto":
+            self._make(factory)
+
+    # ---------------------------------------------------------------- construction
+    def _make(self, factory: str) -> None:
+        import faiss
+
+        try:
+            base = faiss.index_factory(self.d, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"bad FAISS factory string {factory!r} for d={self.d}: {e}") from e
+        if isinstance(base, faiss.IndexIVF):
+            base.set_direct_map_type(faiss.DirectMap.Hashtable)
+            base.nprobe = min(self.plan.ivf_nprobe, base.nlist)
+            kind, index = "ivf", base
+        else:
+            kind = "idmap" if isinstance(base, faiss.IndexFlatCodes) else "tomb"
+            index = faiss.IndexIDMap2(base)
+        if isinstance(base, faiss.IndexHNSW):
+            base.hnsw.efConstruction = self.plan.hnsw_ef_construction
+            base.hnsw.efSearch = self.plan.hnsw_ef_search
+        lossy = not isinstance(base, _exact_types())
+        if lossy and self._exact_source is None:
+            raise ValueError(
+                f"factory {factory!r} stores lossy codes; pass exact_vectors= so results "
+                "can be re-ranked exactly"
+            )
+        self.factory, self._index, self._kind, self._lossy = factory, index, kind, lossy
+        self._row_ids = np.empty(0, dtype=np.int64)
+        self._dead = np.empty(0, dtype=bool)
+        self._gpu_index = None
+
+    @property
+    def base(self) -> Any:
+        """The FAISS index that stores the codes (inside any id map)."""
+        import faiss
+
+        return self._index if self._kind == "ivf" else faiss.downcast_index(self._index.index)
+
+    @property
+    def ntotal(self) -> int:
+        """Number of live ids (tombstones excluded)."""
+        return int(self._live.shape[0])
+
+    @property
+    def n_tombstones(self) -> int:
+        return int(self._dead.sum())
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __contains__(self, id_: int) -> bool:
+        pos = np.searchsorted(self._live, id_)
+        return bool(pos < self._live.shape[0] and self._live[pos] == id_)
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self._live, ids)
+        pos = np.minimum(pos, max(self._live.shape[0] - 1, 0))
+        return (self._live[pos] == ids) if self._live.shape[0] else np.zeros(ids.shape, bool)
+
+    def _train_and_add(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        if not self._index.is_trained:
+            self._train(xb)
+        self._index.add_with_ids(xb, ids)
+        if self._kind == "tomb":
+            self._row_ids = np.concatenate([self._row_ids, ids])
+            self._dead = np.concatenate([self._dead, np.zeros(ids.shape[0], bool)])
+        self._live = np.union1d(self._live, ids)
+        self._gpu_index = None
+
+    def _train(self, xb: np.ndarray) -> None:
+        import faiss
+
+        base = self.base
+        n_train = max(
+            getattr(base, "nlist", 1) * self.plan.ivf_train_points_per_list,
+            self.plan.min_train_points,
+        )
+        rng = np.random.default_rng(0)
+        sample = xb if xb.shape[0] <= n_train else xb[rng.choice(xb.shape[0], n_train, False)]
+        if isinstance(base, faiss.IndexIVF):
+            base.cp.spherical = True  # unit vectors + inner product: spherical k-means
+        try:
+            self._index.train(sample)
+        except RuntimeError as e:
+            raise ValueError(
+                f"training {self.factory!r} on {sample.shape[0]} vectors failed "
+                f"(too few for its clusters?): {e}"
+            ) from e
+
+    def _rebuild(self, factory: str, extra_ids: np.ndarray, extra_xb: np.ndarray) -> None:
+        """Build `factory` afresh from the live vectors plus (extra_ids, extra_xb)."""
+        ids = self._live.copy()
+        xb = self._exact(ids) if ids.shape[0] else np.empty((0, self.d), np.float32)
+        ids, xb = np.concatenate([ids, extra_ids]), np.concatenate([xb, extra_xb])
+        logger.info("building %s over %d vectors (was %r)", factory, ids.shape[0], self.factory)
+        self._make(factory)
+        self._live = np.empty(0, dtype=np.int64)
+        if ids.shape[0]:
+            self._train_and_add(ids, xb)
+        self._n_at_plan = ids.shape[0]
+
+    def _replan(self, n: int) -> str | None:
+        """For factory='auto': the factory to switch to at n vectors, or None to keep it."""
+        if self.requested_factory != "auto":
+            return None
+        if self._index is not None and n < 2 * max(self._n_at_plan, 1):
+            return None
+        chosen = choose_factory(n, self.d, self.memory_budget_bytes, self.plan)
+        return chosen if chosen != self.factory else None
+
+    # ---------------------------------------------------------------- mutations
+    def add(self, ids: Any, xb: Any) -> None:
+        """Add new ids; an id already present is an error (use upsert to replace)."""
+        xb = _as_matrix(xb, self.d)
+        ids = _as_ids(ids, xb.shape[0])
+        present = self._present(ids)
+        if present.any():
+            raise ValueError(f"ids already in the index (use upsert): {ids[present][:10].tolist()}")
+        self._add_new(ids, xb)
+
+    def _add_new(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        if ids.shape[0] == 0:
+            return
+        new_factory = self._replan(self.ntotal + ids.shape[0])
+        if new_factory is not None:
+            self._rebuild(new_factory, ids, xb)
+        else:
+            self._train_and_add(ids, xb)
+
+    def upsert(self, ids: Any, xb: Any) -> None:
+        """Add ids, replacing the vectors of ids already present."""
+        xb = _as_matrix(xb, self.d)
+        ids = _as_ids(ids, xb.shape[0])
+        present = self._present(ids)
+        if present.any():
+            self._remove(ids[present])
+        self._add_new(ids, xb)
+        self._maybe_compact()
+
+    def remove(self, ids: Any) -> None:
+        """Remove ids; all must be present (ProductNotFound names the first missing one)."""
+        ids = _as_ids(ids)
+        present = self._present(ids)
+        if not present.all():
+            raise ProductNotFound(int(ids[~present][0]))
+        self._remove(ids)
+        self._maybe_compact()
+
+    def _remove(self, ids: np.ndarray) -> None:
+        import faiss
+
+        if self._kind == "tomb":
+            rows = np.flatnonzero(np.isin(self._row_ids, ids) & ~self._dead)
+            self._dead[rows] = True
+        else:
+            self._index.remove_ids(faiss.IDSelectorArray(ids))
+        self._live = np.setdiff1d(self._live, ids, assume_unique=True)
+        self._gpu_index = None
+
+    def _maybe_compact(self) -> None:
+        dead = self.n_tombstones
+        if dead and dead > self.plan.tombstone_rebuild_fraction * self._dead.shape[0]:
+            logger.info(
+                "rebuilding %s: %d tombstones of %d rows", self.factory, dead, self._dead.shape[0]
+            )
+            self._rebuild(self.factory, np.empty(0, np.int64), np.empty((0, self.d), np.float32))
+
+    def compact(self) -> None:
+        """Rebuild now, dropping every tombstone (no-op for index types that remove)."""
+        if self.n_tombstones:
+            self._rebuild(self.factory, np.empty(0, np.int64), np.empty((0, self.d), np.float32))
+
+    # ---------------------------------------------------------------- search
+    def _exact(self, ids: np.ndarray) -> np.ndarray:
+        """Exact stored vectors of live ids, from the external source or the index itself."""
+        if self._exact_source is not None:
+            return np.ascontiguousarray(self._exact_source(ids), dtype=np.float32)
+        if ids.shape[0] == 0:
+            return np.empty((0, self.d), np.float32)
+        return self._index.reconstruct_batch(ids)
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        """Stored vectors of ids (exact); ProductNotFound for an id not present."""
+        ids = _as_ids(ids)
+        present = self._present(ids)
+        if not present.all():
+            raise ProductNotFound(int(ids[~present][0]))
+        return self._exact(ids)
+
+    def _searcher(self) -> Any:
+        """The index to query: a GPU replica when enabled and supported, else the CPU one."""
+        if not self.use_gpu or self._kind == "tomb":
+            return self._index
+        if self._gpu_index is None:
+            import faiss
+
+            if self._gpu_res is None:
+                self._gpu_res = faiss.StandardGpuResources()
+            co = faiss.GpuClonerOptions()
+            co.useFloat16 = self.plan.gpu_fp16
+            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._index, co)
+        return self._gpu_index
+
+    def _search_live(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search every live id: tombstones skipped, lossy codes re-ranked exactly."""
+        k_codes = k * self.plan.rerank_factor if self._lossy else k
+        if self._kind == "tomb":
+            n_rows = self._row_ids.shape[0]
+            kk = min(k_codes + self.n_tombstones, n_rows)
+            D, rows = self._index.index.search(xq, kk)
+            alive = rows >= 0
+            alive[alive] = ~self._dead[rows[alive]]
+            I = np.where(alive, self._row_ids[np.maximum(rows, 0)], -1)  # noqa: E741
+            D = np.where(alive, D, -np.inf).astype(np.float32)
+            order = np.argsort(~alive, axis=1, kind="stable")[:, :k_codes]
+            D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)  # noqa: E741
+        else:
+            D, I = self._searcher().search(xq, min(k_codes, max(self.ntotal, 1)))  # noqa: E741
+        if self._lossy:
+            D, I = self._rerank(xq, I, k)  # noqa: E741
+        if D.shape[1] < k:
+            pad = k - D.shape[1]
+            D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
+            I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)  # noqa: E741
+        return D[:, :k], I[:, :k]
+
+    def _rerank(self, xq: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: E741
+        cand = np.unique(I[I >= 0])
+        xb = self._exact(cand)
+        pos = np.searchsorted(cand, np.maximum(I, 0))
+        scores = np.einsum("qd,qkd->qk", xq, xb[pos]) if cand.shape[0] else np.zeros(I.shape)
+        scores = np.where(I >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return (
+            np.take_along_axis(scores, order, 1).astype(np.float32),
+            np.take_along_axis(I, order, 1),
+        )
+
+    def _search_subset(
+        self, xq: np.ndarray, k: int, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search restricted to `ids` (selective filters)."""
+        return _topk(xq @ self._exact(ids).T, ids, k)
+
+    def _check_k(self, k: Any) -> int:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if not 1 <= k <= self.plan.max_k:
+            raise ValueError(f"k must be in [1, {self.plan.max_k}], got {k}")
+        return int(k)
+
+    def search(
+        self, xq: Any, k: int, allowed: Any = None, excluded: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """k-NN by inner product: D, I of shape (nq, k); I == -1 (D == -inf) pads.
+
+        `allowed` restricts results to those ids, `excluded` removes ids. Whenever at least k
+        live ids pass the filters, every row holds k results: selective filters are searched
+        exactly over their subset; broad ones over-fetch, growing k until k pass.
+        """
+        xq = _as_matrix(xq, self.d, "xq")
+        k = self._check_k(k)
+        nq = xq.shape[0]
+        if self.ntotal == 0:
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        if allowed is None and excluded is None:
+            return self._search_live(xq, k)
+        subset = self._live
+        if allowed is not None:
+            subset = np.intersect1d(np.asarray(allowed, dtype=np.int64), subset)
+        if excluded is not None:
+            subset = np.setdiff1d(subset, np.asarray(excluded, dtype=np.int64))
+        if subset.shape[0] <= self.plan.exact_subset_max or subset.shape[0] <= k:
+            return self._search_subset(xq, k, subset)
+        return self._search_overfetch(xq, k, subset)
+
+    def _search_overfetch(self, xq: np.ndarray, k: int, subset: np.ndarray):
+        """Search all, keep ids in `subset` (sorted), grow k' until k hits or all searched."""
+        kk = min(self.ntotal, math.ceil(1.5 * k * self.ntotal / subset.shape[0]))
+        while True:
+            D, I = self._search_live(xq, kk)  # noqa: E741
+            pos = np.minimum(np.searchsorted(subset, I), subset.shape[0] - 1)
+            keep = (I >= 0) & (subset[pos] == I)
+            if (keep.sum(axis=1) >= k).all() or kk >= self.ntotal:
+                break
+            kk = min(self.ntotal, kk * self.plan.overfetch_growth)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        keep = np.take_along_axis(keep, order, 1)
+        D = np.where(keep, np.take_along_axis(D, order, 1), -np.inf).astype(np.float32)
+        I = np.where(keep, np.take_along_axis(I, order, 1), -1)  # noqa: E741
+        short = (keep.sum(axis=1) < k).nonzero()[0]
+        if short.shape[0]:  # approximate index missed some: finish those rows exactly
+            D[short], I[short] = self._search_subset(xq[short], k, subset)
+        return D, I
+
+    # ---------------------------------------------------------------- persistence
+    def state(self) -> dict[str, Any]:
+        """What serialize() leaves out and load needs (goes into the manifest)."""
+        return {
+            "factory": self.factory,
+            "requested_factory": self.requested_factory,
+            "kind": self._kind,
+            "n_at_plan": self._n_at_plan,
+            "tombstone_rows": np.flatnonzero(self._dead).tolist(),
+        }
+
+    def serialize(self) -> np.ndarray:
+        """The CPU index as FAISS bytes (uint8 array); GPU replicas are never saved."""
+        import faiss
+
+        if self._index is None:
+            raise ValueError("nothing to serialize: the index has no vectors yet")
+        return faiss.serialize_index(self._index)
+
+    @classmethod
+    def deserialize(
+        cls, data: np.ndarray, d: int, state: dict[str, Any], **kwargs: Any
+    ) -> VectorIndex:
+        """Inverse of serialize(); CorruptIndexError when the bytes are not this index."""
+        import faiss
+
+        vi = cls(d, factory="auto", **kwargs)
+        vi.requested_factory = state["requested_factory"]
+        try:
+            vi._make(state["factory"])
+            index = faiss.deserialize_index(np.asarray(data, dtype=np.uint8))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CorruptIndexError(f"not a readable FAISS index: {e}") from e
+        if index.d != d:
+            raise CorruptIndexError(f"FAISS index has d={index.d}, expected {d}")
+        vi._index = index
+        if vi._kind == "ivf":
+            vi._index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            ivf, lists = vi._index, []
+            for no in range(ivf.nlist):
+                size = ivf.invlists.list_size(no)
+                if size:
+                    lists.append(faiss.rev_swig_ptr(ivf.invlists.get_ids(no), size).copy())
+            live = np.concatenate(lists) if lists else np.empty(0, np.int64)
+        else:
+            live = faiss.vector_to_array(vi._index.id_map).astype(np.int64)
+            if vi._kind == "tomb":
+                vi._row_ids = live
+                vi._dead = np.zeros(live.shape[0], bool)
+                vi._dead[np.asarray(state["tombstone_rows"], dtype=np.int64)] = True
+                live = live[~vi._dead]
+        vi._live = np.unique(live)
+        vi._n_at_plan = int(state.get("n_at_plan", vi.ntotal))
+        return vi
