@@ -1,0 +1,418 @@
+"""Synthetic but structured product catalog, so the whole pipeline runs with no downloads.
+
+Every leaf of a 3-level category tree has a visual recipe and a title vocabulary. The recipe is
+hierarchical: the top category picks the backdrop tint (and a loose shape family), the middle
+one the fill pattern, the leaf its shape and palette, so images of related classes look related.
+Jitter, rotation, tint noise, distractor shapes and title noise keep it from being trivial.
+Deterministic from the seed.
+
+    python -m train.sample_catalog OUT --n 600 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 30, 40),
+    "crimson": (150, 20, 50),
+    "orange": (240, 130, 20),
+    "yellow": (235, 210, 40),
+    "olive": (120, 120, 30),
+    "green": (40, 150, 60),
+    "teal": (20, 130, 130),
+    "blue": (40, 80, 200),
+    "navy": (20, 30, 100),
+    "purple": (120, 50, 160),
+    "pink": (235, 120, 170),
+    "brown": (120, 75, 40),
+    "grey": (128, 128, 128),
+    "black": (25, 25, 25),
+    "white": (245, 245, 245),
+    "beige": (215, 195, 160),
+}
+
+# top -> (backdrop, {sub -> (pattern, {leaf -> (shape, palette, title nouns)})})
+TREE: dict[str, tuple[tuple[int, int, int], dict[str, tuple[str, dict[str, tuple]]]]] = {
+    "Apparel": (
+        (236, 234, 228),
+        {
+            "Topwear": (
+                "stripes",
+                {
+                    "Shirts": ("square", ("blue", "white", "navy"), ("shirt", "formal shirt")),
+                    "Tshirts": ("tshirt", ("red", "black", "grey"), ("t-shirt", "tee")),
+                    "Jackets": (
+                        "tall_rect",
+                        ("olive", "brown", "black"),
+                        ("jacket", "bomber jacket"),
+                    ),
+                },
+            ),
+            "Bottomwear": (
+                "checks",
+                {
+                    "Jeans": ("trousers", ("navy", "blue"), ("jeans", "denim jeans")),
+                    "Skirts": ("trapezoid", ("pink", "purple", "red"), ("skirt", "midi skirt")),
+                },
+            ),
+            "Innerwear": (
+                "solid",
+                {
+                    "Socks": ("sock", ("white", "grey", "black"), ("socks", "ankle socks")),
+                    "Briefs": ("wide_rect", ("beige", "black"), ("briefs", "trunks")),
+                },
+            ),
+        },
+    ),
+    "Footwear": (
+        (220, 230, 240),
+        {
+            "Shoes": (
+                "dots",
+                {
+                    "Sneakers": (
+                        "ellipse",
+                        ("white", "red", "blue"),
+                        ("sneakers", "running shoes"),
+                    ),
+                    "Formal Shoes": (
+                        "flat_ellipse",
+                        ("black", "brown"),
+                        ("formal shoes", "oxfords"),
+                    ),
+                    "Boots": ("boot", ("brown", "black", "olive"), ("boots", "ankle boots")),
+                },
+            ),
+            "Sandals": (
+                "solid",
+                {
+                    "Flip Flops": (
+                        "circle",
+                        ("yellow", "orange", "teal"),
+                        ("flip flops", "slippers"),
+                    ),
+                    "Heels": ("semicircle", ("crimson", "pink", "black"), ("heels", "stilettos")),
+                },
+            ),
+        },
+    ),
+    "Accessories": (
+        (242, 226, 216),
+        {
+            "Bags": (
+                "gradient",
+                {
+                    "Handbags": (
+                        "trapezoid_inv",
+                        ("brown", "beige", "crimson"),
+                        ("handbag", "tote bag"),
+                    ),
+                    "Backpacks": ("tall_rect", ("navy", "grey", "green"), ("backpack", "rucksack")),
+                },
+            ),
+            "Watches": (
+                "rings",
+                {
+                    "Analog Watches": (
+                        "ring",
+                        ("black", "grey", "brown"),
+                        ("analog watch", "watch"),
+                    ),
+                    "Smart Watches": ("square", ("black", "teal"), ("smart watch", "fitness band")),
+                },
+            ),
+            "Jewellery": (
+                "dots",
+                {
+                    "Necklaces": ("star", ("yellow", "white"), ("necklace", "pendant")),
+                    "Earrings": ("diamond", ("yellow", "pink", "teal"), ("earrings", "studs")),
+                },
+            ),
+        },
+    ),
+    "Home": (
+        (224, 240, 222),
+        {
+            "Kitchen": (
+                "zigzag",
+                {
+                    "Mugs": ("mug", ("white", "red", "teal"), ("mug", "coffee mug")),
+                    "Plates": ("circle", ("white", "beige", "blue"), ("plate", "dinner plate")),
+                },
+            ),
+            "Decor": (
+                "stripes",
+                {
+                    "Cushions": (
+                        "square",
+                        ("orange", "purple", "green"),
+                        ("cushion", "cushion cover"),
+                    ),
+                    "Lamps": ("triangle", ("yellow", "beige", "black"), ("lamp", "table lamp")),
+                },
+            ),
+        },
+    ),
+}
+
+BRANDS = ("Acme", "Nordic", "Urbano", "Kite", "Velvet", "Summit", "Rivera", "Oakly", "Zen")
+MATERIALS = ("cotton", "leather", "canvas", "steel", "ceramic", "wool", "denim", "silk")
+NOISE = ("new", "classic", "premium", "slim", "2024", "basic", "limited", "everyday", "pack of 2")
+GENDERS = ("Men", "Women", "Unisex")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Knobs of the generator; defaults give a small catalog that still exercises every path."""
+
+    n_products: int = 600
+    seed: int = 0
+    image_size: tuple[int, int] = (96, 160)  # min/max side in pixels
+    png_fraction: float = 0.08
+    alpha_fraction: float = 0.5  # of the PNGs
+    distractor_fraction: float = 0.15
+    noise_word_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class Leaf:
+    path: tuple[str, str, str]
+    backdrop: tuple[int, int, int]
+    pattern: str
+    shape: str
+    palette: tuple[str, ...]
+    nouns: tuple[str, ...]
+
+
+def leaves() -> list[Leaf]:
+    """Every leaf of TREE with its inherited recipe, in a fixed order."""
+    return [
+        Leaf((top, sub, leaf), backdrop, pattern, shape, palette, nouns)
+        for top, (backdrop, subs) in TREE.items()
+        for sub, (pattern, leaf_map) in subs.items()
+        for leaf, (shape, palette, nouns) in leaf_map.items()
+    ]
+
+
+def _shape_points(shape: str) -> list[tuple[float, float]]:
+    """Outline in unit coordinates (-1..1) for polygon shapes; round ones are sampled circles."""
+
+    def arc(a0: float, a1: float, rx: float = 1.0, ry: float = 1.0, n: int = 24) -> list:
+        return [
+            (rx * math.cos(a0 + (a1 - a0) * i / n), ry * math.sin(a0 + (a1 - a0) * i / n))
+            for i in range(n + 1)
+        ]
+
+    table = {
+        "square": [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)],
+        "tall_rect": [(-0.5, -0.95), (0.5, -0.95), (0.5, 0.95), (-0.5, 0.95)],
+        "wide_rect": [(-0.95, -0.45), (0.95, -0.45), (0.95, 0.45), (-0.95, 0.45)],
+        "trapezoid": [(-0.4, -0.8), (0.4, -0.8), (0.9, 0.8), (-0.9, 0.8)],
+        "trapezoid_inv": [(-0.9, -0.6), (0.9, -0.6), (0.6, 0.9), (-0.6, 0.9)],
+        "tshirt": [
+            (-0.9, -0.7),
+            (-0.3, -0.9),
+            (0.3, -0.9),
+            (0.9, -0.7),
+            (0.7, -0.3),
+            (0.5, -0.4),
+            (0.5, 0.9),
+            (-0.5, 0.9),
+            (-0.5, -0.4),
+            (-0.7, -0.3),
+        ],
+        "trousers": [
+            (-0.6, -0.9),
+            (0.6, -0.9),
+            (0.7, 0.9),
+            (0.15, 0.9),
+            (0.0, -0.2),
+            (-0.15, 0.9),
+            (-0.7, 0.9),
+        ],
+        "sock": [(-0.3, -0.9), (0.2, -0.9), (0.2, 0.3), (0.9, 0.5), (0.9, 0.9), (-0.3, 0.9)],
+        "boot": [(-0.5, -0.9), (0.1, -0.9), (0.1, 0.2), (0.9, 0.5), (0.9, 0.9), (-0.5, 0.9)],
+        "triangle": [(0.0, -0.9), (0.9, 0.8), (-0.9, 0.8)],
+        "diamond": [(0.0, -0.95), (0.6, 0.0), (0.0, 0.95), (-0.6, 0.0)],
+        "star": [
+            (0.95 * r * math.sin(i * math.pi / 5), -0.95 * r * math.cos(i * math.pi / 5))
+            for i, r in zip(range(10), [1.0, 0.45] * 5, strict=True)
+        ],
+        "mug": [
+            (-0.7, -0.7),
+            (0.4, -0.7),
+            (0.4, -0.4),
+            (0.9, -0.4),
+            (0.9, 0.3),
+            (0.4, 0.3),
+            (0.4, 0.8),
+            (-0.7, 0.8),
+        ],
+        "ellipse": arc(0, 2 * math.pi, 0.95, 0.55),
+        "flat_ellipse": arc(0, 2 * math.pi, 0.95, 0.3),
+        "circle": arc(0, 2 * math.pi, 0.85, 0.85),
+        "semicircle": [*arc(math.pi, 2 * math.pi, 0.9, 0.9), (0.9, 0.3), (-0.9, 0.3)],
+        "ring": arc(0, 2 * math.pi, 0.8, 0.8),
+    }
+    return table[shape]
+
+
+def _pattern(size: tuple[int, int], pattern: str, c1: tuple, c2: tuple, rng: random.Random):
+    """A full-size fill image in colours c1/c2; the shape mask cuts it out later."""
+    w, h = size
+    img = Image.new("RGB", size, c1)
+    draw = ImageDraw.Draw(img)
+    step = rng.randint(8, 14)
+    if pattern == "stripes":
+        for y in range(0, h, step):
+            draw.rectangle([0, y, w, y + step // 2], fill=c2)
+    elif pattern == "checks":
+        for y in range(0, h, step):
+            for x in range((y // step) % 2 * step, w, 2 * step):
+                draw.rectangle([x, y, x + step, y + step], fill=c2)
+    elif pattern == "dots":
+        for y in range(step // 2, h, step):
+            for x in range(step // 2, w, step):
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=c2)
+    elif pattern == "gradient":
+        for y in range(h):
+            t = y / max(h - 1, 1)
+            draw.line(
+                [0, y, w, y], fill=tuple(int(a + (b - a) * t) for a, b in zip(c1, c2, strict=True))
+            )
+    elif pattern == "rings":
+        for r in range(max(w, h), 0, -step):
+            draw.ellipse(
+                [w / 2 - r, h / 2 - r, w / 2 + r, h / 2 + r],
+                outline=c2 if (r // step) % 2 else c1,
+                width=step // 2,
+            )
+    elif pattern == "zigzag":
+        for y in range(0, h + step, step):
+            pts = [(x, y + (step // 2 if (x // step) % 2 else 0)) for x in range(0, w + step, step)]
+            draw.line(pts, fill=c2, width=3)
+    return img
+
+
+def _jitter(colour: tuple[int, int, int], rng: random.Random, amount: int = 25) -> tuple:
+    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)
+
+
+def _draw_product(
+    size: tuple[int, int],
+    leaf: Leaf,
+    c1: tuple,
+    c2: tuple,
+    rng: random.Random,
+    config: SampleConfig,
+) -> Image.Image:
+    w, h = size
+    shape = leaf.shape
+    background = _jitter(leaf.backdrop, rng, 12)
+    img = Image.new("RGB", size, background)
+    scale = min(w, h) * rng.uniform(0.32, 0.45)
+    cx, cy = w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
+    angle = math.radians(rng.uniform(-25, 25))
+    cos, sin = math.cos(angle), math.sin(angle)
+    pts = [
+        (cx + scale * (x * cos - y * sin), cy + scale * (x * sin + y * cos))
+        for x, y in _shape_points(shape)
+    ]
+    mask = Image.new("L", size, 0)
+    mask_draw = ImageDraw.Draw(mask)
+    mask_draw.polygon(pts, fill=255)
+    if shape == "ring":
+        inner = [(cx + 0.55 * (x - cx), cy + 0.55 * (y - cy)) for x, y in pts]
+        mask_draw.polygon(inner, fill=0)
+    img.paste(_pattern(size, leaf.pattern, c1, c2, rng), (0, 0), mask)
+    if rng.random() < config.distractor_fraction:
+        r = min(w, h) * rng.uniform(0.08, 0.18)
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        fill = rng.choice(list(COLOURS.values()))
+        ImageDraw.Draw(img).rectangle([x - r, y - r, x + r, y + r], fill=fill)
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    return img
+
+
+def _title(
+    rng: random.Random, colour: str, nouns: Sequence[str], gender: str, config: SampleConfig
+) -> str:
+    words = [rng.choice(BRANDS), gender, colour.capitalize()]
+    if rng.random() < 0.6:
+        words.append(rng.choice(MATERIALS))
+    words.append(rng.choice(nouns))
+    if rng.random() < config.noise_word_fraction:
+        words.insert(rng.randint(1, len(words)), rng.choice(NOISE))
+    return " ".join(words)
+
+
+def write_sample_catalog(
+    out_dir: Path | str,
+    n_products: int = 600,
+    seed: int = 0,
+    image_size: tuple[int, int] = SampleConfig.image_size,
+) -> Path:
+    """Write OUT/catalog.csv and OUT/images/; returns the catalog path. Same seed, same bytes."""
+    if n_products < 1:
+        raise ValueError(f"n_products must be >= 1, got {n_products}")
+    lo, hi = image_size
+    if not 16 <= lo <= hi:
+        raise ValueError(f"image_size must be (min, max) with 16 <= min <= max, got {image_size}")
+    config = SampleConfig(n_products=n_products, seed=seed, image_size=image_size)
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    all_leaves = leaves()
+    rows = []
+    for i in range(n_products):
+        rng = random.Random(f"{seed}:{i}")
+        leaf = all_leaves[i % len(all_leaves)]
+        colour = rng.choice(leaf.palette)
+        c1 = _jitter(COLOURS[colour], rng)
+        c2 = _jitter(COLOURS[rng.choice([c for c in COLOURS if c != colour])], rng)
+        size = (rng.randint(lo, hi), rng.randint(lo, hi))
+        img = _draw_product(size, leaf, c1, c2, rng, config)
+        pid = f"p{i:05d}"
+        if rng.random() < config.png_fraction:
+            name = f"images/{pid}.png"
+            if rng.random() < config.alpha_fraction:
+                alpha = Image.new("L", size, 255)
+                ImageDraw.Draw(alpha).rectangle([0, 0, size[0] // 6, size[1]], fill=0)
+                img.putalpha(alpha)
+            img.save(out_dir / name, format="PNG")
+        else:
+            name = f"images/{pid}.jpg"
+            img.save(out_dir / name, format="JPEG", quality=rng.randint(80, 95))
+        gender = rng.choice(GENDERS)
+        title = _title(rng, colour, leaf.nouns, gender, config)
+        rows.append([pid, title, name, " > ".join(leaf.path), colour, gender])
+    catalog = out_dir / "catalog.csv"
+    with open(catalog, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "title", "image", "category", "colour", "gender"])
+        writer.writerows(rows)
+    return catalog
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="output directory (catalog.csv + images/)")
+    parser.add_argument("--n", type=int, default=SampleConfig.n_products, help="products")
+    parser.add_argument("--seed", type=int, default=SampleConfig.seed)
+    args = parser.parse_args(argv)
+    path = write_sample_catalog(args.out, n_products=args.n, seed=args.seed)
+    print(f"wrote {args.n} products to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
