@@ -1,0 +1,135 @@
+"""API fixtures: one small trained model per session (tiny hf backbones, sample catalog),
+copied per test that writes, an in-process client, and live `python -m api` servers."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.app import create_app
+from api.settings import Settings
+
+API_KEY = "test-key-0123456789"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(
+    tmp_path_factory, sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir
+) -> Path:
+    """`python -m train.huse` output (bundle/ + index/) on the sample catalog, built once."""
+    from train.huse import run
+
+    from train.config import TrainConfig
+
+    out = tmp_path_factory.mktemp("api_model")
+    cfg = TrainConfig(
+        catalog=str(sample_catalog),
+        out=str(out / "model"),
+        cache_dir=str(out / "cache"),
+        image_backbone=f"hf:{tiny_image_backbone_dir}",
+        text_backbone=f"hf:{tiny_text_backbone_dir}",
+        embed_dim=32,
+        image_tower=(64,),
+        text_tower=(64,),
+        max_epochs=3,
+        num_workers=0,
+        min_per_class=1,
+    )
+    return Path(run(cfg))
+
+
+@pytest.fixture
+def model_dir(trained_model_dir, tmp_path) -> Path:
+    """A private copy of the trained model, so writes in one test never leak into another."""
+    return Path(shutil.copytree(trained_model_dir, tmp_path / "model"))
+
+
+@pytest.fixture
+def make_client(model_dir) -> Iterator[Callable[..., TestClient]]:
+    """Factory for clients over `model_dir` with settings overrides; lifespans run and close."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides) -> TestClient:
+        settings = Settings(**{"model_dir": model_dir, "api_key": API_KEY, **overrides})
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def image_bytes(color=(200, 40, 40), size=(64, 64), fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def catalog_products(sample_catalog) -> list:
+    """The sample catalog's valid products (id, title, image_path, category, ...)."""
+    from embedder.catalog import read_catalog
+
+    return read_catalog(sample_catalog).products
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base_url: str, proc: subprocess.Popen | None = None, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url} not healthy after {timeout} s")
+
+
+def start_server(model_dir: Path, log_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`python -m api --model D --port P ...` in a subprocess, returned once /healthz answers."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "api", "--model", str(model_dir), "--port", str(port), *args]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, proc)
+    except Exception:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}") from None
+    return proc, base_url

@@ -1,0 +1,94 @@
+"""Catalog writes and reads over HTTP: PUT (upsert), GET, GET image, DELETE."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+
+from tests.api.conftest import image_bytes
+
+
+def _put(client, auth, pid, title="green canvas sneaker", image=None, **extra):
+    files = {"image": ("shoe.png", image)} if image is not None else None
+    data = {"title": title, "category": "Footwear > Sneakers", **extra}
+    return client.put(f"/v1/products/{pid}", data=data, files=files, headers=auth)
+
+
+def test_put_get_image_search_delete(client, auth):
+    photo = image_bytes((30, 160, 60), (80, 60))
+    r = _put(client, auth, "new-1", image=photo, attributes=json.dumps({"colour": "green"}))
+    assert r.status_code == 200, r.text
+    created = r.json()
+    assert created == {
+        "id": "new-1",
+        "title": "green canvas sneaker",
+        "category": "Footwear > Sneakers",
+        "attributes": {"colour": "green"},
+        "image_url": "/v1/products/new-1/image",
+    }
+    assert client.get("/v1/products/new-1").json() == created
+    stored = client.get("/v1/products/new-1/image")
+    assert stored.status_code == 200 and stored.headers["content-type"] == "image/png"
+    assert stored.content == photo
+
+    hits = client.post(
+        "/v1/search",
+        data={"title": "green canvas sneaker", "k": "1"},
+        files={"image": ("q.png", photo)},
+    ).json()["hits"]
+    assert hits[0]["id"] == "new-1"
+
+    before = client.get("/healthz").json()["index"]["size"]
+    assert client.delete("/v1/products/new-1", headers=auth).json() == {
+        "id": "new-1",
+        "deleted": True,
+    }
+    assert client.get("/v1/products/new-1").status_code == 404
+    assert client.get("/healthz").json()["index"]["size"] == before - 1
+    found = client.post("/v1/search", data={"title": "green canvas sneaker", "k": "50"}).json()
+    assert "new-1" not in [h["id"] for h in found["hits"]]
+
+
+def test_put_replaces_an_existing_product(client, auth, catalog_products):
+    pid = catalog_products[0].id
+    size = client.get("/healthz").json()["index"]["size"]
+    r = _put(client, auth, pid, title="renamed product")
+    assert r.status_code == 200
+    got = client.get(f"/v1/products/{pid}").json()
+    assert got["title"] == "renamed product" and got["image_url"] is None
+    assert client.get(f"/v1/products/{pid}/image").status_code == 404
+    assert client.get("/healthz").json()["index"]["size"] == size
+
+
+def test_tiff_upload_is_stored_as_png(client, auth):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 20, 200)).save(buf, format="TIFF")
+    assert _put(client, auth, "tiff-1", image=buf.getvalue()).status_code == 200
+    r = client.get("/v1/products/tiff-1/image")
+    assert r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (40, 40)
+
+
+def test_bad_writes_are_refused_and_change_nothing(client, auth):
+    size = client.get("/healthz").json()["index"]["size"]
+    cases = [
+        ({"title": "t", "category": " > "}, "category"),
+        ({"title": "   ", "category": "A"}, "title"),
+        ({"title": "t", "category": "A", "attributes": "[1, 2]"}, "JSON object"),
+        ({"title": "t", "category": "A", "attributes": "{bad"}, "JSON object"),
+        ({"category": "A"}, "title"),
+    ]
+    for data, reason in cases:
+        r = client.put("/v1/products/bad-1", data=data, headers=auth)
+        assert r.status_code == 422, (data, r.text)
+        assert reason in r.json()["detail"]
+    assert client.get("/v1/products/bad-1").status_code == 404
+    assert client.get("/healthz").json()["index"]["size"] == size
+
+
+def test_delete_unknown_product_is_404(client, auth):
+    r = client.delete("/v1/products/no-such-id", headers=auth)
+    assert r.status_code == 404
+    assert r.json()["error"] == "product_not_found"
