@@ -1,0 +1,237 @@
+"""`python -m bench.bench_api`: latency and throughput of a live `python -m api` on 127.0.0.1.
+
+Concurrent clients (threads, one httpx connection each) send text search, image search and
+classify (image + title) requests at 1, 8 and 32 clients, against the same model served with
+micro-batching on and then off (one model call per request, the baseline). Each cell is bounded
+in requests and seconds. Prints a markdown table and writes bench/results/bench_api.json.
+
+The model directory defaults to `runs/bench_api` built from the sample catalog with the default
+packaged backbones (`python -m train.huse`), reused when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.common import machine_info, print_table, write_results
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("text_search", "image_search", "classify")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = ""  # model dir (bundle/ + index/); "" = build runs/bench_api from the sample
+    catalog: str = ""  # where queries come from; "" = runs/sample/catalog.csv
+    clients: tuple[int, ...] = (1, 8, 32)
+    requests_per_cell: int = 96  # requests per (scenario, clients) cell, at least 2 per client
+    max_seconds_per_cell: float = 30.0  # clients stop starting requests after this
+    warmup_requests: int = 8
+    k: int = 10
+    batch_max_wait_ms: float = 3.0
+    batch_max_size: int = 32
+    seed: int = 0
+
+
+SAMPLE_CATALOG = REPO_ROOT / "runs" / "sample" / "catalog.csv"
+
+
+def ensure_model(model: str) -> Path:
+    """The model dir to serve; builds the sample-catalog model with default backbones if absent."""
+    if model:
+        return Path(model)
+    out = REPO_ROOT / "runs" / "bench_api"
+    if not (out / "index" / "manifest.json").exists():
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        huse = [sys.executable, "-m", "train.huse"]
+        if not SAMPLE_CATALOG.exists():
+            cmd = [*huse, "sample-catalog", str(SAMPLE_CATALOG.parent)]
+            subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env)
+        cmd = [*huse, "--catalog", str(SAMPLE_CATALOG), "--out", str(out)]
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env)
+    return out
+
+
+def load_queries(catalog: Path, n: int, seed: int) -> list[tuple[str, bytes]]:
+    """(title, image bytes) of n random catalog products: the requests the clients send."""
+    from embedder.catalog import read_catalog
+
+    products = read_catalog(catalog).products
+    rng = random.Random(seed)
+    picked = rng.sample(products, min(n, len(products)))
+    return [(p.title, p.image_path.read_bytes()) for p in picked]
+
+
+class Server:
+    """`python -m api` in a subprocess on a free 127.0.0.1 port."""
+
+    def __init__(self, model_dir: Path, batching: bool, cfg: BenchConfig, log_path: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        args = [sys.executable, "-m", "api", "--model", str(model_dir), "--port", str(self.port)]
+        args += ["--log-level", "warning", "--batch-max-size", str(cfg.batch_max_size)]
+        args += ["--batch-max-wait-ms", str(cfg.batch_max_wait_ms)]
+        if not batching:
+            args.append("--no-batching")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env.pop("HUSE_API_KEY", None)
+        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=self.log, stderr=self.log)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise TimeoutError(f"server not ready; see {log_path}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def _request(client: httpx.Client, scenario: str, query: tuple[str, bytes], k: int) -> None:
+    title, image = query
+    if scenario == "text_search":
+        r = client.post("/v1/search", data={"title": title, "k": str(k)})
+    elif scenario == "image_search":
+        r = client.post("/v1/search", data={"k": str(k)}, files={"image": ("q.jpg", image)})
+    else:
+        files = {"image": ("q.jpg", image)}
+        r = client.post("/v1/classify", data={"title": title, "k": "5"}, files=files)
+    if r.status_code != 200:
+        raise RuntimeError(f"{scenario}: HTTP {r.status_code}: {r.text[:200]}")
+
+
+def run_cell(url: str, scenario: str, n_clients: int, queries, cfg: BenchConfig) -> dict:
+    """n_clients threads share `requests_per_cell` requests; returns latency stats and req/s."""
+    total = max(cfg.requests_per_cell, 2 * n_clients)
+    counter = iter(range(total))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    deadline = start + cfg.max_seconds_per_cell
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            while time.perf_counter() < deadline:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    _request(client, scenario, queries[i % len(queries)], cfg.k)
+                except Exception as e:  # counted and reported, never hidden
+                    with lock:
+                        errors.append(str(e))
+                    continue
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat_ms = np.array(latencies) * 1000.0
+    return {
+        "scenario": scenario,
+        "clients": n_clients,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": round(wall, 2),
+        "req_per_s": len(latencies) / wall if wall > 0 else 0.0,
+        "p50_ms": float(np.percentile(lat_ms, 50)) if len(lat_ms) else None,
+        "p95_ms": float(np.percentile(lat_ms, 95)) if len(lat_ms) else None,
+        "p99_ms": float(np.percentile(lat_ms, 99)) if len(lat_ms) else None,
+    }
+
+
+def parse_args(argv: list[str] | None) -> BenchConfig:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_api", description=__doc__)
+    p.add_argument("--model", default="", help="model dir (default: build runs/bench_api)")
+    p.add_argument("--catalog", default="", help="queries from (default runs/sample)")
+    p.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
+    p.add_argument("--requests", type=int, default=BenchConfig.requests_per_cell)
+    p.add_argument("--max-seconds", type=float, default=BenchConfig.max_seconds_per_cell)
+    args = p.parse_args(argv)
+    clients = tuple(int(c) for c in args.clients.split(","))
+    if not clients or min(clients) < 1:
+        raise ValueError(f"--clients must be positive integers, got {args.clients!r}")
+    return BenchConfig(
+        model=args.model,
+        catalog=args.catalog,
+        clients=clients,
+        requests_per_cell=args.requests,
+        max_seconds_per_cell=args.max_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    model_dir = ensure_model(cfg.model)
+    queries = load_queries(Path(cfg.catalog) if cfg.catalog else SAMPLE_CATALOG, 64, cfg.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batching in (True, False):
+            server = Server(model_dir, batching, cfg, Path(tmp) / "server.log")
+            try:
+                health = httpx.get(f"{server.url}/healthz").json()
+                for scenario in SCENARIOS:
+                    for i in range(cfg.warmup_requests):
+                        with httpx.Client(base_url=server.url, timeout=120) as client:
+                            _request(client, scenario, queries[i % len(queries)], cfg.k)
+                    for n_clients in cfg.clients:
+                        row = run_cell(server.url, scenario, n_clients, queries, cfg)
+                        row["batching"] = "on" if batching else "off"
+                        rows.append(row)
+                        print(
+                            f"batching {row['batching']:3} {scenario:12} {n_clients:3} clients: "
+                            f"{row['req_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} ms",
+                            file=sys.stderr,
+                        )
+            finally:
+                server.stop()
+    columns = ["scenario", "clients", "batching", "req_per_s", "p50_ms", "p95_ms", "p99_ms"]
+    rows.sort(key=lambda r: (SCENARIOS.index(r["scenario"]), r["clients"], r["batching"]))
+    print_table(rows, [*columns, "requests", "errors"])
+    path = write_results(
+        "bench_api",
+        {
+            "machine": machine_info(),
+            "parameters": {**asdict(cfg), "model_dir": str(model_dir)},
+            "model": health["model"],
+            "index_size": health["index"]["size"],
+            "baseline": "batching off: one model call per request in a thread pool",
+            "results": rows,
+        },
+    )
+    print(f"\nwrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
