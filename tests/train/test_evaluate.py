@@ -1,0 +1,193 @@
+"""train.evaluate on a real (tiny, trained) Bundle over synthetic frozen features."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from embedder.bundle import Bundle, build_model, class_centroids, model_config
+from train.config import TrainConfig
+from train.evaluate import EvalConfig, LabeledFeatures, evaluate
+from train.loop import TrainData, train_model
+from train.metrics import class_recall_at_k, topk_accuracy
+
+# Leaf classes: path, top-level index. The last one is rare: outside the leaf label space (-1).
+LEAVES = [("Apparel > Shirts", 0), ("Apparel > Jeans", 0), ("Footwear > Sandals", 1),
+          ("Footwear > Boots", 1), ("Footwear > Clogs", 1)]
+RARE = 4
+DI, DT = 12, 8
+
+
+@dataclass
+class Case:
+    bundle: Bundle
+    train: LabeledFeatures
+    val: LabeledFeatures
+    test: LabeledFeatures
+    history: list[dict]
+
+
+def _split(rng: np.random.Generator, leaf: np.ndarray, protos_i, protos_t) -> LabeledFeatures:
+    n = len(leaf)
+    image = protos_i[leaf] + 0.9 * rng.normal(size=(n, DI))
+    text = protos_t[leaf] + 0.9 * rng.normal(size=(n, DT))
+    top = np.array([LEAVES[i][1] for i in leaf], dtype=np.int64)
+    return LabeledFeatures(
+        product_ids=[f"p{i}" for i in range(n)],
+        titles=[LEAVES[i][0].split(" > ")[1] for i in leaf],
+        image=image.astype(np.float32),
+        text=text.astype(np.float32),
+        labels={"level1": top, "level2": np.where(leaf == RARE, -1, leaf).astype(np.int64)},
+        categories=[LEAVES[i][0] for i in leaf],
+    )
+
+
+def make_case(seed: int = 0) -> Case:
+    """Seeded synthetic splits and a Bundle trained on them with the trainer's own loop."""
+    rng = np.random.default_rng(seed)
+    protos_i, protos_t = 2 * rng.normal(size=(5, DI)), 2 * rng.normal(size=(5, DT))
+    leaf = {name: np.concatenate([np.repeat(np.arange(4), n), [RARE] * r]).astype(np.int64)
+            for name, n, r in (("train", 30, 2), ("val", 6, 0), ("test", 12, 3))}
+    train, val, test = (_split(rng, leaf[s], protos_i, protos_t) for s in ("train", "val", "test"))
+    heads = {"level1": 2, "level2": 4}
+    config = model_config(
+        image_backbone={"spec": "synthetic-image", "dim": DI},
+        text_backbone={"spec": "synthetic-text", "dim": DT},
+        embed_dim=8, image_hidden=(16,), text_hidden=(16,), dropout=0.0, tfidf_dim=0,
+        heads=heads, leaf_head="level2", loss_weights={}, other_threshold=0.5, train_config={},
+    )
+    model = build_model(config)
+    both = [train, val]
+    data = TrainData(
+        image=np.vstack([s.image for s in both]), text=np.vstack([s.text for s in both]),
+        y={h: np.concatenate([s.labels[h] for s in both]) for h in heads},
+        train_idx=np.arange(len(train)), val_idx=np.arange(len(train), len(train) + len(val)),
+        leaf_head="level2", A=1 - np.eye(4, dtype=np.float32),
+    )
+    cfg = TrainConfig(embed_dim=8, batch_size=32, max_epochs=25, patience=25, lr=1e-2,
+                      device="cpu", seed=seed)
+    history = train_model(model, data, cfg, checkpoint_dir=None).history
+    labels = {"level1": ["Apparel", "Footwear"], "level2": [p for p, _ in LEAVES[:4]]}
+    bundle = Bundle(config, model, labels)
+    fused = bundle.embed_features(train.image, train.text, train.titles)
+    bundle.centroids = {h: class_centroids(fused, train.labels[h], n) for h, n in heads.items()}
+    return Case(bundle, train, val, test, history)
+
+
+@pytest.fixture(scope="module")
+def case():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster on a busy 2-core machine
+    try:
+        yield make_case()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def result(case):
+    return evaluate(case.bundle, case.train, case.test, EvalConfig(knn_k=5), val=case.val)
+
+
+def test_every_head_input_and_method_is_reported(case, result):
+    ev, _ = result
+    assert ev["leaf_head"] == "level2"
+    assert (ev["n_train"], ev["n_val"], ev["n_test"]) == (122, 24, 51)
+    assert set(ev["heads"]) == {"level1", "level2"}
+    assert ev["heads"]["level2"]["n_test_ignored"] == 3
+    assert ev["heads"]["level1"]["n_test_ignored"] == 0
+    for head in ev["heads"].values():
+        for inp in ("image", "text", "fused"):
+            for method in ("linear", "centroid"):
+                r = head[inp][method]
+                assert set(r) == {"top1", "top5", "macro_f1", "other_share"}
+                assert all(0.0 <= v <= 1.0 for v in r.values())
+                assert r["top5"] >= r["top1"]
+    assert set(ev["retrieval"]) == {"image->image", "image->text", "text->image", "text->text",
+                                    "fused->fused"}
+
+
+def test_numbers_match_the_bundle_scores(case, result):
+    ev, _ = result
+    b, t = case.bundle, case.test
+    fused = b.embed_features(t.image, t.text, t.titles)
+    y = t.labels["level2"]
+    probs = b.head_probs(fused)["level2"]
+    cent = b.centroid_scores(fused)["level2"]
+    got = ev["heads"]["level2"]["fused"]
+    assert got["linear"]["top1"] == pytest.approx(topk_accuracy(probs, y, 1))
+    assert got["centroid"]["top1"] == pytest.approx(topk_accuracy(cent, y, 1))
+    assert got["linear"]["other_share"] == pytest.approx(np.mean(probs.max(1) < 0.5))
+    # the trained bundle separates these classes well above chance (25 %)
+    assert got["linear"]["top1"] > 0.8
+    assert ev["heads"]["level1"]["fused"]["linear"]["top1"] > 0.9
+
+
+def test_retrieval_protocol(case, result):
+    ev, _ = result
+    b, t = case.bundle, case.test
+    cls = np.unique(t.categories, return_inverse=True)[1].astype(np.int64)
+    img = b.embed_features(image_feats=t.image)
+    txt = b.embed_features(text_feats=t.text, titles=t.titles)
+    expected = {
+        "image->image": class_recall_at_k(img, cls, img, cls, (1, 5, 10), exclude_self=True),
+        "image->text": class_recall_at_k(img, cls, txt, cls, (1, 5, 10), exclude_self=False),
+    }
+    for name, rec in expected.items():
+        assert ev["retrieval"][name] == pytest.approx({str(k): v for k, v in rec.items()})
+    # rare-class products are queries too: without category paths they are skipped
+    no_paths = LabeledFeatures(t.product_ids, t.titles, t.image, t.text, t.labels)
+    ev2, _ = evaluate(b, case.train, no_paths, EvalConfig(knn_k=5), val=case.val)
+    y = t.labels["level2"]
+    skip_rare = class_recall_at_k(img, y, img, y, (1, 5, 10), exclude_self=True)
+    assert ev2["retrieval"]["image->image"] == pytest.approx(
+        {str(k): v for k, v in skip_rare.items()})
+
+
+def test_baselines(case, result):
+    ev, _ = result
+    lr, knn = ev["baselines"]["logreg"], ev["baselines"]["knn"]
+    assert lr["C_selected_on"] == "validation split"
+    assert set(lr["C_tried_top1"]) == {"0.01", "0.1", "1"}
+    assert lr["top1"] > 0.9 and lr["converged"]
+    assert knn["k"] == 5 and knn["top1"] > 0.8
+    t = case.test
+    x = t.image / np.linalg.norm(t.image, axis=1, keepdims=True)
+    cls = np.unique(t.categories, return_inverse=True)[1].astype(np.int64)
+    rec = class_recall_at_k(x, cls, x, cls, (1, 5, 10), exclude_self=True)
+    assert knn["retrieval"]["image->image"] == pytest.approx({str(k): v for k, v in rec.items()})
+
+
+def test_logreg_without_val_uses_a_training_holdout(case):
+    ev, _ = evaluate(case.bundle, case.train, case.test, EvalConfig(logreg_cs=(0.1,)))
+    lr = ev["baselines"]["logreg"]
+    assert "hold-out of the training split" in lr["C_selected_on"]
+    assert lr["C"] == 0.1 and lr["top1"] > 0.9
+    assert ev["n_val"] == 0
+
+
+def test_artifacts(case, result):
+    _, art = result
+    assert art.confusion_classes == [p for p, _ in LEAVES[:4]]  # 12 test items each, by index
+    assert art.confusion.shape == (4, 5)
+    np.testing.assert_array_equal(art.confusion.sum(axis=1), [12, 12, 12, 12])
+    assert art.map_embeddings.shape == (51, 8)
+    assert art.map_groups.count("Footwear") == 27 and art.map_groups.count("Apparel") == 24
+    _, small = evaluate(case.bundle, case.train, case.test,
+                        EvalConfig(map_max_points=10, max_confusion_classes=2, logreg_cs=(0.1,)))
+    assert small.map_embeddings.shape == (10, 8) and len(small.map_groups) == 10
+    assert small.confusion.shape == (2, 3)
+
+
+def test_bad_inputs(case):
+    t = case.test
+    with pytest.raises(ValueError, match="titles"):
+        LabeledFeatures(t.product_ids, t.titles[:-1], t.image, t.text, t.labels)
+    missing = LabeledFeatures(t.product_ids, t.titles, t.image, t.text,
+                              {"level2": t.labels["level2"]})
+    with pytest.raises(ValueError, match="level1"):
+        evaluate(case.bundle, case.train, missing)
+    with pytest.raises(ValueError, match="knn_k=0"):
+        EvalConfig(knn_k=0)
