@@ -24,7 +24,9 @@ class BodyLimitMiddleware:
 
     def _refuse(self, size: str) -> object:
         return error_response(
-            413, "too_many_bytes", f"request body of {size} bytes exceeds {self.max_bytes}"
+            413,
+            "too_many_bytes",
+            f"request body of {size} bytes exceeds the limit of {self.max_bytes}",
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

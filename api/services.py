@@ -102,6 +102,8 @@ class Services:
 
         bundle = Bundle.load(settings.bundle_dir)
         index = ProductIndex.open(settings.index_dir, expected_fingerprint=bundle.fingerprint)
+        for kind in ("image", "text"):  # load backbones now, not in the first request
+            bundle.backbone(kind)
         logger.info(
             "serving bundle %s (%s) and index %s (%d products)",
             settings.bundle_dir,
@@ -161,25 +163,14 @@ class Services:
             return await asyncio.wrap_future(future)
 
     def _rank(self, method: str, emb: np.ndarray, k: int) -> list[LevelPredictionPublic]:
-        scores = (
-            self.bundle.head_probs(emb[None, :])
-            if method == "linear"
-            else self.bundle.centroid_scores(emb[None, :])
-        )
+        ranked = self.bundle.classify_embeddings(emb[None, :], method=method, k=k)[0]
         levels = []
         for head in self.bundle.heads:
-            row = np.asarray(scores[head])[0]
-            names = self.bundle.labels[head]
-            top = np.argsort(-row, kind="stable")[: min(k, len(names))]
-            ranked = [LabelScorePublic(label=names[i], score=float(row[i])) for i in top]
-            other = not ranked or ranked[0].score < self.threshold
+            labels = [LabelScorePublic(label=lab, score=s) for lab, s in ranked[head]["labels"]]
+            other = labels[0].score < self.threshold  # the settings may override the bundle's
+            answer = "other" if other else labels[0].label
             levels.append(
-                LevelPredictionPublic(
-                    head=head,
-                    answer="other" if other else ranked[0].label,
-                    other=other,
-                    labels=ranked,
-                )
+                LevelPredictionPublic(head=head, answer=answer, other=other, labels=labels)
             )
         return levels
 
@@ -331,8 +322,8 @@ class Services:
                 "fingerprint": self.bundle.fingerprint,
                 "dim": int(self.bundle.dim),
                 "heads": list(self.bundle.heads),
-                "image_backbone": config.get("image_backbone"),
-                "text_backbone": config.get("text_backbone"),
+                "image_backbone": config.get("image_backbone", {}).get("spec"),
+                "text_backbone": config.get("text_backbone", {}).get("spec"),
                 "other_threshold": self.threshold,
             },
             index={"index_dir": str(self.settings.index_dir), "size": len(self.index)},

@@ -23,4 +23,5 @@ async def classify(
     method: Annotated[Literal["linear", "centroid"], Form()] = "linear",
 ) -> ClassifyPublic:
     data = await read_upload(image, services.settings.max_upload_bytes)
-    return await services.classify(data, title, k or services.settings.default_k, method)
+    k = k if k is not None else services.settings.default_k
+    return await services.classify(data, title, k, method)
