@@ -380,8 +380,8 @@ class VectorIndex:
 
     # ---------------------------------------------------------------- search
     def _exact(self, ids: np.ndarray) -> np.ndarray:
-        """Exact stored vectors of live ids, from the external source or the index itself."""
-        if self._exact_source is not None:
+        """Exact vectors of live ids: from the index, or from `exact_vectors` for lossy codes."""
+        if self._lossy:
             return np.ascontiguousarray(self._exact_source(ids), dtype=np.float32)
         if ids.shape[0] == 0:
             return np.empty((0, self.d), np.float32)
@@ -512,6 +512,14 @@ class VectorIndex:
             "tombstone_rows": np.flatnonzero(self._dead).tolist(),
         }
 
+    def write(self, path: Any) -> None:
+        """Write the CPU index to `path` with faiss.write_index (no copy in memory)."""
+        import faiss
+
+        if self._index is None:
+            raise ValueError("nothing to write: the index has no vectors yet")
+        faiss.write_index(self._index, str(path))
+
     def serialize(self) -> np.ndarray:
         """The CPU index as FAISS bytes (uint8 array); GPU replicas are never saved."""
         import faiss
@@ -527,13 +535,30 @@ class VectorIndex:
         """Inverse of serialize(); CorruptIndexError when the bytes are not this index."""
         import faiss
 
+        return cls._load(
+            lambda: faiss.deserialize_index(np.asarray(data, np.uint8)), d, state, **kwargs
+        )
+
+    @classmethod
+    def read(cls, path: Any, d: int, state: dict[str, Any], **kwargs: Any) -> VectorIndex:
+        """Inverse of write(); CorruptIndexError when the file is not this index."""
+        import faiss
+
+        return cls._load(lambda: faiss.read_index(str(path)), d, state, **kwargs)
+
+    @classmethod
+    def _load(
+        cls, load: Callable[[], Any], d: int, state: dict[str, Any], **kwargs: Any
+    ) -> VectorIndex:
+        import faiss
+
         vi = cls(d, factory="auto", **kwargs)
-        vi.requested_factory = state["requested_factory"]
         try:
+            vi.requested_factory = state["requested_factory"]
             vi._make(state["factory"])
-            index = faiss.deserialize_index(np.asarray(data, dtype=np.uint8))
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CorruptIndexError(f"not a readable FAISS index: {e}") from e
+            index = load()
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CorruptIndexError(f"not a readable FAISS index of this store: {e}") from e
         if index.d != d:
             raise CorruptIndexError(f"FAISS index has d={index.d}, expected {d}")
         vi._index = index

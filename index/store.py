@@ -1,0 +1,462 @@
+"""ProductIndex: FAISS vectors + SQLite metadata behind one lock, saved crash-safely.
+
+SQLite is the durable truth: an upsert or delete commits there (metadata, vector, new
+generation, one transaction) before the in-memory FAISS index changes, so a write is durable
+when the call returns. `save()` writes a FAISS snapshot (tmp + fsync + rename, under a new
+name) and then the manifest (same way, last), which names the snapshot, its sha256 and its
+generation. `open()` verifies the manifest, loads the snapshot and replays newer rows; a lost
+or damaged snapshot is rebuilt from SQLite, while a foreign or mismatched file is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.atomic import replacing, sha256_file, write_atomic
+from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
+from index.metadata import MetadataStore, ProductRecord
+from index.vectors import IndexPlan, VectorIndex, _as_matrix
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Hit", "ProductIndex", "ProductRecord"]
+
+FORMAT = "huse-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+METADATA = "meta.sqlite"
+UNIT_NORM_TOLERANCE = 1e-3  # stored vectors must be L2-normalised: scores are cosines
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    record: ProductRecord
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+
+    return {
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+class ProductIndex:
+    """Products with metadata and vectors; k-NN search with category and id filters."""
+
+    def __init__(
+        self, directory: Path, meta: MetadataStore, vi: VectorIndex, manifest: dict[str, Any]
+    ) -> None:
+        """Use create() or open(); this only wires parts that are already consistent."""
+        self.directory = directory
+        self._meta = meta
+        self._vi = vi
+        self._manifest = manifest
+        self._lock = RWLock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @staticmethod
+    def _new_vectors(
+        d: int, factory: str, meta: MetadataStore, budget: int | None, **kwargs: Any
+    ) -> VectorIndex:
+        return VectorIndex(
+            d, factory, memory_budget_bytes=budget, exact_vectors=meta.vectors, **kwargs
+        )
+
+    @classmethod
+    def create(
+        cls,
+        directory: str | Path,
+        d: int,
+        bundle_fingerprint: str,
+        factory: str = "auto",
+        memory_budget_bytes: int | None = None,
+        use_gpu: bool | str = "auto",
+        plan: IndexPlan | None = None,
+    ) -> ProductIndex:
+        """Start an empty index in `directory` (which must not hold one already)."""
+        directory = Path(directory)
+        if not isinstance(bundle_fingerprint, str) or not bundle_fingerprint:
+            raise ValueError(
+                f"bundle_fingerprint must be a non-empty str, got {bundle_fingerprint!r}"
+            )
+        if (directory / MANIFEST).exists() or (directory / METADATA).exists():
+            raise IndexStoreError(f"{directory} already holds an index; use ProductIndex.open")
+        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+            raise ValueError(f"d must be a positive int, got {d!r}")
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = MetadataStore.create(
+            directory / METADATA, d, bundle_fingerprint, factory, memory_budget_bytes
+        )
+        try:
+            vi = cls._new_vectors(d, factory, meta, memory_budget_bytes, use_gpu=use_gpu, plan=plan)
+        except (ValueError, TypeError):
+            meta.close()
+            for path in directory.glob(METADATA + "*"):
+                path.unlink()
+            raise
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "save_seq": 0, "build": {}}
+        store = cls(directory, meta, vi, manifest)
+        store.save()
+        return store
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        expected_fingerprint: str | None = None,
+        use_gpu: bool | str = "auto",
+        plan: IndexPlan | None = None,
+        rebuild_if_corrupt: bool = True,
+    ) -> ProductIndex:
+        """Open and verify an index; replay writes newer than its snapshot.
+
+        IndexMismatchError: another format, bundle or dimension. CorruptIndexError: unreadable
+        manifest or SQLite, or (with rebuild_if_corrupt=False) a missing or damaged snapshot;
+        with rebuild_if_corrupt=True the snapshot is rebuilt from SQLite, with a warning.
+        """
+        directory = Path(directory)
+        manifest = cls._read_manifest(directory)
+        fingerprint = manifest.get("bundle_fingerprint")
+        if expected_fingerprint is not None and fingerprint != expected_fingerprint:
+            raise IndexMismatchError(
+                f"index in {directory} was built for bundle {fingerprint!r}, "
+                f"not {expected_fingerprint!r}"
+            )
+        meta = MetadataStore.open(directory / METADATA)
+        try:
+            vi = cls._load_vectors(directory, manifest, meta, rebuild_if_corrupt, use_gpu, plan)
+        except BaseException:
+            meta.close()
+            raise
+        return cls(directory, meta, vi, manifest)
+
+    @staticmethod
+    def _read_manifest(directory: Path) -> dict[str, Any]:
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise IndexStoreError(f"{directory} is not an index directory (no {MANIFEST})")
+        try:
+            manifest = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptIndexError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise IndexMismatchError(f"{path} is not a {FORMAT} manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexMismatchError(
+                f"{path} has format version {manifest.get('format_version')!r}, "
+                f"this code reads {FORMAT_VERSION}"
+            )
+        return manifest
+
+    @classmethod
+    def _load_vectors(
+        cls,
+        directory: Path,
+        manifest: dict[str, Any],
+        meta: MetadataStore,
+        rebuild_if_corrupt: bool,
+        use_gpu: bool | str,
+        plan: IndexPlan | None,
+    ) -> VectorIndex:
+        info = meta.meta()
+        d = int(info["d"])
+        for key, value in (("d", d), ("bundle_fingerprint", info["bundle_fingerprint"])):
+            if manifest.get(key) != value:
+                raise IndexMismatchError(
+                    f"{MANIFEST} says {key}={manifest.get(key)!r} but {METADATA} says {value!r}"
+                )
+        budget = json.loads(info["memory_budget_bytes"])
+        kwargs = {
+            "memory_budget_bytes": budget,
+            "exact_vectors": meta.vectors,
+            "use_gpu": use_gpu,
+            "plan": plan,
+        }
+        snapshot = manifest.get("snapshot")
+        try:
+            if snapshot is None:
+                vi = VectorIndex(d, info["factory"], **kwargs)
+                since = 0
+            else:
+                vi = cls._read_snapshot(directory, snapshot, d, manifest, kwargs)
+                since = int(manifest["generation"])
+            cls._replay(vi, meta, since)
+        except CorruptIndexError as e:
+            if not rebuild_if_corrupt:
+                raise
+            logger.warning("%s; rebuilding the vector index from %s", e, METADATA)
+            vi = VectorIndex(d, info["factory"], **kwargs)
+            cls._replay(vi, meta, 0)
+        return vi
+
+    @staticmethod
+    def _read_snapshot(
+        directory: Path,
+        snapshot: dict[str, Any],
+        d: int,
+        manifest: dict[str, Any],
+        kwargs: dict[str, Any],
+    ) -> VectorIndex:
+        path = directory / snapshot["file"]
+        if not path.is_file():
+            raise CorruptIndexError(f"snapshot {path} is missing")
+        if path.stat().st_size != snapshot["bytes"] or sha256_file(path) != snapshot["sha256"]:
+            raise CorruptIndexError(f"snapshot {path} does not match its checksum (truncated?)")
+        return VectorIndex.read(path, d, manifest["vector_state"], **kwargs)
+
+    @staticmethod
+    def _replay(vi: VectorIndex, meta: MetadataStore, since: int) -> None:
+        keys, xb, deleted = meta.changes_since(since)
+        gone = deleted[[int(k) in vi for k in deleted]] if deleted.shape[0] else deleted
+        if gone.shape[0]:
+            vi.remove(gone)
+        if keys.shape[0]:
+            vi.upsert(keys, xb)
+        if vi.ntotal != meta.live_count():
+            raise CorruptIndexError(
+                f"vector index holds {vi.ntotal} products after replay, SQLite {meta.live_count()}"
+            )
+        if since or keys.shape[0]:
+            logger.info(
+                "replayed %d upserts and %d deletes after generation %d",
+                keys.shape[0],
+                gone.shape[0],
+                since,
+            )
+
+    def close(self) -> None:
+        """Release SQLite connections (writes are already durable; save() is separate)."""
+        with self._lock.write():
+            if not self._closed:
+                self._meta.close()
+                self._closed = True
+
+    def __enter__(self) -> ProductIndex:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexStoreError(f"index in {self.directory} is closed")
+
+    # ------------------------------------------------------------------ writes
+    def _validate_batch(
+        self, records: Sequence[ProductRecord], xb: Any
+    ) -> tuple[list[ProductRecord], np.ndarray]:
+        if isinstance(records, ProductRecord) or not isinstance(records, Sequence):
+            raise TypeError(
+                f"records must be a list of ProductRecord, got {type(records).__name__}"
+            )
+        bad = [r for r in records if not isinstance(r, ProductRecord)]
+        if bad:
+            raise TypeError(f"records must be ProductRecord, got {type(bad[0]).__name__}")
+        xb = _as_matrix(xb, self._vi.d)
+        if xb.shape[0] != len(records):
+            raise ValueError(f"got {len(records)} records but xb has shape {xb.shape}")
+        norms = np.linalg.norm(xb, axis=1)
+        off = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
+        if off.shape[0]:
+            raise ValueError(
+                f"xb rows must be L2-normalised; rows {off[:10].tolist()} have norms "
+                f"{np.round(norms[off[:10]], 4).tolist()}"
+            )
+        checked = [r.validated() for r in records]
+        ids = [r.id for r in checked]
+        if len(set(ids)) != len(ids):
+            dups = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"duplicate product ids within one batch: {dups[:10]}")
+        return checked, xb
+
+    def upsert(self, records: Sequence[ProductRecord], xb: Any) -> None:
+        """Insert or replace products (metadata and vector together); durable on return."""
+        checked, xb = self._validate_batch(records, xb)
+        if not checked:
+            return
+        with self._lock.write():
+            self._check_open()
+            keys, _ = self._meta.upsert(checked, xb)
+            self._vi.upsert(keys, xb)
+
+    def delete(self, product_ids: Sequence[str]) -> None:
+        """Delete products; ProductNotFound (nothing deleted) if any id is not live."""
+        ids = self._check_ids(product_ids)
+        if not ids:
+            return
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate product ids within one batch: {sorted(ids)[:10]}")
+        with self._lock.write():
+            self._check_open()
+            keys, _ = self._meta.delete(ids)
+            self._vi.remove(keys)
+
+    @staticmethod
+    def _check_ids(product_ids: Sequence[str]) -> list[str]:
+        if isinstance(product_ids, str) or not all(isinstance(i, str) for i in product_ids):
+            raise TypeError(f"product ids must be a list of str, got {product_ids!r:.200}")
+        return list(product_ids)
+
+    # ------------------------------------------------------------------ reads
+    def __len__(self) -> int:
+        with self._lock.read():
+            return self._vi.ntotal
+
+    @property
+    def d(self) -> int:
+        return self._vi.d
+
+    @property
+    def factory(self) -> str:
+        """The FAISS factory string in use ("" while an "auto" index is still empty)."""
+        return self._vi.factory
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as last saved (or loaded)."""
+        return json.loads(json.dumps(self._manifest))
+
+    def get(self, product_id: str) -> ProductRecord:
+        with self._lock.read():
+            self._check_open()
+            return self._meta.get(product_id)[1]
+
+    def vector(self, product_id: str) -> np.ndarray:
+        with self._lock.read():
+            self._check_open()
+            key, _ = self._meta.get(product_id)
+            return self._meta.vectors(np.asarray([key]))[0]
+
+    def search(
+        self,
+        xq: Any,
+        k: int,
+        category_prefix: str | None = None,
+        exclude_ids: Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
+        """k nearest products per query row, best first; fewer only if fewer match."""
+        xq = _as_matrix(xq, self._vi.d, "xq")
+        excluded_ids = self._check_ids(exclude_ids) if exclude_ids is not None else None
+        with self._lock.read():
+            self._check_open()
+            allowed = None
+            if category_prefix is not None:
+                allowed = self._meta.keys_with_category_prefix(category_prefix)
+            excluded = None
+            if excluded_ids:
+                excluded = np.asarray(
+                    list(self._meta.keys_for_ids(excluded_ids).values()), np.int64
+                )
+            D, I = self._vi.search(xq, k, allowed=allowed, excluded=excluded)  # noqa: E741
+            records = self._meta.records(np.unique(I[I >= 0]))
+        return [
+            [
+                Hit(records[key].id, float(score), records[key])
+                for score, key in zip(D_row, I_row, strict=True)
+                if key >= 0
+            ]
+            for D_row, I_row in zip(D, I, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ persistence
+    def record_build(self, info: dict[str, Any]) -> None:
+        """Attach build facts (recall@10, timings) to the manifest from the next save() on."""
+        self._manifest["build"] = json.loads(json.dumps(info))
+
+    def save(self) -> dict[str, Any]:
+        """Snapshot the vectors, then write the manifest; returns the new manifest."""
+        with self._lock.write():
+            self._check_open()
+            self._meta.checkpoint()
+            seq = int(self._manifest.get("save_seq", 0)) + 1
+            snapshot = None
+            if self._vi.factory:
+                name = f"vectors.{seq}.faiss"
+                with replacing(self.directory / name) as tmp:
+                    self._vi.write(tmp)
+                path = self.directory / name
+                snapshot = {"file": name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+            info = self._meta.meta()
+            manifest = {
+                **self._manifest,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "save_seq": seq,
+                "d": self._vi.d,
+                "bundle_fingerprint": info["bundle_fingerprint"],
+                "requested_factory": info["factory"],
+                "factory": self._vi.factory,
+                "ntotal": self._vi.ntotal,
+                "generation": self._meta.generation(),
+                "snapshot": snapshot,
+                "vector_state": self._vi.state(),
+                "versions": _versions(),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            write_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+            self._manifest = manifest
+            self._remove_stale_snapshots(snapshot["file"] if snapshot else None)
+            return self.manifest
+
+    def _remove_stale_snapshots(self, keep: str | None) -> None:
+        for path in self.directory.glob("vectors.*.faiss*"):
+            if path.name != keep:
+                path.unlink(missing_ok=True)
