@@ -349,7 +349,7 @@ class Bundle:
     def load(cls, bundle_dir: str | Path, device: str = "cpu") -> Bundle:
         """Strict load: missing files, unknown format, missing/unexpected/mis-shaped weights,
         or labels/centroids that disagree with the config raise BundleError."""
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         root = Path(bundle_dir)
@@ -367,7 +367,7 @@ class Bundle:
             raise BundleError(f"{root}/{CONFIG_FILE}: bad model config: {e!r}") from e
         try:
             state = load_file(str(root / WEIGHTS_FILE))
-        except (OSError, SafetensorsError) as e:
+        except (OSError, SafetensorError) as e:
             raise BundleError(f"{root}/{WEIGHTS_FILE}: {e}") from e
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))

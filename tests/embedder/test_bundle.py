@@ -1,0 +1,139 @@
+"""Bundle: embed, save, load, embed again (allclose); strict loading; classification output."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from embedder.bundle import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Bundle,
+    TfidfText,
+    build_model,
+    class_centroids,
+    model_config,
+)
+from embedder.errors import BundleError
+
+TITLES = ["red cotton shirt", "blue denim jeans", "black leather boots", "red silk shirt"]
+
+
+def make_bundle(image_spec, text_spec, image_dim, text_dim, tfidf=True):
+    tf = TfidfText.fit(TITLES, max_features=50) if tfidf else None
+    config = model_config(
+        image_backbone={"spec": image_spec, "dim": image_dim},
+        text_backbone={"spec": text_spec, "dim": text_dim}, embed_dim=8, image_hidden=(16,),
+        text_hidden=(16,), dropout=0.1, tfidf_dim=tf.dim if tf else 0,
+        heads={"level1": 2, "level2": 3}, leaf_head="level2", loss_weights={"w_cls": 1.0},
+        other_threshold=0.6, train_config={"seed": 0})
+    torch.manual_seed(0)
+    model = build_model(config)
+    labels = {"level1": ["A", "B"], "level2": ["A > x", "A > y", "B > z"]}
+    rng = np.random.default_rng(0)
+    cents = {h: class_centroids(rng.normal(size=(6, 8)).astype(np.float32),
+                                np.arange(6) % n, n) for h, n in (("level1", 2), ("level2", 3))}
+    return Bundle(config, model, labels, cents, tf)
+
+
+@pytest.fixture()
+def bundle(tiny_image_backbone_dir, tiny_text_backbone_dir, tiny_image_backbone,
+           tiny_text_backbone):
+    return make_bundle(f"hf:{tiny_image_backbone_dir}", f"hf:{tiny_text_backbone_dir}",
+                       tiny_image_backbone.dim, tiny_text_backbone.dim)
+
+
+def images():
+    return [Image.new("RGB", (40, 30), c) for c in ("red", "blue", "black", "white")]
+
+
+def test_embed_save_load_embed_roundtrip(bundle, tmp_path):
+    before = bundle.embed(images=images(), texts=TITLES)
+    assert before.shape == (4, 8) and before.dtype == np.float32
+    assert np.allclose(np.linalg.norm(before, axis=1), 1, atol=1e-5)
+    bundle.save(tmp_path)
+    loaded = Bundle.load(tmp_path)
+    after = loaded.embed(images=images(), texts=TITLES)
+    assert np.allclose(before, after, atol=1e-6)
+    assert loaded.fingerprint == bundle.fingerprint and len(loaded.fingerprint) == 64
+    assert loaded.heads == ["level1", "level2"] and loaded.leaf_head == "level2"
+    assert loaded.levels == ["level1", "level2"] and loaded.dim == 8
+    for h in loaded.heads:
+        assert np.array_equal(loaded.centroids[h], bundle.centroids[h])
+    assert np.allclose(loaded.embed(texts=TITLES), bundle.embed(texts=TITLES), atol=1e-6)
+
+
+def test_fusion_is_normalised_sum_of_modalities(bundle):
+    img = np.random.default_rng(1).normal(size=(3, bundle.config["image_backbone"]["dim"]))
+    txt = np.random.default_rng(2).normal(size=(3, bundle.config["text_backbone"]["dim"]))
+    e_i = bundle.embed_features(image_feats=img)
+    e_t = bundle.embed_features(text_feats=txt, titles=TITLES[:3])
+    fused = bundle.embed_features(img, txt, titles=TITLES[:3])
+    expected = (e_i + e_t) / np.linalg.norm(e_i + e_t, axis=1, keepdims=True)
+    assert np.allclose(fused, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="titles"):
+        bundle.embed_features(text_feats=txt)
+
+
+def test_classify_returns_k_labels_per_head_and_other_flag(bundle):
+    out = bundle.classify(images=images()[:2], texts=TITLES[:2], k=2)
+    assert len(out) == 2 and set(out[0]) == {"level1", "level2"}
+    ranked = out[0]["level2"]["labels"]
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+    assert {name for name, _ in ranked} <= set(bundle.labels["level2"])
+    assert out[0]["level2"]["other"] == (ranked[0][1] < 0.6)
+    emb = bundle.embed(texts=TITLES)
+    cent = bundle.classify_embeddings(emb, method="centroid", k=1)
+    best = bundle.centroid_scores(emb)["level1"].argmax(axis=1)
+    assert [c["level1"]["labels"][0][0] for c in cent] == [bundle.labels["level1"][j]
+                                                           for j in best]
+    with pytest.raises(ValueError, match="method"):
+        bundle.classify_embeddings(emb, method="knn")
+
+
+def test_load_is_strict_about_weights(bundle, tmp_path):
+    bundle.save(tmp_path)
+    state = load_file(str(tmp_path / WEIGHTS_FILE))
+    state.pop("heads.0.bias")
+    state["extra.weight"] = torch.zeros(2)
+    save_file(state, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(BundleError, match=r"missing keys \['heads.0.bias'\].*extra.weight"):
+        Bundle.load(tmp_path)
+
+
+def test_load_rejects_shape_and_format_mismatch(bundle, tmp_path):
+    bundle.save(tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    config["embed_dim"] = 16
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="shape mismatch"):
+        Bundle.load(tmp_path)
+    config["format_version"] = 99
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="format_version"):
+        Bundle.load(tmp_path)
+    with pytest.raises(BundleError, match="cannot read"):
+        Bundle.load(tmp_path / "nope")
+
+
+def test_fingerprint_changes_with_weights(bundle):
+    before = bundle.fingerprint
+    other = make_bundle("a", "b", bundle.config["image_backbone"]["dim"],
+                        bundle.config["text_backbone"]["dim"])
+    with torch.no_grad():
+        other.model.heads[0].bias.add_(1.0)
+    assert other.fingerprint != before
+
+
+def test_tfidf_matches_sklearn():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    tf = TfidfText.fit(TITLES, max_features=50)
+    ref = TfidfVectorizer(max_features=50, ngram_range=(1, 2), sublinear_tf=True).fit(TITLES)
+    queries = ["red shirt shirt", "unknown words only"]
+    assert np.allclose(tf.transform(queries), ref.transform(queries).toarray(), atol=1e-6)
+    again = TfidfText.from_dict(json.loads(json.dumps(tf.to_dict())))
+    assert np.allclose(again.transform(queries), tf.transform(queries))
