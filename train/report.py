@@ -68,6 +68,10 @@ def _jsonable(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------- markdown
 
+def _finite(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else -math.inf
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
 
@@ -195,18 +199,18 @@ def _rare_line(head: str, names: list[str]) -> str:
 
 
 def _training_section(report: dict, history: list[dict]) -> str:
-    lines = []
+    lines = ["- no training history given"]
     if history:
-        best = max(history, key=lambda h: h.get("val_top1", float("-inf")))
-        lines.append(f"- {len(history)} epochs ({history[-1].get('step', '?')} steps); best "
-                     f"validation top-1 {_pct(best.get('val_top1'))} at epoch {best['epoch']}; "
-                     f"final train loss {history[-1]['train_loss']:.4f}, val loss "
-                     f"{history[-1]['val_loss']:.4f}.")
+        best = max(history, key=lambda h: _finite(h.get("val_top1")))
+        lines = [f"- {len(history)} epochs ({history[-1].get('step', '?')} steps); best "
+                 f"validation top-1 {_pct(best.get('val_top1'))} at epoch {best['epoch']}; "
+                 f"final train loss {history[-1]['train_loss']:.4f}, val loss "
+                 f"{history[-1]['val_loss']:.4f}."]
     cfg = report.get("config", {})
     shown = [f"{k}={cfg[k]}" for k in CONFIG_KEYS if k in cfg]
     if shown:
         lines.append("- config: " + ", ".join(shown) + " (full config in report.json)")
-    return "\n".join(lines) or "- no training history given"
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -259,9 +263,10 @@ def plot_loss_curves(history: list[dict]) -> Any:
     ax.set(title="Losses", xlabel="epoch", ylabel="loss")
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    top1 = [100 * h["val_top1"] for h in history if "val_top1" in h]
-    if top1:
-        ax2.plot(epochs[: len(top1)], top1, "-o", ms=3, lw=2, color="tab:green")
+    top1 = np.array([100 * _finite(h.get("val_top1")) for h in history])
+    if np.isfinite(top1).any():  # no validation split -> nothing to draw
+        ax2.plot(epochs, np.where(np.isfinite(top1), top1, np.nan), "-o", ms=3, lw=2,
+                 color="tab:green")
         best = int(np.argmax(top1))
         ax2.axvline(epochs[best], color="grey", ls=":", lw=1)
         ax2.annotate(f"best {top1[best]:.1f}% (epoch {epochs[best]})", (epochs[best], top1[best]),

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 
 from embedder.bundle import Bundle, build_model, class_centroids, model_config
 from train.config import TrainConfig
@@ -66,7 +67,12 @@ def make_case(seed: int = 0) -> Case:
     )
     cfg = TrainConfig(embed_dim=8, batch_size=32, max_epochs=25, patience=25, lr=1e-2,
                       device="cpu", seed=seed)
-    history = train_model(model, data, cfg, checkpoint_dir=None).history
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster on a busy 2-core machine
+    try:
+        history = train_model(model, data, cfg, checkpoint_dir=None).history
+    finally:
+        torch.set_num_threads(threads)
     labels = {"level1": ["Apparel", "Footwear"], "level2": [p for p, _ in LEAVES[:4]]}
     bundle = Bundle(config, model, labels)
     fused = bundle.embed_features(train.image, train.text, train.titles)
@@ -75,15 +81,8 @@ def make_case(seed: int = 0) -> Case:
 
 
 @pytest.fixture(scope="module")
-def case():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster on a busy 2-core machine
-    try:
-        yield make_case()
-    finally:
-        torch.set_num_threads(threads)
+def case() -> Case:
+    return make_case()
 
 
 @pytest.fixture(scope="module")
