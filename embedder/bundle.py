@@ -380,7 +380,11 @@ class Bundle:
         if bad:
             raise BundleError(f"{root}/{WEIGHTS_FILE}: shape mismatch {bad}")
         model.load_state_dict(state, strict=True)
-        labels = {h: list(v) for h, v in labels_doc.get("heads", {}).items()}
+        saved = labels_doc.get("heads", {})
+        names = [h["name"] for h in config["heads"]]
+        if sorted(saved) != sorted(names):
+            raise BundleError(f"{root}/{LABELS_FILE}: heads {sorted(saved)}, config has {names}")
+        labels = {h: list(saved[h]) for h in names}  # config order (JSON keys are sorted)
         centroids = {}
         if (root / CENTROIDS_FILE).exists():
             with np.load(root / CENTROIDS_FILE, allow_pickle=False) as z:

@@ -1,6 +1,6 @@
 """Offline index build: every valid catalog product embedded with a bundle, written with its
 metadata to an index directory (index.store), recall@10 of the chosen index type vs exact
-search recorded in the manifest by `build_product_index`.
+search recorded in the manifest by `index.build.build_product_index`.
 
 Products are embedded from cached frozen features, fused (image + title) by default.
 """
@@ -31,9 +31,10 @@ def product_records(products: Sequence[Any]) -> list[Any]:
 
 def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray,
                    text_feats: np.ndarray, out_dir: str | Path, factory: str = "auto",
-                   modality: str = "fused") -> Path:
-    """Embed products from their frozen features with `bundle` and build the index at out_dir."""
-    from index.store import build_product_index
+                   modality: str = "fused") -> dict:
+    """Embed products from their frozen features with `bundle`, build the index at out_dir;
+    returns the index manifest (recall@10 vs exact included)."""
+    from index.build import build_product_index
 
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -47,9 +48,10 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
         titles=titles,
     )
     out = Path(out_dir)
-    build_product_index(out, product_records(products), xb, bundle.fingerprint, factory=factory)
+    manifest = build_product_index(out, product_records(products), xb, bundle.fingerprint,
+                                   factory=factory)
     logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
-    return out
+    return manifest
 
 
 def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path,
@@ -67,5 +69,6 @@ def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path
     if cache_dir is not None:
         cfg.cache_dir = cache_dir
     feats = load_features(catalog, cfg)
-    return index_products(bundle, feats.products, feats.image, feats.text, out_dir,
-                          factory=factory or cfg.index_factory, modality=modality)
+    index_products(bundle, feats.products, feats.image, feats.text, out_dir,
+                   factory=factory or cfg.index_factory, modality=modality)
+    return Path(out_dir)

@@ -30,6 +30,7 @@ BUNDLE_DIR = "bundle"
 INDEX_DIR = "index"
 CHECKPOINT_DIR = "checkpoints"
 REJECTS_FILE = "rejects.csv"
+INDEX_REPORT_KEYS = ("factory", "ntotal", "d", "build")  # manifest entries copied to the report
 
 
 @contextmanager
@@ -217,8 +218,8 @@ def run(cfg: TrainConfig) -> Path:
             labeled_split(feats, splits.test, spaces.y), EvalConfig(seed=cfg.seed),
             val=labeled_split(feats, splits.val, spaces.y) if len(splits.val) else None)
     with timed("index build", timings):
-        index_dir = index_products(bundle, feats.products, feats.image, feats.text,
-                                   out / INDEX_DIR, factory=cfg.index_factory)
+        manifest = index_products(bundle, feats.products, feats.image, feats.text,
+                                  out / INDEX_DIR, factory=cfg.index_factory)
     timings["total"] = round(time.perf_counter() - t_start, 2)
     report = {
         "evaluation": evaluation,
@@ -236,7 +237,8 @@ def run(cfg: TrainConfig) -> Path:
         "training": {"best_epoch": result.best_epoch, "epochs": len(result.history),
                      "stopped_early": result.stopped_early},
         "bundle": {"dir": str(bundle_dir), "fingerprint": bundle.fingerprint},
-        "index": {"dir": str(index_dir)},
+        "index": {"dir": str(out / INDEX_DIR),
+                  **{k: v for k, v in manifest.items() if k in INDEX_REPORT_KEYS}},
         "timings_s": timings,
         "config": cfg.to_dict(),
     }

@@ -27,3 +27,20 @@ def synthetic_data() -> TrainData:
 def tiny_cfg() -> TrainConfig:
     return TrainConfig(embed_dim=8, image_tower=(16, 16), text_tower=(16,), dropout=0.1,
                        batch_size=32, max_epochs=4, patience=10, lr=3e-3, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_run(sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir,
+                tmp_path_factory):
+    """One short end-to-end pipeline run on the sample catalog with tiny backbones."""
+    from train.huse import run
+
+    out = tmp_path_factory.mktemp("huse_run")
+    cfg = TrainConfig(catalog=str(sample_catalog), out=str(out / "out"),
+                      cache_dir=str(out / "cache"),
+                      image_backbone=f"hf:{tiny_image_backbone_dir}",
+                      text_backbone=f"hf:{tiny_text_backbone_dir}",
+                      embed_dim=16, image_tower=(32, 32), text_tower=(32,), batch_size=32,
+                      max_epochs=3, min_per_class=2, attribute_heads=("gender",),
+                      tfidf_max_features=200, num_workers=0, device="cpu", index_factory="Flat")
+    return cfg, run(cfg)
