@@ -1,0 +1,108 @@
+"""embedder.backbones: packaged weights load offline with the documented sizes; hf: works."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedder.backbones import ImageBackbone, TextBackbone, load_backbone
+from embedder.errors import BackboneError
+
+
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    sizes = [(224, 224), (225, 300), (90, 60)]
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+@pytest.mark.parametrize(
+    ("spec", "size"),
+    [("efficientnet-lite0", 224), ("efficientnet-lite1", 240), ("efficientnet-lite2", 260)],
+)
+def test_packaged_efficientnets_load_offline(no_network, images, spec: str, size: int) -> None:
+    torch.set_num_threads(1)
+    backbone = load_backbone(spec, device="cpu")
+    assert isinstance(backbone, ImageBackbone)
+    assert (backbone.kind, backbone.spec, backbone.dim) == ("image", spec, 1280)
+    assert tuple(backbone.preprocess(images[1]).shape) == (3, size, size)
+    first = backbone.encode(images, batch_size=2)
+    assert first.shape == (3, 1280) and first.dtype == np.float32
+    assert np.array_equal(first, backbone.encode(images, batch_size=2))
+    assert np.allclose(first[2], backbone.encode(images[2:])[0], atol=1e-5)  # batch-invariant
+    assert not np.allclose(first[0], first[1])
+
+
+def test_packaged_minilm_loads_offline_and_is_sensible(no_network) -> None:
+    torch.set_num_threads(1)
+    backbone = load_backbone("minilm", device="cpu")
+    assert isinstance(backbone, TextBackbone)
+    assert (backbone.kind, backbone.dim) == ("text", 384)
+    titles = ["Men navy blue cotton shirt", "Women silver analog watch", "Men blue formal shirt"]
+    first = backbone.encode(titles)
+    assert first.shape == (3, 384) and first.dtype == np.float32
+    assert np.array_equal(first, backbone.encode(titles))
+    unit = first / np.linalg.norm(first, axis=1, keepdims=True)
+    assert unit[0] @ unit[2] > unit[0] @ unit[1]  # pretrained: shirts are closer to shirts
+
+
+def test_hf_tiny_image_model(tiny_image_backbone_dir, images) -> None:
+    backbone = load_backbone(f"hf:{tiny_image_backbone_dir}", device="cpu")
+    assert (backbone.kind, backbone.dim) == ("image", 32)
+    out = backbone.encode(images, batch_size=2)
+    assert out.shape == (3, 32)
+    assert np.allclose(out, backbone.encode(images[::-1])[::-1], atol=1e-5)
+    assert not np.allclose(out[0], out[1])
+
+
+def test_hf_tiny_text_model_keeps_order(tiny_text_backbone_dir) -> None:
+    backbone = load_backbone(f"hf:{tiny_text_backbone_dir}", device="cpu")
+    assert (backbone.kind, backbone.dim) == ("text", 32)
+    titles = ["a much longer red cotton shirt for men", "mug", "blue jeans"]
+    together = backbone.encode(titles, batch_size=2)  # length-sorted batches
+    alone = np.stack([backbone.encode([t])[0] for t in titles])
+    assert np.allclose(together, alone, atol=1e-5)
+    assert backbone.encode([]).shape == (0, 32)
+
+
+def test_cache_namespace_names_model_and_size(tiny_image_backbone, tiny_text_backbone) -> None:
+    image_ns, text_ns = tiny_image_backbone.cache_namespace, tiny_text_backbone.cache_namespace
+    assert image_ns != text_ns
+    assert tiny_image_backbone.spec in image_ns and "dim=32" in image_ns
+
+
+def test_bad_specs_and_inputs(tmp_path, tiny_text_backbone) -> None:
+    with pytest.raises(BackboneError, match="unknown backbone spec 'resnet'"):
+        load_backbone("resnet")
+    with pytest.raises(BackboneError, match="cannot load"):
+        load_backbone(f"hf:{tmp_path}")  # an empty directory is no model
+    with pytest.raises(ValueError, match="non-empty"):
+        load_backbone("")
+    with pytest.raises(TypeError, match="int"):
+        tiny_text_backbone.encode(["ok", 3])
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        tiny_text_backbone.encode(["ok"], batch_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_autocast_matches_cpu(tiny_image_backbone_dir, images) -> None:
+    cpu = load_backbone(f"hf:{tiny_image_backbone_dir}", device="cpu").encode(images)
+    gpu = load_backbone(f"hf:{tiny_image_backbone_dir}", device="cuda").encode(images)
+    assert gpu.dtype == np.float32
+    assert np.allclose(cpu, gpu, atol=5e-2)

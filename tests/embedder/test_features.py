@@ -1,0 +1,169 @@
+"""embedder.features: the cache answers hits, computes only misses, and survives interruption."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder.catalog import Product, read_catalog
+from embedder.errors import CatalogError, FeatureCacheError
+from embedder.features import (
+    FeatureCache,
+    default_cache_dir,
+    extract_image_features,
+    extract_text_features,
+    text_key,
+)
+from embedder.images import load_image
+
+
+@pytest.fixture(scope="module")
+def products(sample_catalog: Path) -> list[Product]:
+    return read_catalog(sample_catalog).products[:24]
+
+
+class Counting:
+    """Wraps a backbone method, counting rows it sees; can fail after `fail_after` calls."""
+
+    def __init__(self, fn, fail_after: int | None = None) -> None:
+        self.fn, self.fail_after, self.calls, self.rows = fn, fail_after, 0, 0
+
+    def __call__(self, batch, *args, **kwargs):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        self.rows += len(batch)
+        return self.fn(batch, *args, **kwargs)
+
+
+def test_cache_round_trip_persists_and_separates_namespaces(tmp_path: Path) -> None:
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with FeatureCache(tmp_path) as cache:
+        cache.put("bb-a|image|dim=4", ["k1", "k2", "k3"], vectors)
+        assert cache.count("bb-a|image|dim=4") == 3
+        assert cache.get("bb-b|image|dim=4", 4, ["k1"]) == {}
+    reopened = FeatureCache(tmp_path)
+    found = reopened.get("bb-a|image|dim=4", 4, ["k3", "nope", "k1", "k1"])
+    assert sorted(found) == ["k1", "k3"]
+    assert np.array_equal(found["k3"], vectors[2])
+    with pytest.raises(FeatureCacheError, match=r"shape \(4,\), want \(5,\)"):
+        reopened.get("bb-a|image|dim=4", 5, ["k1"])
+    with pytest.raises(ValueError, match=r"2 keys but vectors of shape \(3, 4\)"):
+        reopened.put("bb-a|image|dim=4", ["x", "y"], vectors)
+    assert reopened.path_for("bb-a|image|dim=4") != reopened.path_for("bb-a|image|dim=8")
+
+
+def test_default_cache_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HUSE_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("HUSE_CACHE_DIR")
+    assert default_cache_dir() == Path.home() / ".cache" / "huse" / "features"
+
+
+def test_image_features_hit_miss_and_added_product(
+    tmp_path: Path, products, tiny_image_backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = FeatureCache(tmp_path)
+    counter = Counting(tiny_image_backbone.forward_pixels)
+    monkeypatch.setattr(tiny_image_backbone, "forward_pixels", counter)
+    first = extract_image_features(
+        products[:20], tiny_image_backbone, cache, batch_size=8, num_workers=0
+    )
+    assert first.shape == (20, 32) and first.dtype == np.float32
+    assert counter.rows == 20
+    direct = tiny_image_backbone.encode([load_image(p.image_path) for p in products[:3]])
+    assert np.allclose(first[:3], direct, atol=1e-5)
+
+    counter.rows = 0
+    second = extract_image_features(products[:20], tiny_image_backbone, cache, num_workers=0)
+    assert counter.rows == 0  # everything cached
+    assert np.array_equal(first, second)
+
+    grown = extract_image_features(products[:21], tiny_image_backbone, cache, num_workers=0)
+    assert counter.rows == 1  # only the added product
+    assert np.array_equal(grown[:20], first)
+
+
+def test_duplicate_images_are_computed_once(
+    tmp_path: Path, products, tiny_image_backbone, monkeypatch
+) -> None:
+    counter = Counting(tiny_image_backbone.forward_pixels)
+    monkeypatch.setattr(tiny_image_backbone, "forward_pixels", counter)
+    twins = [products[0], dataclasses.replace(products[0], id="twin"), products[1]]
+    out = extract_image_features(twins, tiny_image_backbone, FeatureCache(tmp_path), num_workers=0)
+    assert counter.rows == 2
+    assert np.array_equal(out[0], out[1]) and not np.array_equal(out[0], out[2])
+
+
+def test_interrupted_run_resumes(
+    tmp_path: Path, products, tiny_image_backbone, monkeypatch
+) -> None:
+    cache = FeatureCache(tmp_path)
+    original = tiny_image_backbone.forward_pixels
+    monkeypatch.setattr(tiny_image_backbone, "forward_pixels", Counting(original, fail_after=2))
+    with pytest.raises(KeyboardInterrupt):
+        extract_image_features(products, tiny_image_backbone, cache, batch_size=5, num_workers=0)
+    assert cache.count(tiny_image_backbone.cache_namespace) == 10  # two batches committed
+
+    resumed = Counting(original)
+    monkeypatch.setattr(tiny_image_backbone, "forward_pixels", resumed)
+    out = extract_image_features(products, tiny_image_backbone, cache, batch_size=5, num_workers=0)
+    assert resumed.rows == len(products) - 10
+    fresh = extract_image_features(
+        products, tiny_image_backbone, FeatureCache(tmp_path / "fresh"), num_workers=0
+    )
+    assert np.allclose(out, fresh, atol=1e-6)
+
+
+def test_dataloader_workers_give_the_same_features(
+    tmp_path: Path, products, tiny_image_backbone
+) -> None:
+    serial = extract_image_features(
+        products[:6], tiny_image_backbone, FeatureCache(tmp_path / "a"), batch_size=4, num_workers=0
+    )
+    parallel = extract_image_features(
+        products[:6], tiny_image_backbone, FeatureCache(tmp_path / "b"), batch_size=4, num_workers=2
+    )
+    assert np.allclose(serial, parallel, atol=1e-6)
+
+
+def test_image_changed_since_catalog_read_is_an_error(
+    tmp_path: Path, products, tiny_image_backbone
+) -> None:
+    moved = tmp_path / "changed.jpg"
+    shutil.copy(products[1].image_path, moved)
+    stale = dataclasses.replace(products[0], image_path=moved)  # hash of product 0, bytes of 1
+    with pytest.raises(CatalogError, match="changed since the catalog was read"):
+        extract_image_features([stale], tiny_image_backbone, FeatureCache(tmp_path), num_workers=0)
+
+
+def test_text_features_cached_and_aligned(tmp_path: Path, tiny_text_backbone, monkeypatch) -> None:
+    cache = FeatureCache(tmp_path)
+    counter = Counting(tiny_text_backbone.encode)
+    monkeypatch.setattr(tiny_text_backbone, "encode", counter)
+    titles = ["red shirt", "blue jeans for men", "red shirt", "mug"]
+    out = extract_text_features(titles, tiny_text_backbone, cache, batch_size=2)
+    assert out.shape == (4, 32) and counter.rows == 3
+    assert np.array_equal(out[0], out[2])
+    assert np.allclose(out[1], counter.fn(["blue jeans for men"])[0], atol=1e-5)
+    counter.rows = 0
+    again = extract_text_features(["mug", "red shirt", "pink skirt"], tiny_text_backbone, cache)
+    assert counter.rows == 1
+    assert np.array_equal(again[0], out[3])
+    db = sqlite3.connect(cache.path_for(tiny_text_backbone.cache_namespace))
+    keys = {k for (k,) in db.execute("SELECT key FROM vectors")}
+    assert text_key("pink skirt") in keys and len(keys) == 4
+
+
+def test_wrong_backbone_kind_is_a_type_error(
+    tmp_path: Path, products, tiny_image_backbone, tiny_text_backbone
+) -> None:
+    with pytest.raises(TypeError, match="needs a ImageBackbone"):
+        extract_image_features(products[:1], tiny_text_backbone, FeatureCache(tmp_path))
+    with pytest.raises(TypeError, match="needs a TextBackbone"):
+        extract_text_features(["x"], tiny_image_backbone, FeatureCache(tmp_path))
