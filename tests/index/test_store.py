@@ -1,0 +1,289 @@
+"""ProductIndex: search with metadata, mutations, persistence, corruption, threads, crashes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from index_testdata import D, brute_force, make_records, make_vectors
+
+from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError, ProductNotFound
+from index.store import ProductIndex, ProductRecord
+from index.vectors import IndexPlan
+
+N = 400
+REPO = Path(__file__).resolve().parents[2]
+
+
+def category_matches(category: str, prefix: str) -> bool:
+    return category == prefix or category.startswith(prefix + " > ")
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ProductIndex.create(tmp_path / "ix", d=D, bundle_fingerprint="fp-1", factory="Flat")
+    s.upsert(make_records(N), make_vectors(N))
+    yield s
+    s.close()
+
+
+def test_search_matches_brute_force_with_metadata(store, xq):
+    xb, records = make_vectors(N), make_records(N)
+    hits = store.search(xq, 5)
+    D_ref, I_ref = brute_force(xq, xb, 5)
+    assert [[h.id for h in row] for row in hits] == [[records[i].id for i in r] for r in I_ref]
+    np.testing.assert_allclose([[h.score for h in row] for row in hits], D_ref, atol=1e-5)
+    assert hits[0][0].record == records[I_ref[0, 0]]
+    assert store.get("p7") == records[7] and len(store) == N
+    np.testing.assert_array_equal(store.vector("p7"), xb[7])
+
+
+def test_upsert_and_delete_semantics(store):
+    new_vec = make_vectors(1, seed=5)
+    store.upsert([ProductRecord("p1", "renamed", "Apparel>Tops", "x.jpg", {"c": "red"})], new_vec)
+    assert store.get("p1").title == "renamed" and store.get("p1").category == "Apparel > Tops"
+    assert store.search(new_vec, 1)[0][0].id == "p1"
+    store.delete(["p2", "p3"])
+    assert len(store) == N - 2
+    with pytest.raises(ProductNotFound) as err:
+        store.get("p2")
+    assert err.value.product_id == "p2"
+    with pytest.raises(ProductNotFound):
+        store.delete(["p4", "p2"])  # p2 is gone: nothing deleted, p4 survives
+    assert store.get("p4").id == "p4"
+    assert all(h.id not in {"p2", "p3"} for row in store.search(make_vectors(50), 20) for h in row)
+    store.upsert(make_records(1, start=2), make_vectors(1, seed=6))  # re-adding a deleted id
+    assert len(store) == N - 1 and store.get("p2").title == "title 2"
+
+
+def test_category_prefix_on_whole_levels_returns_k(store, xq):
+    hits = store.search(xq, 10, category_prefix="Footwear")
+    for row in hits:
+        assert len(row) == 10
+        assert all(category_matches(h.record.category, "Footwear") for h in row)
+    assert all(
+        h.record.category == "Footwearables"
+        for row in store.search(xq, 10, category_prefix="Footwearables")
+        for h in row
+    )
+    winter = store.search(xq, 200, category_prefix=" Footwear>Boots ")
+    assert all(len(row) == N // 4 for row in winter)  # fewer match than k: all of them
+    assert store.search(xq, 5, category_prefix="Garden") == [[] for _ in xq]
+
+
+def test_exclude_ids(store, xq):
+    first = [row[0].id for row in store.search(xq, 1)]
+    hits = store.search(xq, 3, exclude_ids=first + ["unknown"])
+    assert all(len(row) == 3 and row[0].id != f for row, f in zip(hits, first, strict=True))
+
+
+BAD_UPSERTS = {
+    "wrong dimension": lambda: (make_records(2, 900), make_vectors(2, d=D + 1)),
+    "nan": lambda: (make_records(2, 900), np.full((2, D), np.nan, np.float32)),
+    "inf": lambda: (make_records(2, 900), np.full((2, D), np.inf, np.float32)),
+    "zero": lambda: (make_records(2, 900), np.zeros((2, D), np.float32)),
+    "not normalised": lambda: (make_records(2, 900), 2 * make_vectors(2)),
+    "duplicate ids": lambda: (make_records(1, 900) * 2, make_vectors(2)),
+    "count mismatch": lambda: (make_records(3, 900), make_vectors(2)),
+    "empty category level": lambda: (
+        [ProductRecord("q", "t", "A >  > B", "", {})],
+        make_vectors(1),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BAD_UPSERTS)
+def test_bad_input_raises_and_changes_nothing(store, xq, name):
+    before = store.search(xq, 5)
+    generation = store._meta.generation()
+    records, xb = BAD_UPSERTS[name]()
+    with pytest.raises((ValueError, TypeError)):
+        store.upsert(records, xb)
+    assert len(store) == N and store._meta.generation() == generation
+    assert store.search(xq, 5) == before
+
+
+def test_bad_queries_and_ids(store):
+    for xq, k in [(np.zeros((1, D)), 3), (np.ones((1, D + 2)), 3), (make_vectors(1), 0)]:
+        with pytest.raises(ValueError):
+            store.search(xq, k)
+    with pytest.raises(ValueError, match="k must be in"):
+        store.search(make_vectors(1), 10**9)
+    with pytest.raises(ValueError, match="duplicate"):
+        store.delete(["p1", "p1"])
+    with pytest.raises(TypeError):
+        store.delete("p1")
+    assert len(store) == N
+
+
+def test_reopen_replays_writes_after_snapshot(tmp_path):
+    s = ProductIndex.create(tmp_path / "ix", d=D, bundle_fingerprint="fp-1", factory="HNSW16")
+    s.upsert(make_records(N), make_vectors(N))
+    s.save()
+    s.upsert(make_records(5, start=N), make_vectors(5, seed=3))  # after the snapshot
+    s.delete(["p0", "p1"])
+    s.close()
+    again = ProductIndex.open(tmp_path / "ix", expected_fingerprint="fp-1")
+    assert len(again) == N + 3 and again.manifest["factory"] == "HNSW16"
+    assert again.search(make_vectors(5, seed=3)[:1], 1)[0][0].id == f"p{N}"
+    with pytest.raises(ProductNotFound):
+        again.get("p0")
+    again.close()
+
+
+def test_manifest_records_snapshot(store, tmp_path):
+    manifest = store.save()
+    snap = tmp_path / "ix" / manifest["snapshot"]["file"]
+    assert manifest["ntotal"] == N and manifest["d"] == D and manifest["generation"] == 1
+    assert manifest["bundle_fingerprint"] == "fp-1" and snap.stat().st_size > 0
+    assert json.loads((tmp_path / "ix" / "manifest.json").read_text()) == manifest
+    assert sorted(p.name for p in snap.parent.glob("vectors*")) == [snap.name]
+
+
+def test_mismatches_are_refused(store, tmp_path):
+    store.save()
+    store.close()
+    ix = tmp_path / "ix"
+    with pytest.raises(IndexMismatchError, match="fp-1"):
+        ProductIndex.open(ix, expected_fingerprint="other")
+    manifest = json.loads((ix / "manifest.json").read_text())
+    (ix / "manifest.json").write_text(json.dumps({**manifest, "d": D + 1}))
+    with pytest.raises(IndexMismatchError, match="d="):
+        ProductIndex.open(ix)
+    (ix / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(IndexMismatchError, match="not a huse-index"):
+        ProductIndex.open(ix)
+    (ix / "manifest.json").write_text('{"format": "huse-')
+    with pytest.raises(CorruptIndexError, match="JSON"):
+        ProductIndex.open(ix)
+    with pytest.raises(IndexStoreError, match="not an index directory"):
+        ProductIndex.open(tmp_path)
+    with pytest.raises(IndexStoreError, match="already holds"):
+        ProductIndex.create(ix, d=D, bundle_fingerprint="fp-1")
+
+
+def test_foreign_sqlite_is_refused(store, tmp_path):
+    store.save()
+    store.close()
+    db = tmp_path / "ix" / "meta.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(CorruptIndexError, match="SQLite"):
+        ProductIndex.open(tmp_path / "ix")
+
+
+def test_truncated_snapshot_is_rebuilt_from_sqlite(store, tmp_path, caplog):
+    manifest = store.save()
+    store.close()
+    snap = tmp_path / "ix" / manifest["snapshot"]["file"]
+    snap.write_bytes(snap.read_bytes()[: snap.stat().st_size // 2])
+    with pytest.raises(CorruptIndexError, match="checksum"):
+        ProductIndex.open(tmp_path / "ix", rebuild_if_corrupt=False)
+    with caplog.at_level(logging.WARNING, logger="index.store"):
+        again = ProductIndex.open(tmp_path / "ix")
+    assert "rebuilding" in caplog.text and len(again) == N
+    assert again.search(make_vectors(N)[:1], 1)[0][0].id == "p0"
+    again.close()
+
+
+def test_searches_see_whole_writes_while_a_writer_runs(tmp_path):
+    s = ProductIndex.create(
+        tmp_path / "ix",
+        d=D,
+        bundle_fingerprint="fp",
+        factory="HNSW16",
+        plan=IndexPlan(tombstone_rebuild_fraction=0.05),
+    )
+    s.upsert(make_records(N), make_vectors(N))
+    stop, errors = threading.Event(), []
+
+    def writer():
+        for rnd in range(20):
+            ids = [f"p{i}" for i in range(rnd * 10, rnd * 10 + 10)]
+            xb = make_vectors(10, seed=100 + rnd)
+            s.upsert([ProductRecord(i, f"v{rnd}", "Apparel", "", {"round": rnd}) for i in ids], xb)
+            s.delete(ids[:2])
+        stop.set()
+
+    originals = make_vectors(N)
+
+    def reader():
+        xq = make_vectors(8, seed=7)
+        while not stop.is_set():
+            for q, row in zip(xq, s.search(xq, 10), strict=True):
+                for h in row:
+                    # the score comes from FAISS, the record from SQLite: they must be one write
+                    i = int(h.id[1:])
+                    if h.record.title.startswith("v"):
+                        rnd = h.record.attributes["round"]
+                        expected = make_vectors(10, seed=100 + rnd)[i - rnd * 10]
+                    else:
+                        expected = originals[i]
+                    if abs(h.score - float(q @ expected)) > 1e-4:
+                        errors.append((h.id, h.score, float(q @ expected)))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [
+        threading.Thread(target=writer)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert len(s) == N - 40
+    s.close()
+
+
+CHILD = """
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from index_testdata import make_records, make_vectors
+import index.atomic
+from index.store import ProductIndex
+
+store = ProductIndex.open({ix!r})
+store.upsert(make_records(7, start=1000), make_vectors(7, seed=11))  # durable before save
+real = getattr(index.atomic.os, {func!r})
+def die(*args):
+    if {target!r} in str(args[-1] if {func!r} == "replace" else "") or {func!r} == "fsync":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+setattr(index.atomic.os, {func!r}, die)
+store.save()
+"""
+
+
+@pytest.mark.parametrize(
+    ("func", "target"),
+    [("fsync", ""), ("replace", ".faiss"), ("replace", "manifest.json")],
+)
+def test_sigkill_during_save_keeps_previous_index(store, tmp_path, func, target):
+    store.save()
+    store.close()
+    ix = tmp_path / "ix"
+    code = CHILD.format(tests=str(Path(__file__).parent), ix=str(ix), func=func, target=target)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    again = ProductIndex.open(ix, rebuild_if_corrupt=False)  # previous snapshot verifies
+    assert len(again) == N + 7  # the upsert made before the crash was replayed from SQLite
+    assert again.get("p1006").title == "title 1006"
+    again.close()

@@ -1,0 +1,201 @@
+"""VectorIndex against numpy brute force, per index type, with mutations and filters."""
+
+# ruff: noqa: E741  (faiss vocabulary: D, I)
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from index_testdata import D, brute_force, make_vectors
+
+from index.errors import CorruptIndexError, ProductNotFound
+from index.vectors import IndexPlan, VectorIndex, choose_factory, gpu_available
+
+IDS_STEP = 7  # ids are not row positions: id = 7 * row + 3
+
+
+def ids_of(rows: np.ndarray) -> np.ndarray:
+    return (np.asarray(rows) * IDS_STEP + 3).astype(np.int64)
+
+
+def dict_source(xb: np.ndarray):
+    """exact_vectors callback over a plain dict, as the store provides from SQLite."""
+    table = {int(i): x for i, x in zip(ids_of(np.arange(len(xb))), xb, strict=True)}
+    return lambda ids: np.stack([table[int(i)] for i in ids])
+
+
+def recall(I: np.ndarray, I_ref: np.ndarray) -> float:  # noqa: E741
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(I, I_ref, strict=True)]))
+
+
+def test_flat_matches_brute_force(xb, xq):
+    vi = VectorIndex(D, "Flat", use_gpu=False)
+    vi.add(ids_of(np.arange(len(xb))), xb)
+    D_, I = vi.search(xq, 10)
+    D_ref, I_ref = brute_force(xq, xb, 10)
+    np.testing.assert_array_equal(I, ids_of(I_ref))
+    np.testing.assert_allclose(D_, D_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("factory", "min_recall"),
+    [("Flat", 1.0), ("HNSW16", 0.95), ("IVF8,Flat", 0.9), ("IVF4,PQ4", 0.9)],
+)
+def test_each_type_round_trips(xb, xq, factory, min_recall):
+    xb = make_vectors(3000)
+    source = dict_source(xb)
+    vi = VectorIndex(
+        D, factory, use_gpu=False, exact_vectors=source, plan=IndexPlan(min_train_points=3000)
+    )
+    vi.add(ids_of(np.arange(len(xb))), xb)
+    _, I = vi.search(xq, 10)
+    _, I_ref = brute_force(xq, xb, 10)
+    assert recall(I, ids_of(I_ref)) >= min_recall
+    again = VectorIndex.deserialize(
+        vi.serialize(), D, vi.state(), exact_vectors=source, use_gpu=False
+    )
+    assert again.ntotal == len(xb) and again.factory == factory
+    np.testing.assert_array_equal(again.search(xq, 10)[1], I)
+
+
+def test_lossy_factory_needs_exact_source():
+    with pytest.raises(ValueError, match="exact_vectors"):
+        VectorIndex(D, "IVF4,PQ4")
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+def test_upsert_replaces_and_remove_deletes(xb, factory):
+    vi = VectorIndex(D, factory, use_gpu=False)
+    ids = ids_of(np.arange(len(xb)))
+    vi.add(ids, xb)
+    new = make_vectors(5, seed=9)
+    vi.upsert(ids[:5], new)
+    vi.remove(ids[5:10])
+    assert vi.ntotal == len(xb) - 5
+    np.testing.assert_allclose(vi.vectors(ids[:5]), new, atol=1e-6)
+    _, I = vi.search(new, 1)
+    np.testing.assert_array_equal(I[:, 0], ids[:5])  # the new vectors are found under old ids
+    _, I = vi.search(xb[5:10], 50)
+    assert not np.isin(I, ids[5:10]).any()
+    assert 0 < vi.ntotal and ids[5] not in vi and ids[0] in vi
+    with pytest.raises(ProductNotFound):
+        vi.remove(ids[5:6])
+
+
+def test_hnsw_tombstones_then_rebuild(xb, xq):
+    vi = VectorIndex(D, "HNSW16", use_gpu=False, plan=IndexPlan(tombstone_rebuild_fraction=0.1))
+    ids = ids_of(np.arange(len(xb)))
+    vi.add(ids, xb)
+    vi.remove(ids[:30])  # 5% < 10%: kept as tombstones
+    assert vi.n_tombstones == 30
+    _, I = vi.search(xq, 10)
+    assert not np.isin(I, ids[:30]).any() and (I >= 0).all()
+    vi.remove(ids[30:70])  # 70 of 600 rows > 10%: rebuilt without tombstones
+    assert vi.n_tombstones == 0 and vi.ntotal == len(xb) - 70
+    _, I_ref = brute_force(xq, xb[70:], 10)
+    assert recall(vi.search(xq, 10)[1], ids_of(I_ref + 70)) >= 0.95
+
+
+def test_filters_return_k_when_enough_match(xb, xq):
+    ids = ids_of(np.arange(len(xb)))
+    plan = IndexPlan(exact_subset_max=50)  # force over-fetch for the broad filter below
+    vi = VectorIndex(D, "HNSW16", use_gpu=False, plan=plan)
+    vi.add(ids, xb)
+    selective, broad = ids[::40], ids[: len(ids) // 2]
+    for allowed in (selective, broad):
+        _, I = vi.search(xq, 10, allowed=allowed)
+        assert (I >= 0).all() and np.isin(I, allowed).all()
+        _, I_ref = brute_force(xq, xb[np.isin(ids, allowed)], 10)
+        assert recall(I, allowed[I_ref]) >= 0.9
+    _, I = vi.search(xq, 10, allowed=ids[:4])
+    assert ((I >= 0).sum(axis=1) == 4).all()  # fewer match than k: all of them, then -1
+    _, I = vi.search(xq, 10, excluded=ids[:300])
+    assert (I >= 0).all() and not np.isin(I, ids[:300]).any()
+
+
+def test_auto_switches_type_as_data_grows():
+    plan = IndexPlan(flat_max_n=100, hnsw_max_n=10_000)
+    vi = VectorIndex(D, "auto", use_gpu=False, plan=plan)
+    vi.add(np.arange(50), make_vectors(50))
+    assert vi.factory == "Flat"
+    vi.add(np.arange(50, 400), make_vectors(350, seed=2))
+    assert vi.factory == "HNSW32" and vi.ntotal == 400
+
+
+def test_choose_factory_thresholds():
+    plan = IndexPlan()
+    assert choose_factory(1_000, 256) == "Flat"
+    assert choose_factory(100_000, 256) == f"HNSW{plan.hnsw_m}"
+    assert choose_factory(1_000_000, 256) == "IVF2048,Flat"
+    assert choose_factory(1_000_000, 256, memory_budget_bytes=200 * 2**20) == "IVF2048,PQ64"
+    with pytest.raises(ValueError, match="n=-1"):
+        choose_factory(-1, 256)
+
+
+BAD_VECTORS = {
+    "wrong dimension": np.ones((2, D + 1), np.float32),
+    "nan": np.where(np.eye(2, D) > 0, np.nan, 0.5).astype(np.float32),
+    "inf": np.full((2, D), np.inf, np.float32),
+    "zero row": np.vstack([np.ones(D), np.zeros(D)]).astype(np.float32),
+}
+
+
+@pytest.mark.parametrize("name", BAD_VECTORS)
+def test_bad_vectors_raise_and_change_nothing(xb, name):
+    vi = VectorIndex(D, "Flat", use_gpu=False)
+    vi.add(ids_of(np.arange(len(xb))), xb)
+    before = vi.search(xb[:3], 5)
+    with pytest.raises(ValueError):
+        vi.upsert(np.array([1, 2]), BAD_VECTORS[name])
+    with pytest.raises(ValueError):
+        vi.search(BAD_VECTORS[name], 5)
+    assert vi.ntotal == len(xb)
+    np.testing.assert_array_equal(vi.search(xb[:3], 5)[1], before[1])
+
+
+def test_bad_ids_and_k_raise(xb):
+    vi = VectorIndex(D, "Flat", use_gpu=False)
+    with pytest.raises(ValueError, match="duplicate"):
+        vi.add(np.array([1, 1]), xb[:2])
+    with pytest.raises(ValueError, match="2 ids for 3 vectors"):
+        vi.add(np.array([1, 2]), xb[:3])
+    vi.add(np.array([1, 2]), xb[:2])
+    with pytest.raises(ValueError, match="already"):
+        vi.add(np.array([2, 3]), xb[:2])
+    assert vi.ntotal == 2
+    for k in (0, -1, 10**6):
+        with pytest.raises(ValueError, match="k must be in"):
+            vi.search(xb[:1], k)
+    with pytest.raises(TypeError):
+        vi.search(xb[:1], 2.5)
+    with pytest.raises(ValueError, match="shape"):
+        VectorIndex(D, "Flat").search(np.ones((1, 3, D)), 1)
+
+
+def test_garbage_bytes_are_corrupt():
+    with pytest.raises(CorruptIndexError):
+        VectorIndex.deserialize(
+            np.frombuffer(b"not a faiss index", np.uint8),
+            D,
+            {"factory": "Flat", "requested_factory": "Flat"},
+        )
+
+
+@pytest.mark.skipif(not gpu_available(), reason="FAISS sees no GPU")
+def test_gpu_matches_cpu(xb, xq):
+    ids = ids_of(np.arange(len(xb)))
+    cpu, gpu = VectorIndex(D, "Flat", use_gpu=False), VectorIndex(D, "Flat", use_gpu=True)
+    cpu.add(ids, xb)
+    gpu.add(ids, xb)
+    assert gpu.use_gpu
+    D_cpu, I_cpu = cpu.search(xq, 10)
+    D_gpu, I_gpu = gpu.search(xq, 10)
+    np.testing.assert_allclose(D_gpu, D_cpu, atol=2e-3)  # fp16 storage
+    assert recall(I_gpu, I_cpu) >= 0.98
+
+
+def test_use_gpu_true_falls_back_to_cpu_without_gpu(xb):
+    vi = VectorIndex(D, "Flat", use_gpu=True)
+    vi.add(ids_of(np.arange(len(xb))), xb)
+    assert vi.use_gpu == gpu_available()
+    assert vi.search(xb[:2], 1)[1][:, 0].tolist() == ids_of(np.arange(2)).tolist()
