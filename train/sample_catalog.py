@@ -177,8 +177,7 @@ class SampleConfig:
     n_products: int = 600
     seed: int = 0
     image_size: tuple[int, int] = (96, 160)  # min/max side in pixels
-    png_fraction: float = 0.08
-    alpha_fraction: float = 0.5  # of the PNGs
+    png_every: int = 12  # every 12th product is a PNG: in turn RGBA, paletted, plain RGB
     distractor_fraction: float = 0.15
     noise_word_fraction: float = 0.5
 
@@ -356,6 +355,19 @@ def _title(
     return " ".join(words)
 
 
+def _png_variant(img: Image.Image, k: int) -> Image.Image:
+    """Cycle PNG modes so the decoder's alpha and palette paths run on sample data too."""
+    if k % 3 == 0:
+        alpha = Image.new("L", img.size, 255)
+        ImageDraw.Draw(alpha).rectangle([0, 0, img.width // 6, img.height], fill=0)
+        img = img.copy()
+        img.putalpha(alpha)
+        return img
+    if k % 3 == 1:
+        return img.quantize(colors=64)
+    return img
+
+
 def write_sample_catalog(
     out_dir: Path | str,
     n_products: int = 600,
@@ -382,13 +394,9 @@ def write_sample_catalog(
         size = (rng.randint(lo, hi), rng.randint(lo, hi))
         img = _draw_product(size, leaf, c1, c2, rng, config)
         pid = f"p{i:05d}"
-        if rng.random() < config.png_fraction:
+        if i % config.png_every == config.png_every // 2:
             name = f"images/{pid}.png"
-            if rng.random() < config.alpha_fraction:
-                alpha = Image.new("L", size, 255)
-                ImageDraw.Draw(alpha).rectangle([0, 0, size[0] // 6, size[1]], fill=0)
-                img.putalpha(alpha)
-            img.save(out_dir / name, format="PNG")
+            _png_variant(img, i // config.png_every).save(out_dir / name, format="PNG")
         else:
             name = f"images/{pid}.jpg"
             img.save(out_dir / name, format="JPEG", quality=rng.randint(80, 95))
