@@ -1,0 +1,66 @@
+"""MetadataStore: categories on whole levels, stable never-reused keys, generations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from index_testdata import D, make_records, make_vectors
+
+from index.errors import IndexMismatchError, ProductNotFound
+from index.metadata import MetadataStore, normalize_category
+
+
+@pytest.fixture
+def meta(tmp_path):
+    m = MetadataStore.create(tmp_path / "m.sqlite", D, "fp", "Flat", None)
+    yield m
+    m.close()
+
+
+def test_normalize_category():
+    assert normalize_category(" A>B >  C ") == "A > B > C"
+    with pytest.raises(ValueError, match="empty level"):
+        normalize_category("A > > B")
+    with pytest.raises(TypeError):
+        normalize_category(None)
+
+
+def test_prefix_matches_whole_levels(meta):
+    records = [r.validated() for r in make_records(8)]
+    keys, _ = meta.upsert(records, make_vectors(8))
+    footwear = meta.keys_with_category_prefix("Footwear")
+    expected = [
+        k
+        for k, r in zip(keys, records, strict=True)
+        if r.category != "Footwearables" and r.category.startswith("Footwear")
+    ]
+    np.testing.assert_array_equal(footwear, sorted(expected))
+    assert len(meta.keys_with_category_prefix("Footwearables")) == 2
+    assert len(meta.keys_with_category_prefix("Footwear > Boots")) == 2
+
+
+def test_keys_are_stable_and_never_reused(meta):
+    records = [r.validated() for r in make_records(3)]
+    keys, gen1 = meta.upsert(records, make_vectors(3))
+    again, gen2 = meta.upsert(records[:1], make_vectors(1, seed=4))
+    assert again[0] == keys[0] and gen2 == gen1 + 1
+    deleted, gen3 = meta.delete(["p2"])
+    new, _ = meta.upsert([r.validated() for r in make_records(1, start=9)], make_vectors(1))
+    assert new[0] > keys.max()  # AUTOINCREMENT: the deleted key is not handed out again
+    up, xb, gone = meta.changes_since(gen2)
+    assert gone.tolist() == deleted.tolist() and up.tolist() == new.tolist()
+    np.testing.assert_array_equal(meta.vectors(keys[:1]), make_vectors(1, seed=4))
+    assert meta.live_count() == 3 and gen3 == gen2 + 1
+    with pytest.raises(ProductNotFound):
+        meta.get("p2")
+
+
+def test_foreign_sqlite_is_a_mismatch(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(IndexMismatchError, match="not an index store"):
+        MetadataStore.open(path)
