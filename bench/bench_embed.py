@@ -1,0 +1,177 @@
+"""Benchmark feature extraction: images/s (efficientnet-lite0) and titles/s (minilm).
+
+Cold (empty feature cache: decode + preprocess + model) against cached (second run over the same
+products: the cache answers everything), on the first N products of the real fashion catalog
+(or the generated sample catalog where ../shared/data is absent). Also times catalog
+validation, and the image model alone in torch against ONNX Runtime on the same batches.
+
+    python -m bench.bench_embed [--n 256] [--batch-size 32] [--workers 1] [--no-onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import machine_info, print_table, write_results
+from embedder.catalog import Product, read_catalog
+from embedder.features import FeatureCache, extract_image_features, extract_text_features
+from embedder.images import load_image
+
+logger = logging.getLogger(__name__)
+COLUMNS = ["stage", "backbone", "items", "seconds", "items_per_s"]
+IMAGE_SPEC, TEXT_SPEC = "efficientnet-lite0", "minilm"
+
+
+def _catalog_path(n: int, scratch: Path) -> tuple[Path, str]:
+    shared = Path(
+        os.environ.get("HUSE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
+    real = shared / "fashion-products" / "catalog.csv"
+    if real.is_file():
+        return real, "fashion-products"
+    from train.sample_catalog import write_sample_catalog
+
+    return write_sample_catalog(scratch / "sample", n_products=n), "sample-catalog"
+
+
+def _row(stage: str, backbone: str, items: int, seconds: float) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "backbone": backbone,
+        "items": items,
+        "seconds": round(seconds, 3),
+        "items_per_s": round(items / seconds, 1) if seconds > 0 else float("inf"),
+    }
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_extraction(
+    products: list[Product], cache_dir: Path, batch_size: int, workers: int
+) -> list[dict[str, Any]]:
+    """Cold then cached runs of both extractors through the public API."""
+    from embedder.backbones import load_backbone
+
+    image_bb, load_image_s = _timed(lambda: load_backbone(IMAGE_SPEC, device="cpu"))
+    text_bb, load_text_s = _timed(lambda: load_backbone(TEXT_SPEC, device="cpu"))
+    titles = [p.title for p in products]
+    rows = [
+        _row("load backbone", IMAGE_SPEC, 1, load_image_s),
+        _row("load backbone", TEXT_SPEC, 1, load_text_s),
+    ]
+    for label in ("cold", "cached"):
+        cache = FeatureCache(cache_dir)
+        _, image_s = _timed(
+            lambda c=cache: extract_image_features(products, image_bb, c, batch_size, workers)
+        )
+        _, text_s = _timed(lambda c=cache: extract_text_features(titles, text_bb, c))
+        rows.append(_row(f"images {label}", IMAGE_SPEC, len(products), image_s))
+        rows.append(_row(f"titles {label}", TEXT_SPEC, len(titles), text_s))
+        cache.close()
+    return rows
+
+
+def bench_onnx(products: list[Product], batch_size: int, scratch: Path) -> tuple[list, dict]:
+    """The image model alone: torch forward vs ONNX Runtime on identical preprocessed batches."""
+    import onnxruntime as ort
+    import torch
+
+    from embedder.backbones import load_backbone
+
+    backbone = load_backbone(IMAGE_SPEC, device="cpu")
+    pixels = torch.stack([backbone.preprocess(load_image(p.image_path)) for p in products])
+    batches = list(torch.split(pixels, batch_size))
+
+    class Features(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Any) -> Any:
+            return self.model.extract_features(x).mean(dim=(2, 3))
+
+    backbone.model.set_swish(memory_efficient=False)  # exportable activation, same values
+    onnx_path = scratch / f"{IMAGE_SPEC}.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter is chatty about constant folding
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Features(backbone.model).eval(),
+            (batches[0],),
+            str(onnx_path),
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
+            dynamo=False,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    torch_out, torch_s = _timed(
+        lambda: np.concatenate([backbone.forward_pixels(b) for b in batches])
+    )
+    ort_out, ort_s = _timed(
+        lambda: np.concatenate([session.run(None, {"pixels": b.numpy()})[0] for b in batches])
+    )
+    rows = [
+        _row("image model only, torch", IMAGE_SPEC, len(products), torch_s),
+        _row("image model only, onnxruntime", IMAGE_SPEC, len(products), ort_s),
+    ]
+    agreement = {
+        "max_abs_diff": float(np.abs(torch_out - ort_out).max()),
+        "onnxruntime": ort.__version__,
+    }
+    return rows, agreement
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256, help="products to embed")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader decode workers")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime comparison")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    load_avg = os.getloadavg()
+
+    with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
+        scratch = Path(tmp)
+        catalog, source = _catalog_path(args.n, scratch)
+        report, validate_s = _timed(lambda: read_catalog(catalog))
+        products = report.products[: args.n]
+        rows = [_row("validate catalog", "-", report.n_rows, validate_s)]
+        rows += bench_extraction(products, scratch / "cache", args.batch_size, args.workers)
+        onnx: dict[str, Any] = {}
+        if not args.no_onnx:
+            onnx_rows, onnx = bench_onnx(products, args.batch_size, scratch)
+            rows += onnx_rows
+
+    print_table(rows, COLUMNS)
+    payload = {
+        "machine": machine_info(),
+        "load_average_at_start": load_avg,
+        "parameters": {**vars(args), "catalog": source, "image": IMAGE_SPEC, "text": TEXT_SPEC},
+        "baseline": "cold (empty cache) vs cached second run; torch vs onnxruntime model-only",
+        "results": rows,
+        "onnx": onnx,
+    }
+    print(f"\nwrote {write_results('bench_embed', payload)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
