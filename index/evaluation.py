@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
-    """Row positions (nq, k) of the k largest inner products, by blocks of queries."""
+def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int, max_scores: int = 1 << 25) -> np.ndarray:
+    """Row positions (nq, k) of the k largest inner products.
+
+    Queries go in blocks so that at most `max_scores` scores (128 MiB) exist at once.
+    """
     k = min(k, xb.shape[0])
+    block = max(1, max_scores // max(xb.shape[0], 1))
     out = np.empty((xq.shape[0], k), dtype=np.int64)
     for i0 in range(0, xq.shape[0], block):
         scores = xq[i0 : i0 + block] @ xb.T

@@ -45,6 +45,7 @@ class IndexPlan:
     min_train_points: int = 20_000  # PQ codebooks need many points even with few lists
     ivf_nprobe: int = 32
     pq_dims_per_byte: int = 4  # PQ m = d / 4 one-byte codes: 16x smaller than float32
+    pq_bits: int = 8  # bits per PQ code (fewer: faster training, lower recall before re-rank)
     rerank_factor: int = 10  # lossy codes: fetch k * factor candidates, re-rank exactly
     tombstone_rebuild_fraction: float = 0.2
     exact_subset_max: int = 20_000  # filters this selective are searched exactly
@@ -75,7 +76,7 @@ def estimate_bytes(n: int, d: int, factory: str, plan: IndexPlan | None = None) 
     """Rough resident size of an index (vectors + ids + graph or codes) for planning."""
     plan = plan or IndexPlan()
     if "PQ" in factory:
-        return n * (_pq_m(d, plan) + 8)
+        return n * (math.ceil(_pq_m(d, plan) * plan.pq_bits / 8) + 8)
     if factory.startswith("HNSW"):
         return n * (4 * d + 8 + 2 * 4 * plan.hnsw_m)
     return n * (4 * d + 8)
@@ -93,7 +94,7 @@ def choose_factory(
     if n < 0 or d < 1:
         raise ValueError(f"choose_factory needs n >= 0 and d >= 1, got n={n}, d={d}")
     if memory_budget_bytes is not None and estimate_bytes(n, d, "Flat", plan) > memory_budget_bytes:
-        return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}"
+        return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}x{plan.pq_bits}"
     if n <= plan.flat_max_n:
         return "Flat"
     hnsw = f"HNSW{plan.hnsw_m}"

@@ -39,13 +39,17 @@ def test_flat_matches_brute_force(xb, xq):
 
 @pytest.mark.parametrize(
     ("factory", "min_recall"),
-    [("Flat", 1.0), ("HNSW16", 0.95), ("IVF8,Flat", 0.9), ("IVF4,PQ4", 0.9)],
+    [("Flat", 1.0), ("HNSW16", 0.95), ("IVF8,Flat", 0.9), ("IVF4,PQ4x4", 0.9)],
 )
 def test_each_type_round_trips(xb, xq, factory, min_recall):
     xb = make_vectors(3000)
     source = dict_source(xb)
     vi = VectorIndex(
-        D, factory, use_gpu=False, exact_vectors=source, plan=IndexPlan(min_train_points=3000)
+        D,
+        factory,
+        use_gpu=False,
+        exact_vectors=source,
+        plan=IndexPlan(min_train_points=3000, rerank_factor=30),
     )
     vi.add(ids_of(np.arange(len(xb))), xb)
     _, I = vi.search(xq, 10)
@@ -127,7 +131,7 @@ def test_choose_factory_thresholds():
     assert choose_factory(1_000, 256) == "Flat"
     assert choose_factory(100_000, 256) == f"HNSW{plan.hnsw_m}"
     assert choose_factory(1_000_000, 256) == "IVF2048,Flat"
-    assert choose_factory(1_000_000, 256, memory_budget_bytes=200 * 2**20) == "IVF2048,PQ64"
+    assert choose_factory(1_000_000, 256, memory_budget_bytes=200 * 2**20) == "IVF2048,PQ64x8"
     with pytest.raises(ValueError, match="n=-1"):
         choose_factory(-1, 256)
 
