@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ class FeatureCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self._connections: dict[str, sqlite3.Connection] = {}
+        self._lock = threading.RLock()  # one cache may be shared by threads (e.g. an API)
 
     def path_for(self, namespace: str) -> Path:
         """One SQLite file per namespace: a readable prefix plus a hash of the full namespace."""
@@ -53,7 +55,7 @@ class FeatureCache:
     def _db(self, namespace: str) -> sqlite3.Connection:
         db = self._connections.get(namespace)
         if db is None:
-            db = sqlite3.connect(self.path_for(namespace), timeout=60)
+            db = sqlite3.connect(self.path_for(namespace), timeout=60, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -68,19 +70,23 @@ class FeatureCache:
 
     def get(self, namespace: str, dim: int, keys: Iterable[str]) -> dict[str, np.ndarray]:
         """Vectors for the keys present (missing keys are simply absent from the result)."""
-        db, keys = self._db(namespace), list(dict.fromkeys(keys))
+        keys = list(dict.fromkeys(keys))
+        rows: list[tuple[str, bytes]] = []
+        with self._lock:
+            db = self._db(namespace)
+            for i in range(0, len(keys), _SQLITE_MAX_VARS):
+                chunk = keys[i : i + _SQLITE_MAX_VARS]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT key, vec FROM vectors WHERE key IN ({marks})"
+                rows.extend(db.execute(query, chunk))
         found: dict[str, np.ndarray] = {}
-        for i in range(0, len(keys), _SQLITE_MAX_VARS):
-            chunk = keys[i : i + _SQLITE_MAX_VARS]
-            marks = ",".join("?" * len(chunk))
-            rows = db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk)
-            for key, blob in rows:
-                vec = np.frombuffer(blob, dtype=np.float32)
-                if vec.shape != (dim,):
-                    raise FeatureCacheError(
-                        f"cached vector {key} in {namespace!r} has shape {vec.shape}, want ({dim},)"
-                    )
-                found[key] = vec
+        for key, blob in rows:
+            vec = np.frombuffer(blob, dtype=np.float32)
+            if vec.shape != (dim,):
+                raise FeatureCacheError(
+                    f"cached vector {key} in {namespace!r} has shape {vec.shape}, want ({dim},)"
+                )
+            found[key] = vec
         return found
 
     def put(self, namespace: str, keys: Sequence[str], vectors: np.ndarray) -> None:
@@ -88,20 +94,21 @@ class FeatureCache:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(keys):
             raise ValueError(f"put: {len(keys)} keys but vectors of shape {vectors.shape}")
-        db = self._db(namespace)
-        with db:
-            db.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                [(k, v.tobytes()) for k, v in zip(keys, vectors, strict=True)],
-            )
+        rows = [(k, v.tobytes()) for k, v in zip(keys, vectors, strict=True)]
+        with self._lock:
+            db = self._db(namespace)
+            with db:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
 
     def count(self, namespace: str) -> int:
-        return self._db(namespace).execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        with self._lock:
+            return self._db(namespace).execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
 
     def close(self) -> None:
-        for db in self._connections.values():
-            db.close()
-        self._connections.clear()
+        with self._lock:
+            for db in self._connections.values():
+                db.close()
+            self._connections.clear()
 
     def __enter__(self) -> FeatureCache:
         return self

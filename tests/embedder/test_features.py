@@ -167,3 +167,17 @@ def test_wrong_backbone_kind_is_a_type_error(
         extract_image_features(products[:1], tiny_text_backbone, FeatureCache(tmp_path))
     with pytest.raises(TypeError, match="needs a TextBackbone"):
         extract_text_features(["x"], tiny_image_backbone, FeatureCache(tmp_path))
+
+
+def test_cache_is_usable_from_several_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = FeatureCache(tmp_path)
+
+    def write_then_read(i: int) -> bool:
+        cache.put("ns", [f"k{i}"], np.full((1, 3), i, dtype=np.float32))
+        return float(cache.get("ns", 3, [f"k{i}"])[f"k{i}"][0]) == i
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(write_then_read, range(40)))
+    assert cache.count("ns") == 40
