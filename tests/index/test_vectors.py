@@ -44,19 +44,14 @@ def test_flat_matches_brute_force(xb, xq):
 def test_each_type_round_trips(xb, xq, factory, min_recall):
     xb = make_vectors(3000)
     source = dict_source(xb)
-    vi = VectorIndex(
-        D,
-        factory,
-        use_gpu=False,
-        exact_vectors=source,
-        plan=IndexPlan(min_train_points=3000, rerank_factor=30),
-    )
+    plan = IndexPlan(min_train_points=3000, rerank_factor=30)
+    vi = VectorIndex(D, factory, use_gpu=False, exact_vectors=source, plan=plan)
     vi.add(ids_of(np.arange(len(xb))), xb)
     _, I = vi.search(xq, 10)
     _, I_ref = brute_force(xq, xb, 10)
     assert recall(I, ids_of(I_ref)) >= min_recall
     again = VectorIndex.deserialize(
-        vi.serialize(), D, vi.state(), exact_vectors=source, use_gpu=False
+        vi.serialize(), D, vi.state(), exact_vectors=source, use_gpu=False, plan=plan
     )
     assert again.ntotal == len(xb) and again.factory == factory
     np.testing.assert_array_equal(again.search(xq, 10)[1], I)
