@@ -145,7 +145,10 @@ def _main_table(ev: dict) -> str:
     n = ev["heads"][leaf]
     note = (f"{n['n_test_labelled']} labelled test rows over {n['n_classes']} classes; "
             f"{n['n_test_ignored']} rows of classes below min_per_class are left out here. "
-            f"Other share: best score below {ev['other_threshold']:g}.")
+            f"Other share: best score below {ev['other_threshold']:g}. Baseline (a) C picked "
+            f"by top-1 on the {lr['C_selected_on']} from "
+            + ", ".join(f"C={c} ({_pct(t)})" for c, t in lr["C_tried_top1"].items())
+            + ("" if lr["converged"] else " (lbfgs hit max_iter)") + ".")
     return _table(header, rows) + "\n\n" + note
 
 
