@@ -8,6 +8,7 @@ AUTOINCREMENT values: assigned by SQLite, stable across upserts, never reused.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -173,7 +174,7 @@ class MetadataStore:
     def meta(self) -> dict[str, str]:
         return dict(self._reader.execute("SELECT name, value FROM meta").fetchall())
 
-    @property
+    @functools.cached_property
     def d(self) -> int:
         return int(self.meta()["d"])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -192,11 +193,12 @@ class VectorIndex:
         self.plan = plan or IndexPlan()
         self.memory_budget_bytes = memory_budget_bytes
         self._exact_source = exact_vectors
-        want_gpu = use_gpu is True or use_gpu == "auto"
+        want_gpu = use_gpu is True or use_gpu == "auto"  # HNSW ("tomb") always searches on CPU
         self.use_gpu = want_gpu and gpu_available()
         if use_gpu is True and not self.use_gpu:
             logger.warning("use_gpu=True but FAISS sees no GPU; searching on CPU")
         self._gpu_index: Any = None
+        self._gpu_lock = threading.Lock()
         self._gpu_res: Any = None
         self.factory = ""  # resolved factory string, "" until data arrives for "auto"
         self._index: Any = None
@@ -396,10 +398,16 @@ class VectorIndex:
             raise ProductNotFound(int(ids[~present][0]))
         return self._exact(ids)
 
+    def _search_params(self, kk: int) -> Any:
+        """HNSW returns fewer than k results when efSearch < k: widen it per search."""
+        import faiss
+
+        if isinstance(self.base, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(efSearch=max(self.plan.hnsw_ef_search, 2 * kk))
+        return None
+
     def _searcher(self) -> Any:
-        """The index to query: a GPU replica when enabled and supported, else the CPU one."""
-        if not self.use_gpu or self._kind == "tomb":
-            return self._index
+        """The GPU replica of the CPU index, (re)built after writes; call under _gpu_lock."""
         if self._gpu_index is None:
             import faiss
 
@@ -416,15 +424,18 @@ class VectorIndex:
         if self._kind == "tomb":
             n_rows = self._row_ids.shape[0]
             kk = min(k_codes + self.n_tombstones, n_rows)
-            D, rows = self._index.index.search(xq, kk)
+            D, rows = self._index.index.search(xq, kk, params=self._search_params(kk))
             alive = rows >= 0
             alive[alive] = ~self._dead[rows[alive]]
             I = np.where(alive, self._row_ids[np.maximum(rows, 0)], -1)  # noqa: E741
             D = np.where(alive, D, -np.inf).astype(np.float32)
             order = np.argsort(~alive, axis=1, kind="stable")[:, :k_codes]
             D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)  # noqa: E741
+        elif self.use_gpu:
+            with self._gpu_lock:  # GPU indexes are not thread-safe (FAISS wiki)
+                D, I = self._searcher().search(xq, min(k_codes, self.ntotal))  # noqa: E741
         else:
-            D, I = self._searcher().search(xq, min(k_codes, max(self.ntotal, 1)))  # noqa: E741
+            D, I = self._index.search(xq, min(k_codes, self.ntotal))  # noqa: E741
         if self._lossy:
             D, I = self._rerank(xq, I, k)  # noqa: E741
         if D.shape[1] < k:
@@ -473,7 +484,11 @@ class VectorIndex:
         if self.ntotal == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
         if allowed is None and excluded is None:
-            return self._search_live(xq, k)
+            D, I = self._search_live(xq, k)  # noqa: E741
+            short = ((I >= 0).sum(axis=1) < min(k, self.ntotal)).nonzero()[0]
+            if short.shape[0]:  # an approximate index came back short: finish those exactly
+                D[short], I[short] = self._search_subset(xq[short], k, self._live)
+            return D, I
         subset = self._live
         if allowed is not None:
             subset = np.intersect1d(np.asarray(allowed, dtype=np.int64), subset)

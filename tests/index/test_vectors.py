@@ -198,3 +198,15 @@ def test_use_gpu_true_falls_back_to_cpu_without_gpu(xb):
     vi.add(ids_of(np.arange(len(xb))), xb)
     assert vi.use_gpu == gpu_available()
     assert vi.search(xb[:2], 1)[1][:, 0].tolist() == ids_of(np.arange(2)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("factory", "plan"),
+    [("HNSW16", IndexPlan(hnsw_ef_search=16)), ("IVF16,Flat", IndexPlan(ivf_nprobe=1))],
+)
+def test_approximate_index_still_returns_k(xq, factory, plan):
+    xb = make_vectors(1000)
+    vi = VectorIndex(D, factory, use_gpu=False, plan=plan)
+    vi.add(ids_of(np.arange(len(xb))), xb)
+    _, I = vi.search(xq, 300)  # far beyond efSearch / one probed list
+    assert (I >= 0).all() and all(len(set(row)) == 300 for row in I)
