@@ -171,10 +171,10 @@ def extract_image_features(
     found = cache.get(namespace, backbone.dim, keys)
     todo = {k: p.image_path for k, p in zip(keys, products, strict=True) if k not in found}
     logger.info(
-        "%s image features: %d products, %d cached, %d to compute",
+        "%s image features: %d products, %d distinct images, %d to compute",
         backbone.spec,
         len(keys),
-        len(keys) - len(todo),
+        len(set(keys)),
         len(todo),
     )
     if todo:
@@ -227,10 +227,10 @@ def extract_text_features(
     found = cache.get(namespace, backbone.dim, keys)
     todo = {k: t for k, t in zip(keys, titles, strict=True) if k not in found}
     logger.info(
-        "%s text features: %d titles, %d cached, %d to compute",
+        "%s text features: %d titles, %d distinct, %d to compute",
         backbone.spec,
         len(keys),
-        len(keys) - len(todo),
+        len(set(keys)),
         len(todo),
     )
     # Sort by length so each batch pads little; each batch is committed as soon as it is done.
