@@ -399,12 +399,20 @@ class VectorIndex:
         return self._exact(ids)
 
     def _search_params(self, kk: int) -> Any:
-        """HNSW returns fewer than k results when efSearch < k: widen it per search."""
+        """Search parameters for the rows of a "tomb" index: skip tombstones while searching
+        (an IDSelectorBitmap over live rows) and, for HNSW, efSearch >= k, without which it
+        returns fewer than k results."""
         import faiss
 
+        params = faiss.SearchParameters()
         if isinstance(self.base, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(efSearch=max(self.plan.hnsw_ef_search, 2 * kk))
-        return None
+            params = faiss.SearchParametersHNSW(efSearch=max(self.plan.hnsw_ef_search, 2 * kk))
+        if self.n_tombstones:
+            bits = np.packbits(~self._dead, bitorder="little")
+            sel = faiss.IDSelectorBitmap(self._dead.shape[0], faiss.swig_ptr(bits))
+            params.sel = sel
+            params.referenced_objects = [bits, sel]  # FAISS holds raw pointers to both
+        return params
 
     def _searcher(self) -> Any:
         """The GPU replica of the CPU index, (re)built after writes; call under _gpu_lock."""
@@ -422,15 +430,9 @@ class VectorIndex:
         """Search every live id: tombstones skipped, lossy codes re-ranked exactly."""
         k_codes = k * self.plan.rerank_factor if self._lossy else k
         if self._kind == "tomb":
-            n_rows = self._row_ids.shape[0]
-            kk = min(k_codes + self.n_tombstones, n_rows)
+            kk = min(k_codes, self.ntotal)
             D, rows = self._index.index.search(xq, kk, params=self._search_params(kk))
-            alive = rows >= 0
-            alive[alive] = ~self._dead[rows[alive]]
-            I = np.where(alive, self._row_ids[np.maximum(rows, 0)], -1)  # noqa: E741
-            D = np.where(alive, D, -np.inf).astype(np.float32)
-            order = np.argsort(~alive, axis=1, kind="stable")[:, :k_codes]
-            D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)  # noqa: E741
+            I = np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)  # noqa: E741
         elif self.use_gpu:
             with self._gpu_lock:  # GPU indexes are not thread-safe (FAISS wiki)
                 D, I = self._searcher().search(xq, min(k_codes, self.ntotal))  # noqa: E741
