@@ -109,6 +109,7 @@ class ProductIndex:
         self._vi = vi
         self._manifest = manifest
         self._lock = RWLock()
+        self._save_lock = threading.Lock()
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -422,8 +423,11 @@ class ProductIndex:
         self._manifest["build"] = json.loads(json.dumps(info))
 
     def save(self) -> dict[str, Any]:
-        """Snapshot the vectors, then write the manifest; returns the new manifest."""
-        with self._lock.write():
+        """Snapshot the vectors, then write the manifest; returns the new manifest.
+
+        Holds the read side of the lock: writes wait, searches go on while the file is written.
+        """
+        with self._save_lock, self._lock.read():
             self._check_open()
             self._meta.checkpoint()
             seq = int(self._manifest.get("save_seq", 0)) + 1

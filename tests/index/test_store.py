@@ -213,6 +213,8 @@ def test_searches_see_whole_writes_while_a_writer_runs(tmp_path):
             xb = make_vectors(10, seed=100 + rnd)
             s.upsert([ProductRecord(i, f"v{rnd}", "Apparel", "", {"round": rnd}) for i in ids], xb)
             s.delete(ids[:2])
+            if rnd % 5 == 4:
+                s.save()  # snapshots run beside searches
         stop.set()
 
     originals = make_vectors(N)
@@ -242,6 +244,8 @@ def test_searches_see_whole_writes_while_a_writer_runs(tmp_path):
     assert not errors
     assert len(s) == N - 40
     s.close()
+    with ProductIndex.open(tmp_path / "ix", rebuild_if_corrupt=False) as again:
+        assert len(again) == N - 40 and again.get("p199").attributes == {"round": 19}
 
 
 CHILD = """
