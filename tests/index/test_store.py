@@ -125,18 +125,22 @@ def test_bad_queries_and_ids(store):
     assert len(store) == N
 
 
-def test_reopen_replays_writes_after_snapshot(tmp_path):
-    s = ProductIndex.create(tmp_path / "ix", d=D, bundle_fingerprint="fp-1", factory="HNSW16")
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+def test_reopen_replays_writes_after_snapshot(tmp_path, factory):
+    s = ProductIndex.create(tmp_path / "ix", d=D, bundle_fingerprint="fp-1", factory=factory)
     s.upsert(make_records(N), make_vectors(N))
     s.save()
     s.upsert(make_records(5, start=N), make_vectors(5, seed=3))  # after the snapshot
     s.delete(["p0", "p1"])
     s.close()
     again = ProductIndex.open(tmp_path / "ix", expected_fingerprint="fp-1")
-    assert len(again) == N + 3 and again.manifest["factory"] == "HNSW16"
+    assert len(again) == N + 3 and again.manifest["factory"] == factory
     assert again.search(make_vectors(5, seed=3)[:1], 1)[0][0].id == f"p{N}"
     with pytest.raises(ProductNotFound):
         again.get("p0")
+    again.delete(["p5"])  # the loaded snapshot still supports every mutation
+    again.upsert(make_records(1, start=6), make_vectors(1, seed=8))
+    assert again.search(make_vectors(1, seed=8), 1)[0][0].id == "p6" and len(again) == N + 2
     again.close()
 
 
