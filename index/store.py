@@ -366,6 +366,17 @@ class ProductIndex:
         return self._vi.d
 
     @property
+    def search_effort(self) -> int | None:
+        """nprobe (IVF) or efSearch (HNSW) in effect; None for exact indexes."""
+        with self._lock.read():
+            return self._vi.search_effort
+
+    def set_search_effort(self, value: int) -> int:
+        """Trade speed for recall (saved with the next snapshot); returns the value in effect."""
+        with self._lock.write():
+            return self._vi.set_search_effort(value)
+
+    @property
     def factory(self) -> str:
         """The FAISS factory string in use ("" while an "auto" index is still empty)."""
         return self._vi.factory

@@ -253,6 +253,37 @@ class VectorIndex:
         return int(self._live.shape[0])
 
     @property
+    def search_effort(self) -> int | None:
+        """nprobe (IVF) or efSearch (HNSW), the knob that trades speed for recall; None when
+        the index is exact or still empty."""
+        import faiss
+
+        if self._index is None:
+            return None
+        base = self.base
+        if isinstance(base, faiss.IndexIVF):
+            return int(base.nprobe)
+        if isinstance(base, faiss.IndexHNSW):
+            return int(base.hnsw.efSearch)
+        return None
+
+    def set_search_effort(self, value: int) -> int:
+        """Set nprobe / efSearch (nprobe is capped at nlist); returns the value in effect."""
+        import faiss
+
+        if self.search_effort is None:
+            raise ValueError(f"index {self.factory!r} has no search effort to set")
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"search effort must be a positive int, got {value!r}")
+        base = self.base
+        if isinstance(base, faiss.IndexIVF):
+            base.nprobe = min(int(value), base.nlist)
+        else:
+            base.hnsw.efSearch = int(value)
+        self._gpu_index = None  # the replica copied the old setting
+        return self.search_effort
+
+    @property
     def n_tombstones(self) -> int:
         return int(self._dead.sum())
 
@@ -406,7 +437,7 @@ class VectorIndex:
 
         params = faiss.SearchParameters()
         if isinstance(self.base, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=max(self.plan.hnsw_ef_search, 2 * kk))
+            params = faiss.SearchParametersHNSW(efSearch=max(self.base.hnsw.efSearch, 2 * kk))
         if self.n_tombstones:
             bits = np.packbits(~self._dead, bitorder="little")
             sel = faiss.IDSelectorBitmap(self._dead.shape[0], faiss.swig_ptr(bits))

@@ -35,3 +35,24 @@ def test_build_under_memory_budget_uses_ivf_pq_with_rerank(tmp_path):
     with ProductIndex.open(tmp_path / "ix") as store:
         hit = store.search(xb[:1], 1)[0][0]
         assert hit.id == "p0" and np.isclose(hit.score, 1.0, atol=1e-5)  # exact re-ranked score
+
+
+def test_build_tunes_search_effort_to_target_recall(tmp_path):
+    n = 2000
+    manifest = build_product_index(
+        tmp_path / "ix",
+        make_records(n),
+        make_vectors(n),
+        "fp",
+        factory="IVF32,Flat",
+        plan=IndexPlan(ivf_nprobe=1),
+        config=BuildConfig(n_eval_queries=100, target_recall=0.9),
+    )
+    build = manifest["build"]
+    assert build["tuning"][0]["search_effort"] == 1 and build["search_effort"] > 1
+    assert build["recall_at_10"] >= 0.9
+    assert [t["search_effort"] for t in build["tuning"]] == sorted(
+        t["search_effort"] for t in build["tuning"]
+    )
+    with ProductIndex.open(tmp_path / "ix") as store:
+        assert store.search_effort == build["search_effort"]  # saved with the snapshot
