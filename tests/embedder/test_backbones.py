@@ -106,3 +106,41 @@ def test_cuda_autocast_matches_cpu(tiny_image_backbone_dir, images) -> None:
     gpu = load_backbone(f"hf:{tiny_image_backbone_dir}", device="cuda").encode(images)
     assert gpu.dtype == np.float32
     assert np.allclose(cpu, gpu, atol=5e-2)
+
+
+def _save_tiny(out, model, processor: dict) -> str:
+    import json
+
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(processor))
+    return f"hf:{out}"
+
+
+def test_hf_clip_uses_projected_image_features(tmp_path, images) -> None:
+    from transformers import CLIPConfig, CLIPModel
+
+    tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={**tiny, "intermediate_size": 32, "vocab_size": 99},
+        vision_config={**tiny, "intermediate_size": 32, "image_size": 32, "patch_size": 8},
+        projection_dim=12,
+    )
+    processor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": 32},
+        "crop_size": {"height": 32, "width": 32},
+        "do_center_crop": True,
+    }
+    backbone = load_backbone(_save_tiny(tmp_path, CLIPModel(config), processor), device="cpu")
+    assert (backbone.kind, backbone.dim) == ("image", 12)  # projection_dim, not hidden_size
+    assert backbone.encode(images).shape == (3, 12)
+
+
+def test_hf_convnet_pooler_is_flattened(tmp_path, images) -> None:
+    from transformers import ResNetConfig, ResNetModel
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 24], depths=[1, 1])
+    processor = {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 40}}
+    backbone = load_backbone(_save_tiny(tmp_path, ResNetModel(config), processor), device="cpu")
+    out = backbone.encode(images)
+    assert backbone.dim == 24 and out.shape == (3, 24)
