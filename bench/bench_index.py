@@ -19,7 +19,8 @@ import numpy as np
 
 from bench.common import machine_info, print_table, write_results
 from index.evaluation import exact_knn, recall_at_k
-from index.vectors import IndexPlan, VectorIndex, choose_factory
+from index.plan import IndexPlan, choose_factory
+from index.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 COLUMNS = ["n", "index", "build_s", "index_mb", "rss_delta_mb", "recall@10", "qps_b1", "qps_b100"]

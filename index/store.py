@@ -16,18 +16,20 @@ import platform
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from index.arrays import as_matrix
 from index.atomic import replacing, sha256_file, write_atomic
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
 from index.metadata import MetadataStore, ProductRecord
-from index.vectors import IndexPlan, VectorIndex, _as_matrix
+from index.plan import IndexPlan
+from index.rwlock import RWLock
+from index.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -45,45 +47,6 @@ class Hit:
     id: str
     score: float
     record: ProductRecord
-
-
-class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 def _versions() -> dict[str, str]:
@@ -311,7 +274,7 @@ class ProductIndex:
         bad = [r for r in records if not isinstance(r, ProductRecord)]
         if bad:
             raise TypeError(f"records must be ProductRecord, got {type(bad[0]).__name__}")
-        xb = _as_matrix(xb, self._vi.d)
+        xb = as_matrix(xb, self._vi.d)
         if xb.shape[0] != len(records):
             raise ValueError(f"got {len(records)} records but xb has shape {xb.shape}")
         norms = np.linalg.norm(xb, axis=1)
@@ -405,7 +368,7 @@ class ProductIndex:
         exclude_ids: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
         """k nearest products per query row, best first; fewer only if fewer match."""
-        xq = _as_matrix(xq, self._vi.d, "xq")
+        xq = as_matrix(xq, self._vi.d, "xq")
         excluded_ids = self._check_ids(exclude_ids) if exclude_ids is not None else None
         with self._lock.read():
             self._check_open()

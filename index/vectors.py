@@ -18,12 +18,13 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from index.arrays import as_ids, as_matrix, topk
 from index.errors import CorruptIndexError, ProductNotFound
+from index.plan import IndexPlan, choose_factory
 
 logger = logging.getLogger(__name__)
 
@@ -31,137 +32,10 @@ ExactVectors = Callable[[np.ndarray], np.ndarray]
 """Returns the exact float32 vectors (n, d) of int64 ids (n,), in order (for re-ranking)."""
 
 
-@dataclass(frozen=True)
-class IndexPlan:
-    """Every threshold behind the choice and tuning of an index type, in one place."""
-
-    flat_max_n: int = 50_000  # exact search is fast enough up to here
-    hnsw_max_n: int = 300_000  # HNSW build time grows past a few minutes on 2 cores beyond
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 40
-    hnsw_ef_search: int = 128
-    ivf_lists_per_sqrt_n: float = 2.0  # nlist ~ 2 sqrt(n), rounded to a power of two
-    ivf_min_points_per_list: int = 39  # k-means needs ~39 points per centroid
-    ivf_train_points_per_list: int = 64  # training sample size per list
-    min_train_points: int = 20_000  # PQ codebooks need many points even with few lists
-    ivf_nprobe: int = 32
-    pq_dims_per_byte: int = 4  # PQ m = d / 4 one-byte codes: 16x smaller than float32
-    pq_bits: int = 8  # bits per PQ code (fewer: faster training, lower recall before re-rank)
-    rerank_factor: int = 10  # lossy codes: fetch k * factor candidates, re-rank exactly
-    tombstone_rebuild_fraction: float = 0.2
-    exact_subset_max: int = 20_000  # filters this selective are searched exactly
-    overfetch_growth: int = 4
-    max_k: int = 10_000
-    gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
-
-
-def _power_of_two(x: float) -> int:
-    return 1 << max(0, round(math.log2(max(x, 1.0))))
-
-
-def _nlist(n: int, plan: IndexPlan) -> int:
-    nlist = _power_of_two(plan.ivf_lists_per_sqrt_n * math.sqrt(n))
-    while nlist > 1 and n < nlist * plan.ivf_min_points_per_list:
-        nlist //= 2
-    return nlist
-
-
-def _pq_m(d: int, plan: IndexPlan) -> int:
-    m = max(1, d // plan.pq_dims_per_byte)
-    while d % m:
-        m -= 1
-    return m
-
-
-def estimate_bytes(n: int, d: int, factory: str, plan: IndexPlan | None = None) -> int:
-    """Rough resident size of an index (vectors + ids + graph or codes) for planning."""
-    plan = plan or IndexPlan()
-    if "PQ" in factory:
-        return n * (math.ceil(_pq_m(d, plan) * plan.pq_bits / 8) + 8)
-    if factory.startswith("HNSW"):
-        return n * (4 * d + 8 + 2 * 4 * plan.hnsw_m)
-    return n * (4 * d + 8)
-
-
-def choose_factory(
-    n: int, d: int, memory_budget_bytes: int | None = None, plan: IndexPlan | None = None
-) -> str:
-    """Pick a FAISS factory string for n vectors of dimension d.
-
-    Exact Flat while small; HNSW for mid sizes; IVF-Flat when large; IVF-PQ (re-ranked
-    exactly from stored vectors) when full-precision vectors exceed the memory budget.
-    """
-    plan = plan or IndexPlan()
-    if n < 0 or d < 1:
-        raise ValueError(f"choose_factory needs n >= 0 and d >= 1, got n={n}, d={d}")
-    if memory_budget_bytes is not None and estimate_bytes(n, d, "Flat", plan) > memory_budget_bytes:
-        return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}x{plan.pq_bits}"
-    if n <= plan.flat_max_n:
-        return "Flat"
-    hnsw = f"HNSW{plan.hnsw_m}"
-    fits = memory_budget_bytes is None or estimate_bytes(n, d, hnsw, plan) <= memory_budget_bytes
-    if n <= plan.hnsw_max_n and fits:
-        return hnsw
-    return f"IVF{_nlist(n, plan)},Flat"
-
-
 def gpu_available() -> bool:
     import faiss
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def _as_matrix(x: Any, d: int, name: str = "xb") -> np.ndarray:
-    """Validate once at the boundary: (n, d) finite float32, contiguous, no zero rows."""
-    arr = np.asarray(x)
-    if arr.ndim == 1 and arr.shape[0] == d:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[1] != d:
-        raise ValueError(f"{name} must have shape (n, {d}), got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        raise ValueError(f"{name} has NaN or infinite values in rows {np.flatnonzero(bad)[:10]}")
-    zero = ~arr.any(axis=1)
-    if zero.any():
-        raise ValueError(f"{name} has all-zero rows {np.flatnonzero(zero)[:10]}")
-    return arr
-
-
-def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
-    """int64 (n,) ids, unique within the batch."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"ids must be a 1-d integer array, got shape {arr.shape} {arr.dtype}")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"got {arr.shape[0]} ids for {n} vectors")
-    arr = arr.astype(np.int64)
-    uniq, counts = np.unique(arr, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"duplicate ids within one batch: {uniq[counts > 1][:10].tolist()}")
-    return arr
-
-
-def _topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of each row of `scores` (nq, m) over columns labelled `ids`, -1 padded."""
-    nq, m = scores.shape
-    D = np.full((nq, k), -np.inf, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 (faiss vocabulary)
-    kk = min(k, m)
-    if kk == 0:
-        return D, I
-    if kk < m:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-    else:
-        part = np.tile(np.arange(m), (nq, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    best = np.take_along_axis(part, order, axis=1)
-    D[:, :kk] = np.take_along_axis(scores, best, axis=1)
-    I[:, :kk] = ids[best]
-    return D, I
 
 
 def _exact_types() -> tuple[type, ...]:
@@ -353,8 +227,8 @@ class VectorIndex:
     # ---------------------------------------------------------------- mutations
     def add(self, ids: Any, xb: Any) -> None:
         """Add new ids; an id already present is an error (use upsert to replace)."""
-        xb = _as_matrix(xb, self.d)
-        ids = _as_ids(ids, xb.shape[0])
+        xb = as_matrix(xb, self.d)
+        ids = as_ids(ids, xb.shape[0])
         present = self._present(ids)
         if present.any():
             raise ValueError(f"ids already in the index (use upsert): {ids[present][:10].tolist()}")
@@ -371,8 +245,8 @@ class VectorIndex:
 
     def upsert(self, ids: Any, xb: Any) -> None:
         """Add ids, replacing the vectors of ids already present."""
-        xb = _as_matrix(xb, self.d)
-        ids = _as_ids(ids, xb.shape[0])
+        xb = as_matrix(xb, self.d)
+        ids = as_ids(ids, xb.shape[0])
         present = self._present(ids)
         if present.any():
             self._remove(ids[present])
@@ -381,7 +255,7 @@ class VectorIndex:
 
     def remove(self, ids: Any) -> None:
         """Remove ids; all must be present (ProductNotFound names the first missing one)."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         present = self._present(ids)
         if not present.all():
             raise ProductNotFound(int(ids[~present][0]))
@@ -423,7 +297,7 @@ class VectorIndex:
 
     def vectors(self, ids: Any) -> np.ndarray:
         """Stored vectors of ids (exact); ProductNotFound for an id not present."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         present = self._present(ids)
         if not present.all():
             raise ProductNotFound(int(ids[~present][0]))
@@ -493,7 +367,7 @@ class VectorIndex:
         self, xq: np.ndarray, k: int, ids: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact search restricted to `ids` (selective filters)."""
-        return _topk(xq @ self._exact(ids).T, ids, k)
+        return topk(xq @ self._exact(ids).T, ids, k)
 
     def _check_k(self, k: Any) -> int:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
@@ -511,7 +385,7 @@ class VectorIndex:
         live ids pass the filters, every row holds k results: selective filters are searched
         exactly over their subset; broad ones over-fetch, growing k until k pass.
         """
-        xq = _as_matrix(xq, self.d, "xq")
+        xq = as_matrix(xq, self.d, "xq")
         k = self._check_k(k)
         nq = xq.shape[0]
         if self.ntotal == 0:

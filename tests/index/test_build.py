@@ -6,8 +6,8 @@ import numpy as np
 from index_testdata import D, make_records, make_vectors
 
 from index.build import BuildConfig, build_product_index
+from index.plan import IndexPlan
 from index.store import ProductIndex
-from index.vectors import IndexPlan
 
 
 def test_build_flat_records_perfect_recall(tmp_path):

@@ -17,8 +17,8 @@ import pytest
 from index_testdata import D, brute_force, make_records, make_vectors
 
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError, ProductNotFound
+from index.plan import IndexPlan
 from index.store import ProductIndex, ProductRecord
-from index.vectors import IndexPlan
 
 N = 400
 REPO = Path(__file__).resolve().parents[2]

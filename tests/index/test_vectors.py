@@ -9,7 +9,8 @@ import pytest
 from index_testdata import D, brute_force, make_vectors
 
 from index.errors import CorruptIndexError, ProductNotFound
-from index.vectors import IndexPlan, VectorIndex, choose_factory, gpu_available
+from index.plan import IndexPlan, choose_factory
+from index.vectors import VectorIndex, gpu_available
 
 IDS_STEP = 7  # ids are not row positions: id = 7 * row + 3
 

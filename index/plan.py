@@ -1,0 +1,80 @@
+"""Choosing an index type from the data: every threshold in one IndexPlan, pure functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """Every threshold behind the choice and tuning of an index type, in one place."""
+
+    flat_max_n: int = 50_000  # exact search is fast enough up to here
+    hnsw_max_n: int = 300_000  # HNSW build time grows past a few minutes on 2 cores beyond
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 128
+    ivf_lists_per_sqrt_n: float = 2.0  # nlist ~ 2 sqrt(n), rounded to a power of two
+    ivf_min_points_per_list: int = 39  # k-means needs ~39 points per centroid
+    ivf_train_points_per_list: int = 64  # training sample size per list
+    min_train_points: int = 20_000  # PQ codebooks need many points even with few lists
+    ivf_nprobe: int = 32
+    pq_dims_per_byte: int = 4  # PQ m = d / 4 one-byte codes: 16x smaller than float32
+    pq_bits: int = 8  # bits per PQ code (fewer: faster training, lower recall before re-rank)
+    rerank_factor: int = 10  # lossy codes: fetch k * factor candidates, re-rank exactly
+    tombstone_rebuild_fraction: float = 0.2
+    exact_subset_max: int = 20_000  # filters this selective are searched exactly
+    overfetch_growth: int = 4
+    max_k: int = 10_000
+    gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
+
+
+def _power_of_two(x: float) -> int:
+    return 1 << max(0, round(math.log2(max(x, 1.0))))
+
+
+def _nlist(n: int, plan: IndexPlan) -> int:
+    nlist = _power_of_two(plan.ivf_lists_per_sqrt_n * math.sqrt(n))
+    while nlist > 1 and n < nlist * plan.ivf_min_points_per_list:
+        nlist //= 2
+    return nlist
+
+
+def _pq_m(d: int, plan: IndexPlan) -> int:
+    m = max(1, d // plan.pq_dims_per_byte)
+    while d % m:
+        m -= 1
+    return m
+
+
+def estimate_bytes(n: int, d: int, factory: str, plan: IndexPlan | None = None) -> int:
+    """Rough resident size of an index (vectors + ids + graph or codes) for planning."""
+    plan = plan or IndexPlan()
+    if "PQ" in factory:
+        return n * (math.ceil(_pq_m(d, plan) * plan.pq_bits / 8) + 8)
+    if factory.startswith("HNSW"):
+        return n * (4 * d + 8 + 2 * 4 * plan.hnsw_m)
+    return n * (4 * d + 8)
+
+
+def choose_factory(
+    n: int, d: int, memory_budget_bytes: int | None = None, plan: IndexPlan | None = None
+) -> str:
+    """Pick a FAISS factory string for n vectors of dimension d.
+
+    Exact Flat while small; HNSW for mid sizes; IVF-Flat when large; IVF-PQ (re-ranked
+    exactly from stored vectors) when full-precision vectors exceed the memory budget.
+    """
+    plan = plan or IndexPlan()
+    if n < 0 or d < 1:
+        raise ValueError(f"choose_factory needs n >= 0 and d >= 1, got n={n}, d={d}")
+    if memory_budget_bytes is not None and estimate_bytes(n, d, "Flat", plan) > memory_budget_bytes:
+        return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}x{plan.pq_bits}"
+    if n <= plan.flat_max_n:
+        return "Flat"
+    hnsw = f"HNSW{plan.hnsw_m}"
+    fits = memory_budget_bytes is None or estimate_bytes(n, d, hnsw, plan) <= memory_budget_bytes
+    if n <= plan.hnsw_max_n and fits:
+        return hnsw
+    return f"IVF{_nlist(n, plan)},Flat"
