@@ -16,6 +16,7 @@ import platform
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,8 +287,8 @@ class ProductIndex:
             )
         checked = [r.validated() for r in records]
         ids = [r.id for r in checked]
-        if len(set(ids)) != len(ids):
-            dups = sorted({i for i in ids if ids.count(i) > 1})
+        dups = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if dups:
             raise ValueError(f"duplicate product ids within one batch: {dups[:10]}")
         return checked, xb
 
