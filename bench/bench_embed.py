@@ -5,7 +5,7 @@ products: the cache answers everything), on the first N products of the real fas
 (or the generated sample catalog where ../shared/data is absent). Also times catalog
 validation, and the image model alone in torch against ONNX Runtime on the same batches.
 
-    python -m bench.bench_embed [--n 256] [--batch-size 32] [--workers 1] [--no-onnx]
+    python -m bench.bench_embed [--n 256] [--batch-size 32] [--workers 1] [--threads 0] [--no-onnx]
 """
 
 from __future__ import annotations
@@ -142,7 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader decode workers")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime comparison")
+    parser.add_argument("--threads", type=int, default=0, help="torch/ORT threads (0: default)")
     args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -164,7 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "machine": machine_info(),
         "load_average_at_start": load_avg,
-        "parameters": {**vars(args), "catalog": source, "image": IMAGE_SPEC, "text": TEXT_SPEC},
+        "parameters": {
+            **vars(args),
+            "torch_threads": threads,
+            "catalog": source,
+            "image": IMAGE_SPEC,
+            "text": TEXT_SPEC,
+        },
         "baseline": "cold (empty cache) vs cached second run; torch vs onnxruntime model-only",
         "results": rows,
         "onnx": onnx,

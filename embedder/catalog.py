@@ -4,6 +4,11 @@ A bad row never stops the run: it is recorded as a Reject(row, id, reason, detai
 Rows are numbered 1-based over data records (the CSV header is not counted; JSONL lines are
 records, blank lines included). Every image is fully decoded once here, so truncated files are
 caught before training, and its sha256 is kept so the feature cache need not rehash it.
+
+Reject reasons: bad_row (more cells than columns), bad_json, bad_encoding (not UTF-8),
+missing_id, duplicate_id (the first row with an id claims it), empty_title, empty_category
+(or an empty level), missing_image, and the image codes of embedder.images (truncated,
+not_an_image, too_many_pixels, too_small, too_many_bytes, unsupported_mode).
 """
 
 from __future__ import annotations
@@ -88,7 +93,7 @@ class CatalogReport:
         """Write rejects as CSV (row,id,reason,detail), atomically (temp file + rename)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
             writer = csv.writer(f)
             writer.writerow(REJECTS_HEADER)
             for r in self.rejects:
@@ -119,8 +124,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _not_utf8(text: str) -> bool:
+    """True when text holds bytes that were not UTF-8 (decoded with surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _iter_csv(path: Path, columns: ColumnMap) -> Any:
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in columns.required() if c not in header]
@@ -135,7 +149,7 @@ def _iter_csv(path: Path, columns: ColumnMap) -> Any:
 
 
 def _iter_jsonl(path: Path) -> Any:
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -153,8 +167,11 @@ def _iter_jsonl(path: Path) -> Any:
 def _parse(
     row: int, record: dict[str, Any], base: Path, columns: ColumnMap, seen_ids: set[str]
 ) -> _Row | Reject:
-    """Cheap per-row checks (no image I/O beyond existence); returns the row or its reject."""
+    """Cheap per-row checks (no image I/O); returns the row or its reject."""
     pid = _cell(record.get(columns.id))
+    undecodable = [k for k, v in record.items() if _not_utf8(k) or _not_utf8(_cell(v))]
+    if undecodable:
+        return Reject(row, pid or None, "bad_encoding", f"invalid UTF-8 in {undecodable}")
     if not pid:
         return Reject(row, None, "missing_id", f"empty {columns.id!r}")
     if pid in seen_ids:
@@ -225,7 +242,7 @@ def read_catalog(
                 continue
             parsed = _parse(n_rows, record, path.parent, columns, seen_ids)
             (rows if isinstance(parsed, _Row) else rejects).append(parsed)
-    except (UnicodeDecodeError, csv.Error) as e:
+    except csv.Error as e:
         raise CatalogError(f"catalog {path} is unreadable after row {n_rows}: {e}") from e
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

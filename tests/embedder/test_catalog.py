@@ -88,6 +88,8 @@ def bad_catalog(tmp_path: Path) -> Path:
         for pid, title, image, category, _ in ROWS:
             writer.writerow([pid, title, image, category, "red"])
         f.write("17,Too many cells,img/other.jpg,Home > Decor,red,surprise\n")
+    with open(path, "ab") as f:
+        f.write(b"\xff18,Latin-1 caf\xe9,img/other.jpg,Home > Decor,red\n")
     return path
 
 
@@ -95,19 +97,20 @@ def test_every_bad_row_is_reported_and_skipped(bad_catalog: Path, tmp_path: Path
     report = read_catalog(bad_catalog, limits=LIMITS, rejects_path=tmp_path / "rejects.csv")
     expected = {i: reason for i, (*_, reason) in enumerate(ROWS, start=1) if reason}
     expected[len(ROWS) + 1] = "bad_row"
+    expected[len(ROWS) + 2] = "bad_encoding"
     assert {r.row: r.reason for r in report.rejects} == expected
     assert [p.id for p in report.products] == ["1", "2", "12", "13", "14", "15", "16"]
     assert (report.rejects[0].row, report.rejects[0].id) == (3, "1")  # sorted by row, id kept
-    assert report.n_rows == len(ROWS) + 1
+    assert report.n_rows == len(ROWS) + 2
 
     summary = report.summary()
-    assert summary["rows"] == len(ROWS) + 1
+    assert summary["rows"] == len(ROWS) + 2
     assert summary["accepted"] == 7 and summary["rejected"] == len(expected)
     assert summary["rejects_by_reason"]["missing_image"] == 2
     assert summary["rejects_by_reason"]["empty_category"] == 2
     assert summary["duplicate_images"] == 1
 
-    with open(tmp_path / "rejects.csv", newline="") as f:
+    with open(tmp_path / "rejects.csv", newline="", encoding="utf-8") as f:
         written = list(csv.DictReader(f))
     assert [int(r["row"]) for r in written] == sorted(expected)
     assert {r["reason"] for r in written} == set(expected.values())
