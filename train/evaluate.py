@@ -99,7 +99,9 @@ class EvalConfig:
     knn_k: int = 10  # neighbours voting in baseline (b)
     max_confusion_classes: int = 20  # the confusion plot shows the largest leaf classes
     seed: int = 0  # hold-out for baseline C selection, map subsample, t-SNE
-    logreg_cs: tuple[float, ...] = (0.01, 0.1, 1.0)  # inverse L2 strengths tried for (a)
+    # Inverse L2 strengths tried for (a); on the fashion catalog val top-1 was flat over 0.1-10
+    # (95.4-95.9 %) and 0.01 cost 5x the lbfgs time for a worse score, hence this grid.
+    logreg_cs: tuple[float, ...] = (0.1, 1.0, 10.0)
     logreg_max_iter: int = 500  # lbfgs iterations (enough to converge on standardised feats)
     holdout_frac: float = 0.15  # training share held out to pick C when there is no val split
     map_max_points: int = 2000  # embedding-map points (t-SNE cost grows with n^2)
