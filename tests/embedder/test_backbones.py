@@ -25,6 +25,15 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture()
+def one_thread():
+    """Packaged models run single-threaded (the suite shares 2 cores); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
@@ -36,8 +45,9 @@ def images() -> list[Image.Image]:
     ("spec", "size"),
     [("efficientnet-lite0", 224), ("efficientnet-lite1", 240), ("efficientnet-lite2", 260)],
 )
-def test_packaged_efficientnets_load_offline(no_network, images, spec: str, size: int) -> None:
-    torch.set_num_threads(1)
+def test_packaged_efficientnets_load_offline(
+    no_network, one_thread, images, spec: str, size: int
+) -> None:
     backbone = load_backbone(spec, device="cpu")
     assert isinstance(backbone, ImageBackbone)
     assert (backbone.kind, backbone.spec, backbone.dim) == ("image", spec, 1280)
@@ -49,8 +59,7 @@ def test_packaged_efficientnets_load_offline(no_network, images, spec: str, size
     assert not np.allclose(first[0], first[1])
 
 
-def test_packaged_minilm_loads_offline_and_is_sensible(no_network) -> None:
-    torch.set_num_threads(1)
+def test_packaged_minilm_loads_offline_and_is_sensible(no_network, one_thread) -> None:
     backbone = load_backbone("minilm", device="cpu")
     assert isinstance(backbone, TextBackbone)
     assert (backbone.kind, backbone.dim) == ("text", 384)

@@ -87,6 +87,7 @@ def test_image_features_hit_miss_and_added_product(
     grown = extract_image_features(products[:21], tiny_image_backbone, cache, num_workers=0)
     assert counter.rows == 1  # only the added product
     assert np.array_equal(grown[:20], first)
+    assert extract_image_features([], tiny_image_backbone, cache).shape == (0, 32)
 
 
 def test_duplicate_images_are_computed_once(
@@ -158,6 +159,7 @@ def test_text_features_cached_and_aligned(tmp_path: Path, tiny_text_backbone, mo
     db = sqlite3.connect(cache.path_for(tiny_text_backbone.cache_namespace))
     keys = {k for (k,) in db.execute("SELECT key FROM vectors")}
     assert text_key("pink skirt") in keys and len(keys) == 4
+    assert extract_text_features([], tiny_text_backbone, cache).shape == (0, 32)
 
 
 def test_wrong_backbone_kind_is_a_type_error(
