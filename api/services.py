@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import platform
-import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -92,7 +91,6 @@ class Services:
             ),
             on_batch=metrics.observe_batch,
         )
-        self._write_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings, metrics: ApiMetrics) -> Services:
@@ -116,11 +114,10 @@ class Services:
     def close(self) -> None:
         """Stop the batcher, snapshot the index (writes are already durable in SQLite), close."""
         self.batcher.close()
-        with self._write_lock:
-            try:
-                self.index.save()
-            finally:
-                self.index.close()
+        try:
+            self.index.save()
+        finally:
+            self.index.close()
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -278,21 +275,13 @@ class Services:
             id=product_id, title=query.title, category=category, image=recorded, attributes=attrs
         )
         with self.metrics.stage("write"):
-            await run_in_threadpool(self._upsert, record, emb)
+            xb = np.asarray(emb, dtype=np.float32)[None, :]
+            await run_in_threadpool(self.index.upsert, [record], xb)  # takes the index's lock
         return self._public(record)
-
-    def _upsert(self, record: Any, emb: np.ndarray) -> None:
-        with self._write_lock:
-            self.index.upsert([record], np.asarray(emb, dtype=np.float32)[None, :])
-
-    def _delete(self, product_id: str) -> None:
-        with self._write_lock:
-            self.index.get(product_id)  # ProductNotFound -> 404
-            self.index.delete([product_id])
 
     async def delete_product(self, product_id: str) -> DeletedPublic:
         with self.metrics.stage("write"):
-            await run_in_threadpool(self._delete, product_id)
+            await run_in_threadpool(self.index.delete, [product_id])  # ProductNotFound -> 404
         return DeletedPublic(id=product_id, deleted=True)
 
     async def get_product(self, product_id: str) -> ProductPublic:

@@ -9,12 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -30,9 +32,8 @@ def trained_model_dir(
     tmp_path_factory, sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir
 ) -> Path:
     """`python -m train.huse` output (bundle/ + index/) on the sample catalog, built once."""
-    from train.huse import run
-
     from train.config import TrainConfig
+    from train.huse import run
 
     out = tmp_path_factory.mktemp("api_model")
     cfg = TrainConfig(
@@ -80,8 +81,18 @@ def client(make_client) -> TestClient:
 
 
 @pytest.fixture
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def make_image() -> Callable[..., bytes]:
+    return image_bytes
 
 
 def image_bytes(color=(200, 40, 40), size=(64, 64), fmt="PNG") -> bytes:
@@ -118,7 +129,7 @@ def wait_healthy(base_url: str, proc: subprocess.Popen | None = None, timeout: f
     raise TimeoutError(f"{base_url} not healthy after {timeout} s")
 
 
-def start_server(model_dir: Path, log_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def _start_server(model_dir: Path, log_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """`python -m api --model D --port P ...` in a subprocess, returned once /healthz answers."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -133,3 +144,28 @@ def start_server(model_dir: Path, log_path: Path, *args: str) -> tuple[subproces
         proc.wait(timeout=10)
         raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}") from None
     return proc, base_url
+
+
+@pytest.fixture
+def start_server() -> Callable[..., tuple[subprocess.Popen, str]]:
+    """`start(model_dir, log_path, *args)` -> (process, base URL) of a live `python -m api`."""
+    return _start_server
+
+
+@pytest.fixture
+def live_url(model_dir) -> Iterator[str]:
+    """uvicorn serving the app on 127.0.0.1:<free port> in a thread of this process (no key)."""
+    config = uvicorn.Config(
+        create_app(Settings(model_dir=model_dir)),
+        host="127.0.0.1",
+        port=free_port(),
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{config.port}"
+    wait_healthy(base)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=30)

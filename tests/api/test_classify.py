@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import image_bytes
-
 
 def _check_levels(body: dict, k: int, heads: list[str]) -> None:
     assert [level["head"] for level in body["levels"]] == heads
@@ -45,8 +43,8 @@ def test_linear_scores_are_probabilities(client):
         assert sum(item["score"] for item in level["labels"]) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_default_k_is_five(client, heads):
-    body = client.post("/v1/classify", files={"image": ("a.png", image_bytes())}).json()
+def test_default_k_is_five(client, heads, make_image):
+    body = client.post("/v1/classify", files={"image": ("a.png", make_image())}).json()
     _check_levels(body, 5, heads)
 
 

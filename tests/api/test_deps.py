@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import API_KEY
-
 
 def _put(client, headers=None):
     data = {"title": "a title", "category": "A > B"}
     return client.put("/v1/products/auth-1", data=data, headers=headers or {})
 
 
-def test_missing_and_wrong_keys_are_refused(client, auth):
+def test_missing_and_wrong_keys_are_refused(client, auth, api_key):
     for headers, code in [
         ({}, "missing_key"),
         ({"Authorization": "Bearer wrong-key"}, "wrong_key"),
-        ({"Authorization": f"Bearer {API_KEY}x"}, "wrong_key"),
-        ({"Authorization": f"Basic {API_KEY}"}, "missing_key"),
+        ({"Authorization": f"Bearer {api_key}x"}, "wrong_key"),
+        ({"Authorization": f"Basic {api_key}"}, "missing_key"),
     ]:
         r = _put(client, headers)
         assert r.status_code == 401, r.text

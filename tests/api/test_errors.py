@@ -9,12 +9,12 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.api.conftest import image_bytes
-
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header declares width x height pixels (a decompression bomb)."""
-    raw = image_bytes(size=(16, 16))
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="PNG")
+    raw = buf.getvalue()
     ihdr_data = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     ihdr = b"IHDR" + ihdr_data
     chunk = struct.pack(">I", len(ihdr_data)) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
@@ -32,14 +32,14 @@ def _assert_error(r, status: int, code: str | None = None) -> dict:
 
 
 @pytest.mark.parametrize("route", ["/v1/classify", "/v1/search"])
-def test_bad_images(client, route):
-    jpeg = image_bytes(fmt="JPEG", size=(64, 64))
+def test_bad_images(client, route, make_image):
+    jpeg = make_image(fmt="JPEG", size=(64, 64))
     cases = [
         (jpeg[: len(jpeg) // 2], 422, "truncated"),
         (b"\xff\xd8\xff\xe0" + b"garbage" * 50, 422, None),
         (b"name,title\n1,shoe\n" * 20, 422, "not_an_image"),
         (png_bomb(), 413, "too_many_pixels"),
-        (image_bytes(size=(4, 4)), 422, "too_small"),
+        (make_image(size=(4, 4)), 422, "too_small"),
     ]
     for data, status, code in cases:
         r = client.post(route, files={"image": ("x.jpg", data, "image/jpeg")})

@@ -7,8 +7,6 @@ import json
 
 from PIL import Image
 
-from tests.api.conftest import image_bytes
-
 
 def _put(client, auth, pid, title="green canvas sneaker", image=None, **extra):
     files = {"image": ("shoe.png", image)} if image is not None else None
@@ -16,8 +14,8 @@ def _put(client, auth, pid, title="green canvas sneaker", image=None, **extra):
     return client.put(f"/v1/products/{pid}", data=data, files=files, headers=auth)
 
 
-def test_put_get_image_search_delete(client, auth):
-    photo = image_bytes((30, 160, 60), (80, 60))
+def test_put_get_image_search_delete(client, auth, make_image):
+    photo = make_image((30, 160, 60), (80, 60))
     r = _put(client, auth, "new-1", image=photo, attributes=json.dumps({"colour": "green"}))
     assert r.status_code == 200, r.text
     created = r.json()

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
-
-from api.app import create_app
-from api.settings import Settings
-from tests.api.conftest import free_port, wait_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -27,25 +21,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed"),
 ]
-
-
-@pytest.fixture
-def live_url(model_dir):
-    """uvicorn serving the app on 127.0.0.1:<free port> in a thread of this process."""
-    config = uvicorn.Config(
-        create_app(Settings(model_dir=model_dir)),
-        host="127.0.0.1",
-        port=free_port(),
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{config.port}"
-    wait_healthy(base)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=30)
 
 
 def test_upload_photo_see_results_click_for_more(live_url, catalog_products, tmp_path):
