@@ -90,6 +90,9 @@ def test_hnsw_tombstones_then_rebuild(xb, xq):
     assert vi.n_tombstones == 30
     _, I = vi.search(xq, 10)
     assert not np.isin(I, ids[:30]).any() and (I >= 0).all()
+    loaded = VectorIndex.deserialize(vi.serialize(), D, vi.state(), use_gpu=False)
+    assert loaded.n_tombstones == 30 and loaded.ntotal == len(xb) - 30
+    np.testing.assert_array_equal(loaded.search(xq, 10)[1], I)
     vi.remove(ids[30:70])  # 70 of 600 rows > 10%: rebuilt without tombstones
     assert vi.n_tombstones == 0 and vi.ntotal == len(xb) - 70
     _, I_ref = brute_force(xq, xb[70:], 10)
