@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from index.atomic import fsync_path
 from index.evaluation import exact_knn, perturbed_queries, recall_at_k
 from index.store import ProductIndex, ProductRecord
 from index.vectors import IndexPlan
@@ -48,6 +51,7 @@ def build_product_index(
     use_gpu: bool | str = "auto",
     plan: IndexPlan | None = None,
     config: BuildConfig | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Create, fill, measure recall@k against exact search, save; returns the manifest.
 
@@ -55,7 +59,32 @@ def build_product_index(
     truth is exact inner product over all of xb, so a Flat index scores 1.0. For IVF/HNSW the
     search effort doubles until config.target_recall is met; the same queries tune and
     report, so the recorded recall is slightly optimistic.
+
+    overwrite=True replaces an index already in `directory`: the new one is built beside it
+    and swapped in only once saved, so a failed build leaves the old index serving.
     """
+    directory = Path(directory)
+    if overwrite and directory.exists():
+        staging = directory.with_name(directory.name + ".building")
+        shutil.rmtree(staging, ignore_errors=True)
+        manifest = build_product_index(
+            staging,
+            records,
+            xb,
+            bundle_fingerprint,
+            factory,
+            memory_budget_bytes,
+            use_gpu,
+            plan,
+            config,
+        )
+        retired = directory.with_name(directory.name + ".old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(directory, retired)
+        os.replace(staging, directory)
+        fsync_path(directory.parent)
+        shutil.rmtree(retired)
+        return manifest
     config = config or BuildConfig()
     t0 = time.perf_counter()
     store = ProductIndex.create(

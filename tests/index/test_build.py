@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from index_testdata import D, make_records, make_vectors
 
 from index.build import BuildConfig, build_product_index
+from index.errors import IndexStoreError
 from index.plan import IndexPlan
 from index.store import ProductIndex
 
@@ -56,3 +58,16 @@ def test_build_tunes_search_effort_to_target_recall(tmp_path):
     )
     with ProductIndex.open(tmp_path / "ix") as store:
         assert store.search_effort == build["search_effort"]  # saved with the snapshot
+
+
+def test_rebuild_over_an_existing_index(tmp_path):
+    build_product_index(tmp_path / "ix", make_records(50), make_vectors(50), "fp-old")
+    with pytest.raises(IndexStoreError, match="already holds"):
+        build_product_index(tmp_path / "ix", make_records(60), make_vectors(60), "fp-new")
+    manifest = build_product_index(
+        tmp_path / "ix", make_records(60), make_vectors(60, seed=3), "fp-new", overwrite=True
+    )
+    assert manifest["ntotal"] == 60
+    with ProductIndex.open(tmp_path / "ix", expected_fingerprint="fp-new") as store:
+        assert len(store) == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
