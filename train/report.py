@@ -178,7 +178,7 @@ def _data_section(report: dict, ev: dict) -> str:
     splits = data.pop("splits", None)
     rare = data.pop("rare_classes", None)
     for k, v in data.items():
-        lines.append(f"- {k.replace('_', ' ')}: {v}")
+        lines.append(f"- {k.replace('_', ' ')}: {_brief(v)}")
     if rejects:
         lines.append("- rejected rows by reason: " +
                      ", ".join(f"{r} {n}" for r, n in sorted(rejects.items())))
@@ -196,9 +196,20 @@ def _data_section(report: dict, ev: dict) -> str:
     return "\n".join(lines)
 
 
+def _brief(value: Any, limit: int = 15) -> str:
+    """A dict or list on one readable line, cut after ``limit`` entries."""
+    if isinstance(value, dict):
+        items = [f"{k} ({v})" for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        return str(value)
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
 def _rare_line(head: str, names: list[str]) -> str:
-    shown = ", ".join(names[:15]) + (f", ... ({len(names) - 15} more)" if len(names) > 15 else "")
-    return f"- {head}: {len(names)} classes below min_per_class: {shown or 'none'}"
+    return f"- {head}: {len(names)} classes below min_per_class: {_brief(names) or 'none'}"
 
 
 def _training_section(report: dict, history: list[dict]) -> str:
