@@ -64,12 +64,16 @@ def choose_factory(
     """Pick a FAISS factory string for n vectors of dimension d.
 
     Exact Flat while small; HNSW for mid sizes; IVF-Flat when large; IVF-PQ (re-ranked
-    exactly from stored vectors) when full-precision vectors exceed the memory budget.
+    exactly from stored vectors) when full-precision vectors exceed the memory budget and
+    there are enough of them to train PQ codebooks.
     """
     plan = plan or IndexPlan()
     if n < 0 or d < 1:
         raise ValueError(f"choose_factory needs n >= 0 and d >= 1, got n={n}, d={d}")
-    if memory_budget_bytes is not None and estimate_bytes(n, d, "Flat", plan) > memory_budget_bytes:
+    over_budget = (
+        memory_budget_bytes is not None and estimate_bytes(n, d, "Flat", plan) > memory_budget_bytes
+    )
+    if over_budget and n >= 2**plan.pq_bits:  # PQ codebooks need >= 2**bits training points
         return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}x{plan.pq_bits}"
     if n <= plan.flat_max_n:
         return "Flat"

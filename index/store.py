@@ -299,6 +299,7 @@ class ProductIndex:
             return
         with self._lock.write():
             self._check_open()
+            self._vi.prepare(xb)  # an untrained index that cannot train fails here, not later
             keys, _ = self._meta.upsert(checked, xb)
             self._vi.upsert(keys, xb)
 

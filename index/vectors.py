@@ -225,6 +225,15 @@ class VectorIndex:
         return chosen if chosen != self.factory else None
 
     # ---------------------------------------------------------------- mutations
+    def prepare(self, xb: Any) -> None:
+        """Train a still-untrained index on xb now (ValueError if it cannot be), so that a
+        caller can fail before committing the batch anywhere else."""
+        xb = as_matrix(xb, self.d)
+        if self._index is None or self._index.is_trained:
+            return
+        if self._replan(self.ntotal + xb.shape[0]) is None:
+            self._train(xb)
+
     def add(self, ids: Any, xb: Any) -> None:
         """Add new ids; an id already present is an error (use upsert to replace)."""
         xb = as_matrix(xb, self.d)

@@ -112,6 +112,16 @@ def test_bad_input_raises_and_changes_nothing(store, xq, name):
     assert store.search(xq, 5) == before
 
 
+def test_untrainable_first_batch_changes_nothing(tmp_path):
+    s = ProductIndex.create(tmp_path / "ix", d=D, bundle_fingerprint="fp", factory="IVF64,Flat")
+    with pytest.raises(ValueError, match="IVF64,Flat"):
+        s.upsert(make_records(10), make_vectors(10))  # too few vectors to train 64 lists
+    assert len(s) == 0 and s._meta.generation() == 0 and s._meta.live_count() == 0
+    s.upsert(make_records(N * 8), make_vectors(N * 8))
+    assert len(s) == N * 8
+    s.close()
+
+
 def test_bad_queries_and_ids(store):
     for xq, k in [(np.zeros((1, D)), 3), (np.ones((1, D + 2)), 3), (make_vectors(1), 0)]:
         with pytest.raises(ValueError):

@@ -131,6 +131,7 @@ def test_choose_factory_thresholds():
     assert choose_factory(100_000, 256) == f"HNSW{plan.hnsw_m}"
     assert choose_factory(1_000_000, 256) == "IVF2048,Flat"
     assert choose_factory(1_000_000, 256, memory_budget_bytes=200 * 2**20) == "IVF2048,PQ64x8"
+    assert choose_factory(100, 256, memory_budget_bytes=1000) == "Flat"  # too few for PQ
     with pytest.raises(ValueError, match="n=-1"):
         choose_factory(-1, 256)
 
