@@ -318,7 +318,8 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
                                        if test.categories is not None
                                        else f"{leaf} labels (rows with -1 skipped as queries)"),
             "ignored_rows": "label -1 (class below min_per_class) left out of top-k and macro-F1",
-            "other_share": "share of all test rows whose best score < other_threshold",
+            "other_share": "share of all test rows whose best score (softmax probability for "
+                           "linear, cosine for centroid) < other_threshold",
             "logreg": "StandardScaler + multinomial LogisticRegression (lbfgs) on concat(image, "
                       "text) frozen features of the training split",
             "knn": "cosine k-NN on L2-normalised frozen image features, similarity-weighted vote, "

@@ -283,8 +283,10 @@ def plot_loss_curves(history: list[dict]) -> Any:
                  color="tab:green")
         best = int(np.argmax(top1))
         ax2.axvline(epochs[best], color="grey", ls=":", lw=1)
+        right_half = epochs[best] > (epochs[0] + epochs[-1]) / 2  # keep the label inside
         ax2.annotate(f"best {top1[best]:.1f}% (epoch {epochs[best]})", (epochs[best], top1[best]),
-                     textcoords="offset points", xytext=(6, -14), fontsize=9)
+                     textcoords="offset points", xytext=(-6 if right_half else 6, -14),
+                     ha="right" if right_half else "left", fontsize=9)
     ax2.set(title="Validation top-1 (fused, leaf)", xlabel="epoch", ylabel="top-1 (%)")
     ax2.grid(alpha=0.3)
     fig.suptitle("Training curves", fontweight="bold")
