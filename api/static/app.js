@@ -127,6 +127,7 @@ form.addEventListener("submit", (event) => {
   run(async () => {
     if (!imageFile && !$("title").value.trim()) throw new Error("Choose a photo or type a title.");
     const classifyData = queryData();
+    classifyData.set("k", String(Math.min(5, Number($("k").value) || 5)));  // top labels per level
     classifyData.append("method", $("method").value);
     const [classes, hits] = await Promise.all([
       postForm("/v1/classify", classifyData),

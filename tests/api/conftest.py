@@ -77,7 +77,16 @@ def make_client(model_dir) -> Iterator[Callable[..., TestClient]]:
 
 @pytest.fixture
 def client(make_client) -> TestClient:
+    """A client over a private model copy: for tests that write or count metrics."""
     return make_client()
+
+
+@pytest.fixture(scope="session")
+def reader(trained_model_dir, tmp_path_factory) -> Iterator[TestClient]:
+    """One client for the whole session, for tests that only read (no writes, no counts)."""
+    copy = shutil.copytree(trained_model_dir, tmp_path_factory.mktemp("reader") / "model")
+    with TestClient(create_app(Settings(model_dir=copy, api_key=API_KEY))) as client:
+        yield client
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ def _check_levels(body: dict, k: int, heads: list[str]) -> None:
 
 
 @pytest.fixture
-def heads(client) -> list[str]:
-    return client.get("/healthz").json()["model"]["heads"]
+def heads(reader) -> list[str]:
+    return reader.get("/healthz").json()["model"]["heads"]
 
 
 @pytest.mark.parametrize("method", ["linear", "centroid"])
-def test_classify_title_image_and_both(client, catalog_products, heads, method):
+def test_classify_title_image_and_both(reader, catalog_products, heads, method):
     product = catalog_products[0]
     photo = ("p.jpg", product.image_path.read_bytes(), "image/jpeg")
     for data, files in [
@@ -30,21 +30,21 @@ def test_classify_title_image_and_both(client, catalog_products, heads, method):
         ({}, {"image": photo}),
         ({"title": product.title}, {"image": photo}),
     ]:
-        r = client.post("/v1/classify", data={**data, "k": "3", "method": method}, files=files)
+        r = reader.post("/v1/classify", data={**data, "k": "3", "method": method}, files=files)
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["method"] == method
         _check_levels(body, 3, heads)
 
 
-def test_linear_scores_are_probabilities(client):
-    body = client.post("/v1/classify", data={"title": "red shoe", "k": "100"}).json()
+def test_linear_scores_are_probabilities(reader):
+    body = reader.post("/v1/classify", data={"title": "red shoe", "k": "100"}).json()
     for level in body["levels"]:
         assert sum(item["score"] for item in level["labels"]) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_default_k_is_five(client, heads, make_image):
-    body = client.post("/v1/classify", files={"image": ("a.png", make_image())}).json()
+def test_default_k_is_five(reader, heads, make_image):
+    body = reader.post("/v1/classify", files={"image": ("a.png", make_image())}).json()
     _check_levels(body, 5, heads)
 
 

@@ -32,7 +32,7 @@ def _assert_error(r, status: int, code: str | None = None) -> dict:
 
 
 @pytest.mark.parametrize("route", ["/v1/classify", "/v1/search"])
-def test_bad_images(client, route, make_image):
+def test_bad_images(reader, route, make_image):
     jpeg = make_image(fmt="JPEG", size=(64, 64))
     cases = [
         (jpeg[: len(jpeg) // 2], 422, "truncated"),
@@ -42,9 +42,9 @@ def test_bad_images(client, route, make_image):
         (make_image(size=(4, 4)), 422, "too_small"),
     ]
     for data, status, code in cases:
-        r = client.post(route, files={"image": ("x.jpg", data, "image/jpeg")})
+        r = reader.post(route, files={"image": ("x.jpg", data, "image/jpeg")})
         _assert_error(r, status, code)
-    assert client.get("/healthz").status_code == 200
+    assert reader.get("/healthz").status_code == 200
 
 
 def test_upload_over_the_byte_limit(make_client):
@@ -77,34 +77,34 @@ def test_request_body_over_the_limit_is_refused_before_parsing(make_client):
 
 
 @pytest.mark.parametrize("route", ["/v1/classify", "/v1/search"])
-def test_empty_request(client, route):
-    _assert_error(client.post(route), 422, "empty_request")
-    _assert_error(client.post(route, data={"title": "   "}), 422, "empty_request")
+def test_empty_request(reader, route):
+    _assert_error(reader.post(route), 422, "empty_request")
+    _assert_error(reader.post(route, data={"title": "   "}), 422, "empty_request")
     empty_file = {"image": ("", b"", "application/octet-stream")}
-    _assert_error(client.post(route, files=empty_file, data={"k": "3"}), 422)
+    _assert_error(reader.post(route, files=empty_file, data={"k": "3"}), 422)
 
 
 @pytest.mark.parametrize("k", ["0", "-1", "10000", "abc"])
 @pytest.mark.parametrize("route", ["/v1/classify", "/v1/search"])
-def test_k_out_of_range(client, route, k):
-    body = _assert_error(client.post(route, data={"title": "shoe", "k": k}), 422)
+def test_k_out_of_range(reader, route, k):
+    body = _assert_error(reader.post(route, data={"title": "shoe", "k": k}), 422)
     assert "k" in body["detail"]
 
 
-def test_unknown_method_and_huge_title(client):
-    body = _assert_error(client.post("/v1/classify", data={"title": "x", "method": "knn"}), 422)
+def test_unknown_method_and_huge_title(reader):
+    body = _assert_error(reader.post("/v1/classify", data={"title": "x", "method": "knn"}), 422)
     assert "method" in body["detail"]
-    body = _assert_error(client.post("/v1/search", data={"title": "t" * 5000}), 422)
+    body = _assert_error(reader.post("/v1/search", data={"title": "t" * 5000}), 422)
     assert "title has 5000 characters" in body["detail"]
 
 
-def test_unknown_product_id(client):
-    _assert_error(client.get("/v1/products/missing"), 404, "product_not_found")
-    _assert_error(client.get("/v1/products/missing/image"), 404, "product_not_found")
-    r = client.post("/v1/search", data={"product_id": "missing"})
+def test_unknown_product_id(reader):
+    _assert_error(reader.get("/v1/products/missing"), 404, "product_not_found")
+    _assert_error(reader.get("/v1/products/missing/image"), 404, "product_not_found")
+    r = reader.post("/v1/search", data={"product_id": "missing"})
     _assert_error(r, 404, "product_not_found")
 
 
-def test_unknown_route_and_method_are_json(client):
-    _assert_error(client.get("/v2/nothing"), 404, "not_found")
-    _assert_error(client.get("/v1/classify"), 405, "method_not_allowed")
+def test_unknown_route_and_method_are_json(reader):
+    _assert_error(reader.get("/v2/nothing"), 404, "not_found")
+    _assert_error(reader.get("/v1/classify"), 405, "method_not_allowed")

@@ -9,9 +9,9 @@ def _photo(product) -> dict:
     return {"image": (product.image_path.name, product.image_path.read_bytes())}
 
 
-def test_same_image_and_title_finds_the_product_first(client, catalog_products):
+def test_same_image_and_title_finds_the_product_first(reader, catalog_products):
     product = catalog_products[3]
-    r = client.post("/v1/search", data={"title": product.title, "k": "4"}, files=_photo(product))
+    r = reader.post("/v1/search", data={"title": product.title, "k": "4"}, files=_photo(product))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["query"] == "fused" and body["count"] == len(body["hits"]) == 4
@@ -24,27 +24,27 @@ def test_same_image_and_title_finds_the_product_first(client, catalog_products):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_hits_link_to_their_images(client, catalog_products):
-    body = client.post("/v1/search", data={"title": catalog_products[0].title, "k": "3"}).json()
+def test_hits_link_to_their_images(reader, catalog_products):
+    body = reader.post("/v1/search", data={"title": catalog_products[0].title, "k": "3"}).json()
     assert body["query"] == "text"
     for hit in body["hits"]:
-        r = client.get(hit["image_url"])
+        r = reader.get(hit["image_url"])
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("image/")
         assert len(r.content) > 100
 
 
-def test_more_like_this_excludes_the_product(client, catalog_products):
+def test_more_like_this_excludes_the_product(reader, catalog_products):
     pid = catalog_products[5].id
-    body = client.post("/v1/search", data={"product_id": pid, "k": "6"}).json()
+    body = reader.post("/v1/search", data={"product_id": pid, "k": "6"}).json()
     assert body["query"] == "product"
     assert len(body["hits"]) == 6
     assert pid not in [h["id"] for h in body["hits"]]
 
 
-def test_category_prefix_filters_hits(client, catalog_products):
+def test_category_prefix_filters_hits(reader, catalog_products):
     top_level = catalog_products[0].category[0]
-    body = client.post(
+    body = reader.post(
         "/v1/search", files=_photo(catalog_products[1]), data={"category": top_level, "k": "10"}
     ).json()
     assert body["hits"]
@@ -53,7 +53,7 @@ def test_category_prefix_filters_hits(client, catalog_products):
     assert len(body["hits"]) == min(10, n_matching)
 
 
-def test_product_id_and_query_together_is_refused(client, catalog_products):
-    r = client.post("/v1/search", data={"product_id": catalog_products[0].id, "title": "x"})
+def test_product_id_and_query_together_is_refused(reader, catalog_products):
+    r = reader.post("/v1/search", data={"product_id": catalog_products[0].id, "title": "x"})
     assert r.status_code == 422
     assert "either product_id" in r.json()["detail"]
