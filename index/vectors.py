@@ -209,10 +209,13 @@ class VectorIndex:
         xb = self._exact(ids) if ids.shape[0] else np.empty((0, self.d), np.float32)
         ids, xb = np.concatenate([ids, extra_ids]), np.concatenate([xb, extra_xb])
         logger.info("building %s over %d vectors (was %r)", factory, ids.shape[0], self.factory)
+        effort = self.search_effort if factory == self.factory else None  # keep tuned nprobe/ef
         self._make(factory)
         self._live = np.empty(0, dtype=np.int64)
         if ids.shape[0]:
             self._train_and_add(ids, xb)
+        if effort is not None:
+            self.set_search_effort(effort)
         self._n_at_plan = ids.shape[0]
 
     def _replan(self, n: int) -> str | None:
@@ -288,11 +291,6 @@ class VectorIndex:
             logger.info(
                 "rebuilding %s: %d tombstones of %d rows", self.factory, dead, self._dead.shape[0]
             )
-            self._rebuild(self.factory, np.empty(0, np.int64), np.empty((0, self.d), np.float32))
-
-    def compact(self) -> None:
-        """Rebuild now, dropping every tombstone (no-op for index types that remove)."""
-        if self.n_tombstones:
             self._rebuild(self.factory, np.empty(0, np.int64), np.empty((0, self.d), np.float32))
 
     # ---------------------------------------------------------------- search

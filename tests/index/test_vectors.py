@@ -86,6 +86,7 @@ def test_hnsw_tombstones_then_rebuild(xb, xq):
     vi = VectorIndex(D, "HNSW16", use_gpu=False, plan=IndexPlan(tombstone_rebuild_fraction=0.1))
     ids = ids_of(np.arange(len(xb)))
     vi.add(ids, xb)
+    vi.set_search_effort(77)
     vi.remove(ids[:30])  # 5% < 10%: kept as tombstones
     assert vi.n_tombstones == 30
     _, I = vi.search(xq, 10)
@@ -95,6 +96,7 @@ def test_hnsw_tombstones_then_rebuild(xb, xq):
     np.testing.assert_array_equal(loaded.search(xq, 10)[1], I)
     vi.remove(ids[30:70])  # 70 of 600 rows > 10%: rebuilt without tombstones
     assert vi.n_tombstones == 0 and vi.ntotal == len(xb) - 70
+    assert vi.search_effort == 77  # a tuned efSearch survives the rebuild
     _, I_ref = brute_force(xq, xb[70:], 10)
     assert recall(vi.search(xq, 10)[1], ids_of(I_ref + 70)) >= 0.95
 
