@@ -27,6 +27,7 @@ class IndexPlan:
     exact_subset_max: int = 20_000  # filters this selective are searched exactly
     overfetch_growth: int = 4
     max_k: int = 10_000
+    gpu_max_k: int = 2048  # FAISS GPU k-selection limit; larger k searches on CPU
     gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
 
 

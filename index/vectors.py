@@ -345,7 +345,7 @@ class VectorIndex:
             kk = min(k_codes, self.ntotal)
             D, rows = self._index.index.search(xq, kk, params=self._search_params(kk))
             I = np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)  # noqa: E741
-        elif self.use_gpu:
+        elif self.use_gpu and k_codes <= self.plan.gpu_max_k:
             with self._gpu_lock:  # GPU indexes are not thread-safe (FAISS wiki)
                 D, I = self._searcher().search(xq, min(k_codes, self.ntotal))  # noqa: E741
         else:
@@ -362,7 +362,10 @@ class VectorIndex:
         cand = np.unique(I[I >= 0])
         xb = self._exact(cand)
         pos = np.searchsorted(cand, np.maximum(I, 0))
-        scores = np.einsum("qd,qkd->qk", xq, xb[pos]) if cand.shape[0] else np.zeros(I.shape)
+        scores = np.full(I.shape, -np.inf, dtype=np.float32)
+        if cand.shape[0]:
+            for q in range(I.shape[0]):  # row by row: (nq, k', d) at once can be huge
+                scores[q] = xb[pos[q]] @ xq[q]
         scores = np.where(I >= 0, scores, -np.inf)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return (
