@@ -27,13 +27,17 @@ def as_matrix(x: Any, d: int, name: str = "xb") -> np.ndarray:
 
 
 def as_ids(ids: Any, n: int | None = None) -> np.ndarray:
-    """int64 (n,) ids, unique within the batch."""
+    """int64 (n,) ids, non-negative (-1 pads results) and unique within the batch."""
     arr = np.asarray(ids)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"ids must be a 1-d integer array, got shape {arr.shape} {arr.dtype}")
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"got {arr.shape[0]} ids for {n} vectors")
     arr = arr.astype(np.int64)
+    if (arr < 0).any():
+        raise ValueError(f"ids must be >= 0 (-1 marks padding), got {arr[arr < 0][:10].tolist()}")
     uniq, counts = np.unique(arr, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"duplicate ids within one batch: {uniq[counts > 1][:10].tolist()}")

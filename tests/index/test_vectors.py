@@ -163,6 +163,8 @@ def test_bad_ids_and_k_raise(xb):
     vi = VectorIndex(D, "Flat", use_gpu=False)
     with pytest.raises(ValueError, match="duplicate"):
         vi.add(np.array([1, 1]), xb[:2])
+    with pytest.raises(ValueError, match=">= 0"):
+        vi.add(np.array([-1, 2]), xb[:2])
     with pytest.raises(ValueError, match="2 ids for 3 vectors"):
         vi.add(np.array([1, 2]), xb[:3])
     vi.add(np.array([1, 2]), xb[:2])
