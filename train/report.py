@@ -6,7 +6,9 @@ report.json = the caller's ``report`` dict plus ``history``. This module reads:
 - ``report["data"]`` (optional): catalog/split facts, rendered as given. Keys with special
   rendering: ``rejects_by_reason`` (dict reason -> count), ``splits`` (dict name -> rows),
   ``rare_classes`` (dict head -> list of class names below min_per_class, or a list).
-- ``report["config"]`` (optional): the resolved training config (a few keys shown in the .md).
+- ``report["config"]`` (optional): the resolved training config (a few keys shown in the .md);
+- ``report["training"]``, ``["timings_s"]``, ``["index"]``, ``["bundle"]`` (optional dicts), one
+  line each under "Training".
 Every file is written atomically (temp file, fsync, rename).
 """
 
@@ -17,6 +19,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ logger = logging.getLogger(__name__)
 DPI = 120
 LABEL_CHARS = 22  # class names on plot axes are cut to this many characters
 MAX_MAP_GROUPS = 12  # legend entries on the embedding map; smaller groups are merged
+RUN_KEYS = (("training", "run"), ("timings_s", "seconds"), ("index", "index"),
+            ("bundle", "bundle"))  # optional report sections shown under "Training"
 CONFIG_KEYS = ("image_backbone", "text_backbone", "embed_dim", "use_tfidf", "w_cls", "w_graph",
                "w_gap", "min_per_class", "seed")
 
@@ -196,10 +201,19 @@ def _data_section(report: dict, ev: dict) -> str:
     return "\n".join(lines)
 
 
+def _scalars(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of a nested dict's scalar leaves; lists and None are skipped."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _scalars(v, f"{prefix}{k}.")
+        elif v is not None and not isinstance(v, (list, tuple)):
+            yield f"{prefix}{k}", v
+
+
 def _brief(value: Any, limit: int = 15) -> str:
     """A dict or list on one readable line, cut after ``limit`` entries."""
     if isinstance(value, dict):
-        items = [f"{k} ({v})" for k, v in value.items()]
+        items = [f"{k}: {v}" for k, v in _scalars(value)]
     elif isinstance(value, (list, tuple)):
         items = [str(v) for v in value]
     else:
@@ -220,6 +234,9 @@ def _training_section(report: dict, history: list[dict]) -> str:
                  f"validation top-1 {_pct(best.get('val_top1'))} at epoch {best['epoch']}; "
                  f"final train loss {history[-1]['train_loss']:.4f}, val loss "
                  f"{history[-1]['val_loss']:.4f}."]
+    for key, label in RUN_KEYS:
+        if report.get(key):
+            lines.append(f"- {label}: {_brief(report[key])}")
     cfg = report.get("config", {})
     shown = [f"{k}={cfg[k]}" for k in CONFIG_KEYS if k in cfg]
     if shown:

@@ -25,6 +25,8 @@ def written(tmp_path_factory):
                  "splits": {"train": 122, "val": 24, "test": 51},
                  "rare_classes": {"level2": ["Footwear > Clogs"]}},
         "config": {"embed_dim": 8, "seed": 0},
+        "timings_s": {"training": 1.5, "evaluation": 0.5},
+        "index": {"factory": "Flat", "build": {"recall_at_10": 1.0, "tuning": [1, 2]}},
     }
     out = tmp_path_factory.mktemp("bundle")
     write_report(out, report, case.history, art)
@@ -77,6 +79,9 @@ def test_report_md_tables(written):
     assert "rejected rows by reason: not_an_image 1, truncated 1" in md
     assert "left out of classification metrics): level2 3" in md
     assert f"{len(_strict_json(out / 'report.json')['history'])} epochs" in md
+    assert "- seconds: training: 1.5, evaluation: 0.5" in md
+    assert "- index: factory: Flat, build.recall_at_10: 1.0\n" in md  # lists left out
+    assert "- config: embed_dim=8, seed=0" in md
     for name in PLOTS:
         assert f"(plots/{name})" in md
 
