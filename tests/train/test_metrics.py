@@ -101,6 +101,18 @@ class TestKnnSearch:
         np.testing.assert_array_equal(I, ref_I)
         np.testing.assert_allclose(D, np.take_along_axis(sims, ref_I, axis=1), rtol=1e-6)
 
+    def test_matches_faiss_flat_ip(self):
+        faiss = pytest.importorskip("faiss")
+        rng = np.random.default_rng(5)
+        xb = rng.normal(size=(300, 16)).astype(np.float32)
+        xq = rng.normal(size=(40, 16)).astype(np.float32)
+        index = faiss.IndexFlatIP(16)
+        index.add(xb)
+        D_ref, I_ref = index.search(xq, 10)
+        D, I = knn_search(xq, xb, 10)  # noqa: E741
+        np.testing.assert_array_equal(I, I_ref)
+        np.testing.assert_almost_equal(D, D_ref, decimal=4)
+
     def test_exclude_self_drops_the_diagonal(self, monkeypatch):
         monkeypatch.setattr(metrics, "SEARCH_BLOCK", 3)
         x = np.eye(7, dtype=np.float32) * 2 + 0.01
