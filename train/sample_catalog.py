@@ -1,8 +1,9 @@
 """Synthetic but structured product catalog, so the whole pipeline runs with no downloads.
 
 Every leaf of a 3-level category tree has a visual recipe and a title vocabulary. The recipe is
-hierarchical: the top category picks the backdrop tint (and a loose shape family), the middle
-one the fill pattern, the leaf its shape and palette, so images of related classes look related.
+hierarchical: the top category picks the scene (backdrop tint plus a hanger, floor, drop
+shadow or shelf) and a loose shape family, the middle one the fill pattern, the leaf its shape
+and palette, so images of related classes look related.
 Jitter, rotation, tint noise, distractor shapes and title noise keep it from being trivial.
 Deterministic from the seed.
 
@@ -40,10 +41,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "beige": (215, 195, 160),
 }
 
-# top -> (backdrop, {sub -> (pattern, {leaf -> (shape, palette, title nouns)})})
-TREE: dict[str, tuple[tuple[int, int, int], dict[str, tuple[str, dict[str, tuple]]]]] = {
+# scene -> backdrop tint; the scene's prop is drawn by _draw_scene
+SCENES: dict[str, tuple[int, int, int]] = {
+    "hanger": (236, 234, 228),
+    "floor": (220, 230, 240),
+    "shadow": (242, 226, 216),
+    "shelf": (224, 240, 222),
+}
+
+# top -> (scene, {sub -> (pattern, {leaf -> (shape, palette, title nouns)})})
+TREE: dict[str, tuple[str, dict[str, tuple[str, dict[str, tuple]]]]] = {
     "Apparel": (
-        (236, 234, 228),
+        "hanger",
         {
             "Topwear": (
                 "stripes",
@@ -74,7 +83,7 @@ TREE: dict[str, tuple[tuple[int, int, int], dict[str, tuple[str, dict[str, tuple
         },
     ),
     "Footwear": (
-        (220, 230, 240),
+        "floor",
         {
             "Shoes": (
                 "dots",
@@ -106,7 +115,7 @@ TREE: dict[str, tuple[tuple[int, int, int], dict[str, tuple[str, dict[str, tuple
         },
     ),
     "Accessories": (
-        (242, 226, 216),
+        "shadow",
         {
             "Bags": (
                 "gradient",
@@ -140,7 +149,7 @@ TREE: dict[str, tuple[tuple[int, int, int], dict[str, tuple[str, dict[str, tuple
         },
     ),
     "Home": (
-        (224, 240, 222),
+        "shelf",
         {
             "Kitchen": (
                 "zigzag",
@@ -185,7 +194,7 @@ class SampleConfig:
 @dataclass(frozen=True)
 class Leaf:
     path: tuple[str, str, str]
-    backdrop: tuple[int, int, int]
+    scene: str
     pattern: str
     shape: str
     palette: tuple[str, ...]
@@ -195,8 +204,8 @@ class Leaf:
 def leaves() -> list[Leaf]:
     """Every leaf of TREE with its inherited recipe, in a fixed order."""
     return [
-        Leaf((top, sub, leaf), backdrop, pattern, shape, palette, nouns)
-        for top, (backdrop, subs) in TREE.items()
+        Leaf((top, sub, leaf), scene, pattern, shape, palette, nouns)
+        for top, (scene, subs) in TREE.items()
         for sub, (pattern, leaf_map) in subs.items()
         for leaf, (shape, palette, nouns) in leaf_map.items()
     ]
@@ -306,6 +315,38 @@ def _jitter(colour: tuple[int, int, int], rng: random.Random, amount: int = 25) 
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)
 
 
+def _draw_scene(
+    img: Image.Image, scene: str, pts: list[tuple[float, float]], rng: random.Random
+) -> Image.Image:
+    """The top category's prop, drawn behind the product outline `pts`."""
+    w, h = img.size
+    left, right = min(x for x, _ in pts), max(x for x, _ in pts)
+    top, bottom = min(y for _, y in pts), max(y for _, y in pts)
+    cx = (left + right) / 2
+    draw = ImageDraw.Draw(img)
+    if scene == "hanger":
+        dark = _jitter((60, 60, 60), rng, 15)
+        draw.line([left + 4, top + 2, cx, top - 0.08 * h, right - 4, top + 2], fill=dark, width=2)
+        draw.arc(
+            [cx - 5, top - 0.08 * h - 9, cx + 5, top - 0.08 * h + 1], 180, 90, fill=dark, width=2
+        )
+    elif scene == "floor":
+        draw.rectangle([0, bottom - 0.05 * h, w, h], fill=_jitter((170, 175, 185), rng, 12))
+        draw.ellipse(
+            [left, bottom - 0.07 * h, right, bottom], fill=_jitter((110, 110, 120), rng, 10)
+        )
+    elif scene == "shadow":
+        shadow = Image.new("L", img.size, 0)
+        dx, dy = rng.uniform(3, 7), rng.uniform(3, 7)
+        ImageDraw.Draw(shadow).polygon([(x + dx, y + dy) for x, y in pts], fill=110)
+        shadow = shadow.filter(ImageFilter.GaussianBlur(3))
+        img = Image.composite(Image.new("RGB", img.size, (40, 40, 40)), img, shadow)
+    elif scene == "shelf":
+        wood = _jitter((150, 105, 60), rng, 15)
+        draw.rectangle([0, bottom - 2, w, min(h, bottom + 0.1 * h)], fill=wood)
+    return img
+
+
 def _draw_product(
     size: tuple[int, int],
     leaf: Leaf,
@@ -316,7 +357,7 @@ def _draw_product(
 ) -> Image.Image:
     w, h = size
     shape = leaf.shape
-    background = _jitter(leaf.backdrop, rng, 12)
+    background = _jitter(SCENES[leaf.scene], rng, 12)
     img = Image.new("RGB", size, background)
     scale = min(w, h) * rng.uniform(0.32, 0.45)
     cx, cy = w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
@@ -326,6 +367,7 @@ def _draw_product(
         (cx + scale * (x * cos - y * sin), cy + scale * (x * sin + y * cos))
         for x, y in _shape_points(shape)
     ]
+    img = _draw_scene(img, leaf.scene, pts, rng)
     mask = Image.new("L", size, 0)
     mask_draw = ImageDraw.Draw(mask)
     mask_draw.polygon(pts, fill=255)
