@@ -49,129 +49,38 @@ SCENES: dict[str, tuple[int, int, int]] = {
     "shelf": (224, 240, 222),
 }
 
-# top -> (scene, {sub -> (pattern, {leaf -> (shape, palette, title nouns)})})
-TREE: dict[str, tuple[str, dict[str, tuple[str, dict[str, tuple]]]]] = {
-    "Apparel": (
-        "hanger",
-        {
-            "Topwear": (
-                "stripes",
-                {
-                    "Shirts": ("square", ("blue", "white", "navy"), ("shirt", "formal shirt")),
-                    "Tshirts": ("tshirt", ("red", "black", "grey"), ("t-shirt", "tee")),
-                    "Jackets": (
-                        "tall_rect",
-                        ("olive", "brown", "black"),
-                        ("jacket", "bomber jacket"),
-                    ),
-                },
-            ),
-            "Bottomwear": (
-                "checks",
-                {
-                    "Jeans": ("trousers", ("navy", "blue"), ("jeans", "denim jeans")),
-                    "Skirts": ("trapezoid", ("pink", "purple", "red"), ("skirt", "midi skirt")),
-                },
-            ),
-            "Innerwear": (
-                "solid",
-                {
-                    "Socks": ("sock", ("white", "grey", "black"), ("socks", "ankle socks")),
-                    "Briefs": ("wide_rect", ("beige", "black"), ("briefs", "trunks")),
-                },
-            ),
-        },
-    ),
-    "Footwear": (
-        "floor",
-        {
-            "Shoes": (
-                "dots",
-                {
-                    "Sneakers": (
-                        "ellipse",
-                        ("white", "red", "blue"),
-                        ("sneakers", "running shoes"),
-                    ),
-                    "Formal Shoes": (
-                        "flat_ellipse",
-                        ("black", "brown"),
-                        ("formal shoes", "oxfords"),
-                    ),
-                    "Boots": ("boot", ("brown", "black", "olive"), ("boots", "ankle boots")),
-                },
-            ),
-            "Sandals": (
-                "solid",
-                {
-                    "Flip Flops": (
-                        "circle",
-                        ("yellow", "orange", "teal"),
-                        ("flip flops", "slippers"),
-                    ),
-                    "Heels": ("semicircle", ("crimson", "pink", "black"), ("heels", "stilettos")),
-                },
-            ),
-        },
-    ),
-    "Accessories": (
-        "shadow",
-        {
-            "Bags": (
-                "gradient",
-                {
-                    "Handbags": (
-                        "trapezoid_inv",
-                        ("brown", "beige", "crimson"),
-                        ("handbag", "tote bag"),
-                    ),
-                    "Backpacks": ("tall_rect", ("navy", "grey", "green"), ("backpack", "rucksack")),
-                },
-            ),
-            "Watches": (
-                "rings",
-                {
-                    "Analog Watches": (
-                        "ring",
-                        ("black", "grey", "brown"),
-                        ("analog watch", "watch"),
-                    ),
-                    "Smart Watches": ("square", ("black", "teal"), ("smart watch", "fitness band")),
-                },
-            ),
-            "Jewellery": (
-                "dots",
-                {
-                    "Necklaces": ("star", ("yellow", "white"), ("necklace", "pendant")),
-                    "Earrings": ("diamond", ("yellow", "pink", "teal"), ("earrings", "studs")),
-                },
-            ),
-        },
-    ),
-    "Home": (
-        "shelf",
-        {
-            "Kitchen": (
-                "zigzag",
-                {
-                    "Mugs": ("mug", ("white", "red", "teal"), ("mug", "coffee mug")),
-                    "Plates": ("circle", ("white", "beige", "blue"), ("plate", "dinner plate")),
-                },
-            ),
-            "Decor": (
-                "stripes",
-                {
-                    "Cushions": (
-                        "square",
-                        ("orange", "purple", "green"),
-                        ("cushion", "cushion cover"),
-                    ),
-                    "Lamps": ("triangle", ("yellow", "beige", "black"), ("lamp", "table lamp")),
-                },
-            ),
-        },
-    ),
-}
+# top category -> scene; sub category -> fill pattern
+TOP_SCENES = {"Apparel": "hanger", "Footwear": "floor", "Accessories": "shadow", "Home": "shelf"}
+SUB_PATTERNS = {
+    "Topwear": "stripes", "Bottomwear": "checks", "Innerwear": "solid", "Shoes": "dots",
+    "Sandals": "solid", "Bags": "gradient", "Watches": "rings", "Jewellery": "dots",
+    "Kitchen": "zigzag", "Decor": "stripes",
+}  # fmt: skip
+# leaf path, shape, palette, title nouns ("|"-separated)
+LEAF_RECIPES = [
+    ("Apparel > Topwear > Shirts", "square", "blue white navy", "shirt|formal shirt"),
+    ("Apparel > Topwear > Tshirts", "tshirt", "red black grey", "t-shirt|tee"),
+    ("Apparel > Topwear > Jackets", "tall_rect", "olive brown black", "jacket|bomber jacket"),
+    ("Apparel > Bottomwear > Jeans", "trousers", "navy blue", "jeans|denim jeans"),
+    ("Apparel > Bottomwear > Skirts", "trapezoid", "pink purple red", "skirt|midi skirt"),
+    ("Apparel > Innerwear > Socks", "sock", "white grey black", "socks|ankle socks"),
+    ("Apparel > Innerwear > Briefs", "wide_rect", "beige black", "briefs|trunks"),
+    ("Footwear > Shoes > Sneakers", "ellipse", "white red blue", "sneakers|running shoes"),
+    ("Footwear > Shoes > Formal Shoes", "flat_ellipse", "black brown", "formal shoes|oxfords"),
+    ("Footwear > Shoes > Boots", "boot", "brown black olive", "boots|ankle boots"),
+    ("Footwear > Sandals > Flip Flops", "circle", "yellow orange teal", "flip flops|slippers"),
+    ("Footwear > Sandals > Heels", "semicircle", "crimson pink black", "heels|stilettos"),
+    ("Accessories > Bags > Handbags", "trapezoid_inv", "brown beige crimson", "handbag|tote bag"),
+    ("Accessories > Bags > Backpacks", "tall_rect", "navy grey green", "backpack|rucksack"),
+    ("Accessories > Watches > Analog Watches", "ring", "black grey brown", "analog watch|watch"),
+    ("Accessories > Watches > Smart Watches", "square", "black teal", "smart watch|fitness band"),
+    ("Accessories > Jewellery > Necklaces", "star", "yellow white", "necklace|pendant"),
+    ("Accessories > Jewellery > Earrings", "diamond", "yellow pink teal", "earrings|studs"),
+    ("Home > Kitchen > Mugs", "mug", "white red teal", "mug|coffee mug"),
+    ("Home > Kitchen > Plates", "circle", "white beige blue", "plate|dinner plate"),
+    ("Home > Decor > Cushions", "square", "orange purple green", "cushion|cushion cover"),
+    ("Home > Decor > Lamps", "triangle", "yellow beige black", "lamp|table lamp"),
+]
 
 BRANDS = ("Acme", "Nordic", "Urbano", "Kite", "Velvet", "Summit", "Rivera", "Oakly", "Zen")
 MATERIALS = ("cotton", "leather", "canvas", "steel", "ceramic", "wool", "denim", "silk")
@@ -202,13 +111,22 @@ class Leaf:
 
 
 def leaves() -> list[Leaf]:
-    """Every leaf of TREE with its inherited recipe, in a fixed order."""
-    return [
-        Leaf((top, sub, leaf), scene, pattern, shape, palette, nouns)
-        for top, (scene, subs) in TREE.items()
-        for sub, (pattern, leaf_map) in subs.items()
-        for leaf, (shape, palette, nouns) in leaf_map.items()
-    ]
+    """Every leaf with its inherited recipe (scene from the top, pattern from the middle)."""
+    out = []
+    for path, shape, palette, nouns in LEAF_RECIPES:
+        top, sub, leaf = path.split(" > ")
+        scene, pattern = TOP_SCENES[top], SUB_PATTERNS[sub]
+        out.append(
+            Leaf(
+                (top, sub, leaf),
+                scene,
+                pattern,
+                shape,
+                tuple(palette.split()),
+                tuple(nouns.split("|")),
+            )
+        )
+    return out
 
 
 def _shape_points(shape: str) -> list[tuple[float, float]]:
