@@ -20,14 +20,12 @@ Protocol (also written into report.json's "evaluation.protocol"):
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from train.huse import timed  # the pipeline's phase timer (logs, optionally records, seconds)
 from train.metrics import (
     class_recall_at_k,
     confusion_matrix_top,
@@ -128,13 +126,6 @@ class EvalArtifacts:
     map_embeddings: np.ndarray  # (p, d) fused test embeddings (seeded subsample)
     map_groups: list[str]  # top-level category per map row
     seed: int = 0
-
-
-@contextmanager
-def timed(what: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    logger.info("%s: %.2f s", what, time.perf_counter() - t0)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -269,7 +260,8 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
     if len(test) < 2:
         raise ValueError(f"the test split needs at least 2 rows, got {len(test)}")
 
-    with timed("embed test split"):
+    timings: dict[str, float] = {}
+    with timed("embed test split", timings):
         emb = {
             "image": bundle.embed_features(image_feats=test.image),
             "text": bundle.embed_features(text_feats=test.text, titles=test.titles),
@@ -278,7 +270,7 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
         }
     heads: dict[str, Any] = {}
     fused_linear = None
-    with timed("classification metrics"):
+    with timed("classification metrics", timings):
         for inp in INPUTS:
             scores = {"linear": bundle.head_probs(emb[inp]),
                       "centroid": bundle.centroid_scores(emb[inp])}
@@ -295,7 +287,7 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
                               for m in METHODS}
 
     ret_classes = _retrieval_classes(test, leaf)
-    with timed("retrieval metrics"):
+    with timed("retrieval metrics", timings):
         retrieval = {}
         for name, q, b, exclude_self in RETRIEVAL_PAIRS:
             rec = class_recall_at_k(emb[q], ret_classes, emb[b], ret_classes, cfg.ks,
@@ -303,10 +295,10 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
             retrieval[name] = {str(k): v for k, v in rec.items()}
 
     n_leaf = len(bundle.labels[leaf])
-    baselines = {
-        "logreg": logreg_baseline(train, test, leaf, n_leaf, cfg, val=val),
-    }
-    with timed("baseline (b) k-NN"):
+    baselines = {}
+    with timed("baseline (a) logistic regression", timings):
+        baselines["logreg"] = logreg_baseline(train, test, leaf, n_leaf, cfg, val=val)
+    with timed("baseline (b) k-NN", timings):
         baselines["knn"] = knn_baseline(train, test, leaf, n_leaf, cfg, ret_classes)
 
     result = {
@@ -333,6 +325,7 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
         "heads": heads,
         "retrieval": retrieval,
         "baselines": baselines,
+        "seconds": timings,
     }
     artifacts = _artifacts(bundle, test, fused_linear, emb["fused"], cfg)
     f = heads[leaf]["fused"]["linear"]

@@ -127,7 +127,8 @@ def render_markdown(report: dict, history: list[dict]) -> str:
         "![confusion matrix](plots/confusion_matrix.png)\n\n"
         "![embedding map](plots/embedding_map.png)",
         "## Protocol",
-        "\n".join(f"- {k}: {v}" for k, v in ev["protocol"].items()),
+        "\n".join([*(f"- {k}: {v}" for k, v in ev["protocol"].items()),
+                   f"- evaluation seconds: {_brief(ev.get('seconds', {}))}"]),
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -106,6 +106,8 @@ def test_every_head_input_and_method_is_reported(case, result):
                 assert r["top5"] >= r["top1"]
     assert set(ev["retrieval"]) == {"image->image", "image->text", "text->image", "text->text",
                                     "fused->fused"}
+    assert "baseline (a) logistic regression" in ev["seconds"]
+    assert all(v >= 0 for v in ev["seconds"].values())
 
 
 def test_numbers_match_the_bundle_scores(case, result):

@@ -82,6 +82,7 @@ def test_report_md_tables(written):
     assert "- seconds: training: 1.5, evaluation: 0.5" in md
     assert "- index: factory: Flat, build.recall_at_10: 1.0\n" in md  # lists left out
     assert "- config: embed_dim=8, seed=0" in md
+    assert "- evaluation seconds: embed test split: " in md
     for name in PLOTS:
         assert f"(plots/{name})" in md
 
