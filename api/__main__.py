@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch-max-size", type=int, help="most requests per model call")
     p.add_argument("--batch-max-wait-ms", type=float, help="wait for a batch to fill")
+    p.add_argument("--batch-workers", type=int, help="threads forming and running batches")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -42,6 +43,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         "api_key": args.api_key,
         "batch_max_size": args.batch_max_size,
         "batch_max_wait_ms": args.batch_max_wait_ms,
+        "batch_workers": args.batch_workers,
     }
     if args.no_batching:
         overrides["batching"] = False

@@ -87,6 +87,7 @@ class Services:
                 enabled=settings.batching,
                 max_batch=settings.batch_max_size,
                 max_wait_ms=settings.batch_max_wait_ms,
+                workers=settings.batch_workers,
                 unbatched_workers=settings.unbatched_workers,
             ),
             on_batch=metrics.observe_batch,

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     batching: bool = True
     batch_max_size: int = Field(default=32, ge=1)
     batch_max_wait_ms: float = Field(default=3.0, ge=0.0)
+    batch_workers: int = Field(default=2, ge=1)
     # Threads that run model calls when micro-batching is off (one request per call).
     unbatched_workers: int = Field(default=8, ge=1)
     # Overrides the bundle's "other" threshold for classification when set.

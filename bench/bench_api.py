@@ -42,6 +42,8 @@ class BenchConfig:
     k: int = 10
     batch_max_wait_ms: float = 3.0
     batch_max_size: int = 32
+    batch_workers: int = 2
+    scenarios: tuple[str, ...] = SCENARIOS
     seed: int = 0
 
 
@@ -86,6 +88,7 @@ class Server:
         args = [sys.executable, "-m", "api", "--model", str(model_dir), "--port", str(self.port)]
         args += ["--log-level", "warning", "--batch-max-size", str(cfg.batch_max_size)]
         args += ["--batch-max-wait-ms", str(cfg.batch_max_wait_ms)]
+        args += ["--batch-workers", str(cfg.batch_workers)]
         if not batching:
             args.append("--no-batching")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -176,15 +179,24 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--model", default="", help="model dir (default: build runs/bench_api)")
     p.add_argument("--catalog", default="", help="queries from (default runs/sample)")
     p.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    p.add_argument("--batch-max-size", type=int, default=BenchConfig.batch_max_size)
+    p.add_argument("--batch-workers", type=int, default=BenchConfig.batch_workers)
     p.add_argument("--requests", type=int, default=BenchConfig.requests_per_cell)
     p.add_argument("--max-seconds", type=float, default=BenchConfig.max_seconds_per_cell)
     args = p.parse_args(argv)
     clients = tuple(int(c) for c in args.clients.split(","))
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    if unknown:
+        raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
     if not clients or min(clients) < 1:
         raise ValueError(f"--clients must be positive integers, got {args.clients!r}")
     return BenchConfig(
         model=args.model,
         catalog=args.catalog,
+        scenarios=tuple(s for s in args.scenarios.split(",") if s),
+        batch_max_size=args.batch_max_size,
+        batch_workers=args.batch_workers,
         clients=clients,
         requests_per_cell=args.requests,
         max_seconds_per_cell=args.max_seconds,
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             server = Server(model_dir, batching, cfg, Path(tmp) / "server.log")
             try:
                 health = httpx.get(f"{server.url}/healthz").json()
-                for scenario in SCENARIOS:
+                for scenario in cfg.scenarios:
                     for i in range(cfg.warmup_requests):
                         with httpx.Client(base_url=server.url, timeout=120) as client:
                             _request(client, scenario, queries[i % len(queries)], cfg.k)
