@@ -293,6 +293,8 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
             rec = class_recall_at_k(emb[q], ret_classes, emb[b], ret_classes, cfg.ks,
                                     exclude_self=exclude_self)
             retrieval[name] = {str(k): v for k, v in rec.items()}
+    queries = ret_classes[ret_classes >= 0]
+    class_size = np.bincount(queries) if queries.size else np.zeros(0, dtype=np.int64)
 
     n_leaf = len(bundle.labels[leaf])
     baselines = {}
@@ -324,6 +326,10 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
         "other_threshold": threshold,
         "heads": heads,
         "retrieval": retrieval,
+        # x->x queries whose class has no other test item can never hit (counted as misses,
+        # for HUSE and baseline (b) alike); cross-modal queries always can (their own pair).
+        "retrieval_queries": {"queries": int(queries.size),
+                              "x->x answerable": int((class_size[queries] >= 2).sum())},
         "baselines": baselines,
         "seconds": timings,
     }

@@ -101,6 +101,7 @@ def render_markdown(report: dict, history: list[dict]) -> str:
     fused = ev["heads"][leaf]["fused"]["linear"]
     r11 = ev["retrieval"]["image->image"]["1"]
     knn11 = knn["retrieval"]["image->image"]["1"]
+    rq = ev["retrieval_queries"]
     parts = [
         "# HUSE training report",
         f"Test split: {ev['n_test']} products (train {ev['n_train']}, val {ev['n_val']}). "
@@ -114,7 +115,9 @@ def render_markdown(report: dict, history: list[dict]) -> str:
         "## Retrieval (class-level recall@k)",
         _retrieval_table(ev),
         "Database = the test split; a hit is a retrieved product of the query's leaf class; "
-        "x->x queries exclude themselves. Classes from "
+        "x->x queries exclude themselves, so the "
+        f"{rq['queries'] - rq['x->x answerable']} of {rq['queries']} queries whose class has "
+        "no other test product count as misses there (for HUSE and (b) alike). Classes from "
         f"{ev['protocol']['retrieval_classes_from']}.",
         "## Every level and attribute head (top-1)",
         _levels_table(ev),

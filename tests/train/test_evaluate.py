@@ -51,11 +51,14 @@ def make_case(seed: int = 0) -> Case:
             for name, n, r in (("train", 30, 2), ("val", 6, 0), ("test", 12, 3))}
     train, val, test = (_split(rng, leaf[s], protos_i, protos_t) for s in ("train", "val", "test"))
     heads = {"level1": 2, "level2": 4}
+    cfg = TrainConfig(embed_dim=8, batch_size=32, max_epochs=25, patience=25, lr=1e-2,
+                      device="cpu", seed=seed)
     config = model_config(
         image_backbone={"spec": "synthetic-image", "dim": DI},
         text_backbone={"spec": "synthetic-text", "dim": DT},
         embed_dim=8, image_hidden=(16,), text_hidden=(16,), dropout=0.0, tfidf_dim=0,
-        heads=heads, leaf_head="level2", loss_weights={}, other_threshold=0.5, train_config={},
+        heads=heads, leaf_head="level2", logit_scale=cfg.logit_scale, loss_weights={},
+        other_threshold=0.5, train_config={},
     )
     model = build_model(config)
     both = [train, val]
@@ -65,8 +68,6 @@ def make_case(seed: int = 0) -> Case:
         train_idx=np.arange(len(train)), val_idx=np.arange(len(train), len(train) + len(val)),
         leaf_head="level2", A=1 - np.eye(4, dtype=np.float32),
     )
-    cfg = TrainConfig(embed_dim=8, batch_size=32, max_epochs=25, patience=25, lr=1e-2,
-                      device="cpu", seed=seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster on a busy 2-core machine
     try:
@@ -138,6 +139,8 @@ def test_retrieval_protocol(case, result):
     }
     for name, rec in expected.items():
         assert ev["retrieval"][name] == pytest.approx({str(k): v for k, v in rec.items()})
+    # 4 classes x 12 test items and 3 rare items (one class): all have a same-class neighbour
+    assert ev["retrieval_queries"] == {"queries": 51, "x->x answerable": 51}
     # rare-class products are queries too: without category paths they are skipped
     no_paths = LabeledFeatures(t.product_ids, t.titles, t.image, t.text, t.labels)
     ev2, _ = evaluate(b, case.train, no_paths, EvalConfig(knn_k=5), val=case.val)

@@ -72,6 +72,7 @@ def test_report_md_tables(written):
     assert f"({delta} points)" in md
     assert f"| (a) logistic regression, image+text | C={lr['C']:g} | {100 * lr['top1']:.1f} |" in md
     assert "| (b) frozen image->image |" in md
+    assert "so the 0 of 51 queries whose class has no other test product" in md
     for pair in ("image->text", "text->image", "fused->fused"):
         assert f"| HUSE {pair} |" in md
     assert "| level1 | 2 | 51 |" in md and "| level2 | 4 | 48 |" in md
