@@ -96,6 +96,7 @@ class EvalConfig:
     other_threshold: float | None = None  # None = the bundle's own threshold
     knn_k: int = 10  # neighbours voting in baseline (b)
     max_confusion_classes: int = 20  # the confusion plot shows the largest leaf classes
+    n_hardest: int = 10  # leaf classes with the lowest fused linear recall listed in the report
     seed: int = 0  # hold-out for baseline C selection, map subsample, t-SNE
     # Inverse L2 strengths tried for (a); on the fashion catalog val top-1 was flat over 0.1-10
     # (95.4-95.9 %) and 0.01 cost 5x the lbfgs time for a worse score, hence this grid.
@@ -331,6 +332,9 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
         "retrieval_queries": {"queries": int(queries.size),
                               "x->x answerable": int((class_size[queries] >= 2).sum())},
         "baselines": baselines,
+        "hardest_classes": hardest_classes(np.asarray(test.labels[leaf], dtype=np.int64),
+                                           fused_linear.argmax(axis=1), bundle.labels[leaf],
+                                           cfg.n_hardest),
         "seconds": timings,
     }
     artifacts = _artifacts(bundle, test, fused_linear, emb["fused"], cfg)
@@ -339,6 +343,31 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
                 "(baseline b %.4f)", f["top1"], baselines["logreg"]["top1"],
                 retrieval["image->image"]["1"], baselines["knn"]["retrieval"]["image->image"]["1"])
     return result, artifacts
+
+
+def hardest_classes(y_true: np.ndarray, y_pred: np.ndarray, names: list[str],
+                    limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` labelled classes with the lowest recall (ties: larger support first), each
+    with the class it is most often mistaken for: where a person should look first."""
+    keep = y_true >= 0
+    t, p = y_true[keep], y_pred[keep]
+    support = np.bincount(t, minlength=len(names))
+    correct = np.bincount(t[t == p], minlength=len(names))
+    present = np.flatnonzero(support)
+    recall = correct[present] / support[present]
+    wrong_pairs, wrong_counts = np.unique(np.stack([t[t != p], p[t != p]]), axis=1,
+                                          return_counts=True)
+    out = []
+    for i in np.lexsort((-support[present], recall))[:limit]:
+        c = present[i]
+        mine = wrong_pairs[0] == c
+        entry = {"class": names[c], "support": int(support[c]), "recall": float(recall[i])}
+        if mine.any():
+            j = np.flatnonzero(mine)[np.argmax(wrong_counts[mine])]
+            entry.update(confused_with=names[wrong_pairs[1, j]],
+                         confused_share=float(wrong_counts[j] / support[c]))
+        out.append(entry)
+    return out
 
 
 def _artifacts(bundle: EvalBundle, test: LabeledFeatures, fused_leaf_probs: np.ndarray,

@@ -112,6 +112,8 @@ def render_markdown(report: dict, history: list[dict]) -> str:
         f"{_pct(knn11)} ({_delta(r11, knn11)} points).",
         "## Leaf classification",
         _main_table(ev),
+        "## Hardest leaf classes (fused input, linear head)",
+        _hardest_table(ev),
         "## Retrieval (class-level recall@k)",
         _retrieval_table(ev),
         "Database = the test split; a hit is a retrieved product of the query's leaf class; "
@@ -159,6 +161,14 @@ def _main_table(ev: dict) -> str:
             + ", ".join(f"C={c} ({_pct(t)})" for c, t in lr["C_tried_top1"].items())
             + ("" if lr["converged"] else " (lbfgs hit max_iter)") + ".")
     return _table(header, rows) + "\n\n" + note
+
+
+def _hardest_table(ev: dict) -> str:
+    rows = [[h["class"], str(h["support"]), _pct(h["recall"]),
+             f"{h['confused_with']} ({_pct(h['confused_share'])})" if "confused_with" in h
+             else "–"] for h in ev.get("hardest_classes", [])]
+    return _table(["class", "test items", "recall", "most often predicted as (% of class)"],
+                  rows) if rows else "No labelled test rows."
 
 
 def _retrieval_table(ev: dict) -> str:

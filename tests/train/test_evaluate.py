@@ -8,7 +8,7 @@ import torch
 
 from embedder.bundle import Bundle, build_model, class_centroids, model_config
 from train.config import TrainConfig
-from train.evaluate import EvalConfig, LabeledFeatures, evaluate
+from train.evaluate import EvalConfig, LabeledFeatures, evaluate, hardest_classes
 from train.loop import TrainData, train_model
 from train.metrics import class_recall_at_k, topk_accuracy
 
@@ -43,6 +43,10 @@ def _split(rng: np.random.Generator, leaf: np.ndarray, protos_i, protos_t) -> La
     )
 
 
+def case_labels() -> list[str]:
+    return [p for p, _ in LEAVES[:4]]
+
+
 def make_case(seed: int = 0) -> Case:
     """Seeded synthetic splits and a Bundle trained on them with the trainer's own loop."""
     rng = np.random.default_rng(seed)
@@ -74,7 +78,7 @@ def make_case(seed: int = 0) -> Case:
         history = train_model(model, data, cfg, checkpoint_dir=None).history
     finally:
         torch.set_num_threads(threads)
-    labels = {"level1": ["Apparel", "Footwear"], "level2": [p for p, _ in LEAVES[:4]]}
+    labels = {"level1": ["Apparel", "Footwear"], "level2": case_labels()}
     bundle = Bundle(config, model, labels)
     fused = bundle.embed_features(train.image, train.text, train.titles)
     bundle.centroids = {h: class_centroids(fused, train.labels[h], n) for h, n in heads.items()}
@@ -183,6 +187,25 @@ def test_artifacts(case, result):
                         EvalConfig(map_max_points=10, max_confusion_classes=2, logreg_cs=(0.1,)))
     assert small.map_embeddings.shape == (10, 8) and len(small.map_groups) == 10
     assert small.confusion.shape == (2, 3)
+
+
+def test_hardest_classes():
+    y_true = np.array([0, 0, 0, 1, 1, 2, -1])
+    y_pred = np.array([0, 1, 1, 1, 1, 2, 0])
+    got = hardest_classes(y_true, y_pred, ["a", "b", "c", "d"], limit=2)
+    assert got == [
+        {"class": "a", "support": 3, "recall": pytest.approx(1 / 3), "confused_with": "b",
+         "confused_share": pytest.approx(2 / 3)},
+        {"class": "b", "support": 2, "recall": 1.0},  # ties on recall: larger class first
+    ]
+
+
+def test_hardest_classes_in_the_evaluation(result):
+    ev, _ = result
+    hard = ev["hardest_classes"]
+    assert 1 <= len(hard) <= 4
+    assert [h["recall"] for h in hard] == sorted(h["recall"] for h in hard)
+    assert all(h["class"] in case_labels() and h["support"] == 12 for h in hard)
 
 
 def test_bad_inputs(case):

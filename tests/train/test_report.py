@@ -72,6 +72,8 @@ def test_report_md_tables(written):
     assert f"({delta} points)" in md
     assert f"| (a) logistic regression, image+text | C={lr['C']:g} | {100 * lr['top1']:.1f} |" in md
     assert "| (b) frozen image->image |" in md
+    hard = ev["hardest_classes"][0]
+    assert f"| {hard['class']} | {hard['support']} | {100 * hard['recall']:.1f} |" in md
     assert "so the 0 of 51 queries whose class has no other test product" in md
     for pair in ("image->text", "text->image", "fused->fused"):
         assert f"| HUSE {pair} |" in md
