@@ -129,13 +129,15 @@ def build_model(config: dict):
         Tower(it["in_dim"], it["hidden"], d, it["dropout"]),
         Tower(tt["in_dim"], tt["hidden"], d, tt["dropout"]),
         {h["name"]: h["n_classes"] for h in config["heads"]},
+        logit_scale=config.get("logit_scale", 1.0),
     )
 
 
 def model_config(
     *, image_backbone: dict, text_backbone: dict, embed_dim: int, image_hidden: Sequence[int],
     text_hidden: Sequence[int], dropout: float, tfidf_dim: int, heads: dict[str, int],
-    leaf_head: str, loss_weights: dict, other_threshold: float, train_config: dict,
+    leaf_head: str, logit_scale: float, loss_weights: dict, other_threshold: float,
+    train_config: dict,
 ) -> dict:
     """The config.json dict (what `build_model` and `Bundle.load` read back)."""
     return {
@@ -150,6 +152,7 @@ def model_config(
                        "dropout": dropout},
         "tfidf_dim": tfidf_dim,
         "heads": [{"name": h, "n_classes": n} for h, n in heads.items()],
+        "logit_scale": logit_scale,
         "leaf_head": leaf_head,
         "levels": [h for h in heads if h.startswith("level")],
         "fuse": "mean",

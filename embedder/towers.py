@@ -54,10 +54,18 @@ def fuse(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
 
 
 class HuseModel(nn.Module):
-    """Image tower + text tower + one shared linear layer per head (applied to every modality)."""
+    """Image tower + text tower + one shared linear layer per head (applied to every modality).
 
-    def __init__(self, image_tower: Tower, text_tower: Tower, heads: dict[str, int]):
+    The heads see `logit_scale * u` for a unit embedding u: a linear layer on unit vectors
+    otherwise needs very large weights before its softmax can be confident, which makes training
+    slow (the same reason cosine classifiers use a scale). 1.0 gives the plain HUSE layer.
+    """
+
+    def __init__(self, image_tower: Tower, text_tower: Tower, heads: dict[str, int],
+                 logit_scale: float = 1.0):
         super().__init__()
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         if image_tower.out_dim != text_tower.out_dim:
             raise ValueError(f"tower out dims differ: {image_tower.out_dim} vs "
                              f"{text_tower.out_dim}")
@@ -66,6 +74,7 @@ class HuseModel(nn.Module):
         self.image_tower = image_tower
         self.text_tower = text_tower
         self.head_names = list(heads)
+        self.logit_scale = float(logit_scale)
         # ModuleList, not ModuleDict: head names such as "attr:base.colour" need not be keys.
         self.heads = nn.ModuleList(nn.Linear(image_tower.out_dim, n) for n in heads.values())
 
@@ -79,4 +88,5 @@ class HuseModel(nn.Module):
         return self.image_tower(image_feats), self.text_tower(text_feats)
 
     def logits(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: head(emb) for name, head in zip(self.head_names, self.heads, strict=True)}
+        scaled = emb * self.logit_scale
+        return {name: head(scaled) for name, head in zip(self.head_names, self.heads, strict=True)}

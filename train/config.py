@@ -35,6 +35,7 @@ class TrainConfig:
     image_tower: tuple[int, ...] = (512, 512, 512, 512, 512)  # hidden widths (paper: 5 x 512)
     text_tower: tuple[int, ...] = (512, 512)  # hidden widths (paper: 2 x 512)
     dropout: float = 0.15  # after every hidden ReLU
+    logit_scale: float = 16.0  # heads see logit_scale * unit embedding (see HuseModel)
     use_tfidf: bool = True  # append TF-IDF of the title to the text features (as the paper)
     tfidf_max_features: int = 2000  # TF-IDF vocabulary size (unigrams + bigrams)
     # --- losses: total = w_cls * L_cls + w_graph * L_graph + w_gap * L_gap ---
@@ -89,6 +90,8 @@ class TrainConfig:
         if min(self.w_cls, self.w_graph, self.w_gap) < 0:
             raise ValueError(f"loss weights must be >= 0, got w_cls={self.w_cls}, "
                              f"w_graph={self.w_graph}, w_gap={self.w_gap}")
+        if self.logit_scale <= 0:
+            raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
         if self.fuse != "mean":
             raise ValueError(f"fuse must be 'mean', got {self.fuse!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -131,6 +131,7 @@ def build_towers(cfg: TrainConfig, feats: CatalogFeatures, train_rows: np.ndarra
         Tower(feats.image.shape[1], cfg.image_tower, cfg.embed_dim, cfg.dropout),
         Tower(dt + tfidf_dim, cfg.text_tower, cfg.embed_dim, cfg.dropout),
         heads,
+        logit_scale=cfg.logit_scale,
     )
     shift, scale = _input_norm(feats.image[train_rows])
     model.image_tower.set_input_norm(torch.from_numpy(shift), torch.from_numpy(scale))
@@ -200,6 +201,7 @@ def run(cfg: TrainConfig) -> Path:
         text_backbone={"spec": feats.text_backbone.spec, "dim": feats.text_backbone.dim},
         embed_dim=cfg.embed_dim, image_hidden=cfg.image_tower, text_hidden=cfg.text_tower,
         dropout=cfg.dropout, tfidf_dim=tfidf.dim if tfidf else 0, heads=heads, leaf_head=leaf,
+        logit_scale=cfg.logit_scale,
         loss_weights={"w_cls": cfg.w_cls, "w_graph": cfg.w_graph, "w_gap": cfg.w_gap,
                       "graph_margin": cfg.graph_margin},
         other_threshold=cfg.other_threshold, train_config=cfg.to_dict(),

@@ -28,8 +28,8 @@ def make_bundle(image_spec, text_spec, image_dim, text_dim, tfidf=True):
         image_backbone={"spec": image_spec, "dim": image_dim},
         text_backbone={"spec": text_spec, "dim": text_dim}, embed_dim=8, image_hidden=(16,),
         text_hidden=(16,), dropout=0.1, tfidf_dim=tf.dim if tf else 0,
-        heads={"level1": 2, "level2": 3}, leaf_head="level2", loss_weights={"w_cls": 1.0},
-        other_threshold=0.6, train_config={"seed": 0})
+        heads={"level1": 2, "level2": 3}, leaf_head="level2", logit_scale=4.0,
+        loss_weights={"w_cls": 1.0}, other_threshold=0.6, train_config={"seed": 0})
     torch.manual_seed(0)
     model = build_model(config)
     labels = {"level1": ["A", "B"], "level2": ["A > x", "A > y", "B > z"]}
