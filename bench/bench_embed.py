@@ -103,7 +103,6 @@ def bench_onnx(products: list[Product], batch_size: int, scratch: Path) -> tuple
         def forward(self, x: Any) -> Any:
             return self.model.extract_features(x).mean(dim=(2, 3))
 
-    backbone.model.set_swish(memory_efficient=False)  # exportable activation, same values
     onnx_path = scratch / f"{IMAGE_SPEC}.onnx"
     with warnings.catch_warnings():  # the TorchScript exporter is chatty about constant folding
         warnings.simplefilter("ignore")

