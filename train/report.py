@@ -87,9 +87,10 @@ def _delta(x: float | None, ref: float | None) -> str:
     return f"{100 * (x - ref):+.1f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,)) -> str:
+    """Markdown table; numbers right-aligned, the ``left`` columns (text) left-aligned."""
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+             "|" + "|".join("---" if i in left else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -168,7 +169,7 @@ def _hardest_table(ev: dict) -> str:
              f"{h['confused_with']} ({_pct(h['confused_share'])})" if "confused_with" in h
              else "–"] for h in ev.get("hardest_classes", [])]
     return _table(["class", "test items", "recall", "most often predicted as (% of class)"],
-                  rows) if rows else "No labelled test rows."
+                  rows, left=(0, 3)) if rows else "No labelled test rows."
 
 
 def _retrieval_table(ev: dict) -> str:
