@@ -161,7 +161,7 @@ def _main_table(ev: dict) -> str:
             f"by top-1 on the {lr['C_selected_on']} from "
             + ", ".join(f"C={c} ({_pct(t)})" for c, t in lr["C_tried_top1"].items())
             + ("" if lr["converged"] else " (lbfgs hit max_iter)") + ".")
-    return _table(header, rows) + "\n\n" + note
+    return _table(header, rows, left=(0, 1)) + "\n\n" + note
 
 
 def _hardest_table(ev: dict) -> str:
