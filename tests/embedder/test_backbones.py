@@ -169,3 +169,19 @@ def test_efficientnet_speedups_keep_the_reference_features(one_thread, images) -
     with torch.inference_mode():
         expected = reference.eval().extract_features(pixels).mean(dim=(2, 3)).numpy()
     assert np.allclose(backbone.forward_pixels(pixels), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_engine_matches_torch(no_network, one_thread, images) -> None:
+    torch_bb = load_backbone("efficientnet-lite0", device="cpu")
+    onnx_bb = load_backbone("efficientnet-lite0", device="cpu", engine="onnx")
+    assert onnx_bb.cache_namespace == torch_bb.cache_namespace  # they share cached features
+    out = onnx_bb.encode(images, batch_size=2)
+    assert out.shape == (3, 1280) and out.dtype == np.float32
+    assert np.allclose(out, torch_bb.encode(images), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_engine_refuses_what_it_cannot_run(tiny_text_backbone_dir) -> None:
+    with pytest.raises(BackboneError, match="efficientnet specs on cpu only"):
+        load_backbone(f"hf:{tiny_text_backbone_dir}", device="cpu", engine="onnx")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        load_backbone("efficientnet-lite0", engine="tensorrt")
