@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from fastapi import UploadFile
@@ -18,6 +16,7 @@ from PIL import Image
 
 from api.errors import ApiError
 from embedder.images import sha256_bytes
+from index.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class ImageStore:
             data, ext = buf.getvalue(), "png"
         target = self.uploads_dir / f"{sha256_bytes(data)}.{ext}"
         if not target.exists():
-            _atomic_write(target, data)
+            write_atomic(target, data)
         return target.relative_to(self.media_root).as_posix()
 
     def resolve(self, recorded: str) -> Path | None:
@@ -90,22 +89,3 @@ class ImageStore:
         if path.suffix.lower() not in MEDIA_TYPES or not path.is_file():
             return None
         return path
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -7,10 +7,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from index.atomic import write_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _VERSIONED = ("numpy", "faiss", "torch", "transformers", "onnxruntime")
@@ -64,17 +65,8 @@ def write_results(name: str, payload: Mapping[str, Any], results_dir: Path | Non
     out_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(target, text.encode())
     return target
 
 

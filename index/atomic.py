@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +21,16 @@ def fsync_path(path: Path) -> None:
 
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """Yield `path.tmp` to write; on success fsync it and rename it over `path`.
+    """Yield a fresh temp path beside `path`; on success fsync it and rename it over `path`.
 
-    A crash at any point leaves `path` as it was (plus, at worst, a stale `.tmp`).
+    A crash at any point leaves `path` as it was (plus, at worst, a stale `.tmp`). The temp name
+    is unique, so concurrent writers of the same target never write into each other's file.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         fsync_path(tmp)
