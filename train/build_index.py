@@ -8,6 +8,8 @@ Products are embedded from cached frozen features, fused (image + title) by defa
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,15 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
         titles=titles,
     )
     out = Path(out_dir)
-    manifest = build_product_index(out, product_records(products), xb, bundle.fingerprint,
+    # Build beside the target, then swap: a rebuild never leaves a half-written index behind.
+    tmp = out.with_name(out.name + ".building")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    manifest = build_product_index(tmp, product_records(products), xb, bundle.fingerprint,
                                    factory=factory)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
     logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
     return manifest
 

@@ -48,7 +48,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     batch_size: int = 256  # products per step (both modalities of each)
     max_epochs: int = 60  # upper bound; early stopping usually ends sooner
-    patience: int = 8  # epochs without a better validation score before stopping
+    patience: int = 10  # epochs without a better val score (small val splits are noisy)
     seed: int = 0  # splits, initialisation, shuffling, dropout
     # --- splits and imbalance ---
     val_frac: float = 0.1  # per leaf class, for early stopping

@@ -10,6 +10,7 @@ inside the functions so `--help` answers at once.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -252,7 +253,8 @@ def run(cfg: TrainConfig) -> Path:
 def evaluate_bundle(bundle_dir: str | Path, catalog: str | Path,
                     cache_dir: str | None = None) -> dict:
     """Re-run evaluation of a saved bundle on the catalog (splits rebuilt from the bundle's
-    training config, so an unchanged catalog gives the same test split); rewrites the report."""
+    training config, so an unchanged catalog gives the same test split); rewrites the report,
+    keeping its training history and data notes."""
     from embedder.bundle import Bundle
     from train.config import apply_overrides
     from train.evaluate import EvalConfig, evaluate
@@ -274,9 +276,12 @@ def evaluate_bundle(bundle_dir: str | Path, catalog: str | Path,
         bundle, labeled_split(feats, splits.train, y), labeled_split(feats, splits.test, y),
         EvalConfig(seed=cfg.seed),
         val=labeled_split(feats, splits.val, y) if len(splits.val) else None)
-    report = {"evaluation": evaluation, "config": cfg.to_dict(),
-              "bundle": {"dir": str(bundle_dir), "fingerprint": bundle.fingerprint}}
-    write_report(Path(bundle_dir), report, [], artifacts)
+    previous = Path(bundle_dir) / "report.json"
+    report = json.loads(previous.read_text()) if previous.exists() else {}
+    history = report.pop("history", [])
+    report.update({"evaluation": evaluation, "config": cfg.to_dict(),
+                   "bundle": {"dir": str(bundle_dir), "fingerprint": bundle.fingerprint}})
+    write_report(Path(bundle_dir), report, history, artifacts)
     return report
 
 

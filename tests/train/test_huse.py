@@ -90,3 +90,15 @@ def test_training_reduces_loss_and_embeds_catalog(trained_run):
     bundle = Bundle.load(out / BUNDLE_DIR)
     emb = bundle.embed(texts=["red cotton shirt", "blue shoe"])
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_evaluate_bundle_reproduces_the_report(trained_run):
+    from train.huse import evaluate_bundle
+
+    cfg, out = trained_run
+    before = json.loads((out / BUNDLE_DIR / "report.json").read_text())
+    after = evaluate_bundle(out / BUNDLE_DIR, cfg.catalog, cache_dir=cfg.cache_dir)
+    leaf = before["evaluation"]["leaf_head"]
+    assert after["evaluation"]["heads"][leaf] == before["evaluation"]["heads"][leaf]
+    assert json.loads((out / BUNDLE_DIR / "report.json").read_text())["history"] == \
+        before["history"]
