@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 from pathlib import Path
 
 from api.settings import Settings
+from embedder.backbones import ENGINES
+
+ONNX_MODULES = ("onnxruntime", "onnx")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-max-size", type=int, help="most requests per model call")
     p.add_argument("--batch-max-wait-ms", type=float, help="wait for a batch to fill")
     p.add_argument("--batch-workers", type=int, help="threads forming and running batches")
+    p.add_argument("--image-batch-max", type=int, help="most image requests per model call")
+    p.add_argument(
+        "--image-engine", choices=ENGINES, help="image backbone runtime (onnx: extra 'onnx')"
+    )
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -44,6 +52,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
         "batch_max_size": args.batch_max_size,
         "batch_max_wait_ms": args.batch_max_wait_ms,
         "batch_workers": args.batch_workers,
+        "image_batch_max": args.image_batch_max,
+        "image_engine": args.image_engine,
     }
     if args.no_batching:
         overrides["batching"] = False
@@ -59,6 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = build_settings(args)
+    if settings.image_engine == "onnx":
+        missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SystemExit(
+                f"--image-engine onnx needs {', '.join(missing)}: "
+                "pip install 'huse-search[onnx]' (or use --image-engine torch)"
+            )
     import uvicorn
 
     from api.app import create_app

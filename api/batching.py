@@ -1,10 +1,12 @@
 """Micro-batching of embedding calls across concurrent requests.
 
 Each worker thread (`workers`, default 2) takes the first waiting request, gathers more for up
-to `max_wait_ms` or `max_batch` items, and runs one `embed(images, texts)` call per input kind
-(image, text, fused), resolving each request's future with its row. Two workers let one batch
-gather (and preprocess) while the other runs; on a CPU that matters, since a convolutional
-backbone costs about as much per image at batch 32 as at batch 8. Async routes await the
+to `max_wait_ms`, `max_batch` items or `image_max` image/fused items, and runs one
+`embed(images, texts)` call per input kind (image, text, fused), resolving each request's future
+with its row. Two workers let one batch gather while the other runs. On a CPU a convolutional
+backbone costs about as much per image at batch 32 as at batch 8, so image batches are capped (a
+big one only adds latency to everyone in it) and the service hands in images already
+preprocessed on the request's thread, leaving only the model here. Async routes await the
 future with `asyncio.wrap_future`, so the event loop never blocks on the model. With batching
 off, each request runs its own model call in a small thread pool: the benchmark's baseline.
 """
@@ -25,6 +27,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 EmbedFn = Callable[[list[Any] | None, list[str] | None], np.ndarray]
+# Default cap on image (and fused) requests per model call; measured in bench/bench_api.
+IMAGE_BATCH_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -34,17 +38,20 @@ class BatchConfig:
     max_wait_ms: float = 3.0  # how long the first request waits for company
     workers: int = 2  # batch-forming threads, each running its own model calls
     unbatched_workers: int = 8  # threads running one model call each when batching is off
+    image_max: int = IMAGE_BATCH_MAX  # most image/fused requests in one batch
 
     def __post_init__(self) -> None:
         if (
             self.max_batch < 1
+            or self.image_max < 1
             or self.max_wait_ms < 0
             or self.workers < 1
             or self.unbatched_workers < 1
         ):
             raise ValueError(
                 f"bad BatchConfig: max_batch={self.max_batch}, max_wait_ms={self.max_wait_ms}, "
-                f"workers={self.workers}, unbatched_workers={self.unbatched_workers}"
+                f"workers={self.workers}, unbatched_workers={self.unbatched_workers}, "
+                f"image_max={self.image_max}"
             )
 
 
@@ -122,8 +129,9 @@ class EmbedBatcher:
             if first is _STOP:
                 break
             batch = [first]
+            n_images = int(first.kind != "text")
             deadline = time.monotonic() + self.config.max_wait_ms / 1000.0
-            while len(batch) < self.config.max_batch:
+            while len(batch) < self.config.max_batch and n_images < self.config.image_max:
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
@@ -132,6 +140,7 @@ class EmbedBatcher:
                     stop = True
                     break
                 batch.append(item)
+                n_images += item.kind != "text"
             groups: dict[str, list[_Request]] = {}
             for request in batch:
                 groups.setdefault(request.kind, []).append(request)

@@ -1,8 +1,10 @@
 """Product images the service stores and serves.
 
-Uploads are kept under `uploads_dir/<sha256>.<ext>` (content-addressed, written atomically),
-and the metadata store records them relative to the media root. Serving only ever opens a path
-the service or the catalog build wrote into the metadata store, never one a client names.
+Uploads are kept under `uploads_dir/<sha256>.<ext>` (content-addressed, written atomically, so
+products with the same image share one file), and the metadata store records them relative to
+the media root. The service deletes an upload once no live product records it. Serving only
+ever opens a path the service or the catalog build wrote into the metadata store, never one a
+client names.
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ class ImageStore:
         if not target.exists():
             write_atomic(target, data)
         return target.relative_to(self.media_root).as_posix()
+
+    def discard(self, recorded: str) -> bool:
+        """Delete a stored upload; True if a file went. Paths outside `uploads_dir` (catalog
+        images, anything else a record names) are never touched."""
+        path = self.resolve(recorded)
+        if path is None or not path.resolve().is_relative_to(self.uploads_dir.resolve()):
+            return False
+        path.unlink(missing_ok=True)
+        logger.info("deleted upload %s: no product records it any more", recorded)
+        return True
 
     def resolve(self, recorded: str) -> Path | None:
         """The file behind a recorded image path, or None if absent or not an image file."""

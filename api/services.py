@@ -8,9 +8,11 @@ futures, the rest in the threadpool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import platform
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -49,6 +51,7 @@ class Query:
 
     image: Any | None = None  # PIL RGB image
     title: str | None = None
+    pixels: np.ndarray | None = None  # the image as the backbone's (3, H, W) input
 
     @property
     def kind(self) -> str:
@@ -76,6 +79,9 @@ class Services:
         )
         assert settings.uploads_dir is not None
         self.images = ImageStore(settings.uploads_dir, settings.media_root)
+        # Held from storing an upload through the index write, and from a write through deleting
+        # the uploads it left unreferenced, so no upload is deleted while a write still needs it.
+        self._uploads_lock = threading.Lock()
         self.threshold = (
             settings.other_threshold
             if settings.other_threshold is not None
@@ -89,6 +95,7 @@ class Services:
                 max_wait_ms=settings.batch_max_wait_ms,
                 workers=settings.batch_workers,
                 unbatched_workers=settings.unbatched_workers,
+                image_max=settings.image_batch_max,
             ),
             on_batch=metrics.observe_batch,
         )
@@ -99,14 +106,15 @@ class Services:
         from embedder.bundle import Bundle
         from index.store import ProductIndex
 
-        bundle = Bundle.load(settings.bundle_dir)
+        bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
         index = ProductIndex.open(settings.index_dir, expected_fingerprint=bundle.fingerprint)
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
         logger.info(
-            "serving bundle %s (%s) and index %s (%d products)",
+            "serving bundle %s (%s, image engine %s) and index %s (%d products)",
             settings.bundle_dir,
             bundle.fingerprint[:12],
+            settings.image_engine,
             settings.index_dir,
             len(index),
         )
@@ -137,27 +145,31 @@ class Services:
             )
         return title or None
 
-    async def decode_image(self, data: bytes | None) -> Any | None:
-        if data is None:
-            return None
-        with self.metrics.stage("decode"):
-            return await run_in_threadpool(load_image, data, self.limits)
+    def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
+        """Decode and preprocess here, in the request's thread: the batch only runs the model."""
+        image = load_image(data, self.limits)
+        return image, self.bundle.backbone("image").preprocess_batch([image])[0]
 
     async def parse_query(self, image_bytes: bytes | None, title: str | None) -> Query:
-        query = Query(image=await self.decode_image(image_bytes), title=self.check_title(title))
+        query = Query(title=self.check_title(title))
+        if image_bytes is not None:
+            with self.metrics.stage("decode"):
+                query.image, query.pixels = await run_in_threadpool(self._decode, image_bytes)
         if query.image is None and query.title is None:
             raise ApiError(422, "empty_request", "send an image, a title, or both")
         return query
 
     # ---- model --------------------------------------------------------------------------
 
-    def _embed(self, images: list | None, texts: list[str] | None) -> np.ndarray:
-        return self.bundle.embed(images=images, texts=texts)
+    def _embed(self, pixels: list[np.ndarray] | None, texts: list[str] | None) -> np.ndarray:
+        """One model call over a batch of preprocessed images and/or titles."""
+        stacked = np.stack(pixels) if pixels is not None else None
+        return self.bundle.embed(texts=texts, pixels=stacked)
 
     async def embed(self, query: Query) -> np.ndarray:
         """The query's (d,) embedding, computed in a micro-batch with other requests."""
         with self.metrics.stage("embed"):
-            future = self.batcher.submit(image=query.image, text=query.title)
+            future = self.batcher.submit(image=query.pixels, text=query.title)
             return await asyncio.wrap_future(future)
 
     def _rank(self, method: str, emb: np.ndarray, k: int) -> list[LevelPredictionPublic]:
@@ -269,21 +281,54 @@ class Services:
         if query.title is None:
             raise ValueError("title must not be empty")
         emb = await self.embed(query)
-        recorded = ""
-        if image_bytes is not None:
-            recorded = await run_in_threadpool(self.images.save, image_bytes, query.image)
         record = ProductRecord(
-            id=product_id, title=query.title, category=category, image=recorded, attributes=attrs
+            id=product_id, title=query.title, category=category, image="", attributes=attrs
         )
+        xb = np.asarray(emb, dtype=np.float32)[None, :]
         with self.metrics.stage("write"):
-            xb = np.asarray(emb, dtype=np.float32)[None, :]
-            await run_in_threadpool(self.index.upsert, [record], xb)  # takes the index's lock
+            record = await run_in_threadpool(
+                self._write_product, record, xb, image_bytes, query.image
+            )
         return self._public(record)
+
+    def _write_product(
+        self, record: Any, xb: np.ndarray, image_bytes: bytes | None, decoded: Any
+    ) -> Any:
+        """Store the upload, upsert (durable on return), then drop the replaced upload if unused."""
+        with self._uploads_lock:
+            if image_bytes is not None:
+                record = dataclasses.replace(record, image=self.images.save(image_bytes, decoded))
+            old = self._current_image(record.id)
+            self.index.upsert([record], xb)  # takes the index's lock
+            if old != record.image:
+                self._collect_upload(old)
+        return record
 
     async def delete_product(self, product_id: str) -> DeletedPublic:
         with self.metrics.stage("write"):
-            await run_in_threadpool(self.index.delete, [product_id])  # ProductNotFound -> 404
+            await run_in_threadpool(self._delete_product, product_id)  # ProductNotFound -> 404
         return DeletedPublic(id=product_id, deleted=True)
+
+    def _delete_product(self, product_id: str) -> None:
+        with self._uploads_lock:
+            old = self.index.get(product_id).image
+            self.index.delete([product_id])
+            self._collect_upload(old)
+
+    def _current_image(self, product_id: str) -> str:
+        from index.errors import ProductNotFound
+
+        try:
+            return self.index.get(product_id).image
+        except ProductNotFound:
+            return ""
+
+    def _collect_upload(self, recorded: str) -> None:
+        """Delete a stored upload no live product records any more (call after the write
+        committed, under the uploads lock: a crash before this leaves an orphan file, never a
+        dangling record). Catalog images and other files outside the uploads dir are kept."""
+        if recorded and not self.index.image_in_use(recorded):
+            self.images.discard(recorded)
 
     async def get_product(self, product_id: str) -> ProductPublic:
         return self._public(await run_in_threadpool(self.index.get, product_id))
@@ -313,6 +358,7 @@ class Services:
                 "dim": int(self.bundle.dim),
                 "heads": list(self.bundle.heads),
                 "image_backbone": config.get("image_backbone", {}).get("spec"),
+                "image_engine": self.settings.image_engine,
                 "text_backbone": config.get("text_backbone", {}).get("spec"),
                 "other_threshold": self.threshold,
             },
@@ -321,6 +367,7 @@ class Services:
                 "enabled": self.settings.batching,
                 "max_batch": self.settings.batch_max_size,
                 "max_wait_ms": self.settings.batch_max_wait_ms,
+                "image_max": self.settings.image_batch_max,
             },
             versions=versions,
         )

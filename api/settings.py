@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from api.batching import IMAGE_BATCH_MAX
 
 
 class Settings(BaseSettings):
@@ -38,6 +41,11 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=32, ge=1)
     batch_max_wait_ms: float = Field(default=3.0, ge=0.0)
     batch_workers: int = Field(default=2, ge=1)
+    # Most image (or fused) requests in one model call: per-image CPU cost does not fall with
+    # batch size, so a big image batch only makes everyone in it wait (text batches stay big).
+    image_batch_max: int = Field(default=IMAGE_BATCH_MAX, ge=1)
+    # How the image backbone runs: "torch", or "onnx" (ONNX Runtime, CPU, needs extra 'onnx').
+    image_engine: Literal["torch", "onnx"] = "torch"
     # Threads that run model calls when micro-batching is off (one request per call).
     unbatched_workers: int = Field(default=8, ge=1)
     # Overrides the bundle's "other" threshold for classification when set.

@@ -3,7 +3,8 @@
 Concurrent clients (threads, one httpx connection each) send text search, image search and
 classify (image + title) requests at 1, 8 and 32 clients, against the same model served with
 micro-batching on and then off (one model call per request, the baseline). Each cell is bounded
-in requests and seconds. Prints a markdown table and writes bench/results/bench_api.json.
+in requests and seconds. Prints a markdown table and writes bench/results/bench_api.json (or
+OUT.json with `--out OUT`, for partial runs such as `--scenarios image_search --clients 8,32`).
 
 The model directory defaults to `runs/bench_api` built from the sample catalog with the default
 packaged backbones (`python -m train.huse`), reused when it exists.
@@ -25,7 +26,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from api.batching import IMAGE_BATCH_MAX
 from bench.common import machine_info, print_table, write_results
+from embedder.backbones import ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("text_search", "image_search", "classify")
@@ -43,6 +46,9 @@ class BenchConfig:
     batch_max_wait_ms: float = 3.0
     batch_max_size: int = 32
     batch_workers: int = 2
+    image_batch_max: int = IMAGE_BATCH_MAX
+    image_engine: str = "torch"
+    out: str = "bench_api"  # results name: bench/results/OUT.json (partial runs use another)
     scenarios: tuple[str, ...] = SCENARIOS
     seed: int = 0
 
@@ -89,6 +95,8 @@ class Server:
         args += ["--log-level", "warning", "--batch-max-size", str(cfg.batch_max_size)]
         args += ["--batch-max-wait-ms", str(cfg.batch_max_wait_ms)]
         args += ["--batch-workers", str(cfg.batch_workers)]
+        args += ["--image-batch-max", str(cfg.image_batch_max)]
+        args += ["--image-engine", cfg.image_engine]
         if not batching:
             args.append("--no-batching")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -182,6 +190,9 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     p.add_argument("--batch-max-size", type=int, default=BenchConfig.batch_max_size)
     p.add_argument("--batch-workers", type=int, default=BenchConfig.batch_workers)
+    p.add_argument("--image-batch-max", type=int, default=BenchConfig.image_batch_max)
+    p.add_argument("--image-engine", choices=ENGINES, default=BenchConfig.image_engine)
+    p.add_argument("--out", default=BenchConfig.out, help="results name (bench/results/OUT.json)")
     p.add_argument("--requests", type=int, default=BenchConfig.requests_per_cell)
     p.add_argument("--max-seconds", type=float, default=BenchConfig.max_seconds_per_cell)
     args = p.parse_args(argv)
@@ -197,6 +208,9 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         scenarios=tuple(s for s in args.scenarios.split(",") if s),
         batch_max_size=args.batch_max_size,
         batch_workers=args.batch_workers,
+        image_batch_max=args.image_batch_max,
+        image_engine=args.image_engine,
+        out=args.out,
         clients=clients,
         requests_per_cell=args.requests,
         max_seconds_per_cell=args.max_seconds,
@@ -232,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.sort(key=lambda r: (SCENARIOS.index(r["scenario"]), r["clients"], r["batching"]))
     print_table(rows, [*columns, "requests", "errors"])
     path = write_results(
-        "bench_api",
+        cfg.out,
         {
             "machine": machine_info(),
             "parameters": {**asdict(cfg), "model_dir": str(model_dir)},

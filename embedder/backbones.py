@@ -114,7 +114,11 @@ class Backbone:
 
 
 class ImageBackbone(Backbone):
-    """Image encoder: `preprocess` (picklable, PIL -> CHW tensor) then `forward_pixels`."""
+    """Image encoder: `preprocess` (picklable, PIL -> CHW tensor) then `forward_pixels`.
+
+    `encode(images)` is `encode_preprocessed(preprocess_batch(images))` chunk by chunk; callers
+    that want the two halves on different threads call them separately.
+    """
 
     kind = "image"
 
@@ -139,16 +143,40 @@ class ImageBackbone(Backbone):
             out = self._features(self.model, pixels.to(self.device))
         return out.float().cpu().numpy().astype(np.float32, copy=False)
 
-    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Encode RGB PIL images (decode them with embedder.images.load_image)."""
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB PIL images -> (n, 3, H, W) float32 model input, without running the model.
+
+        The API runs this in each request's thread, so its batch worker only runs the model.
+        """
+        import torch
+
+        if not images:
+            raise ValueError("preprocess_batch needs at least one image, got 0")
+        return torch.stack([self.preprocess(im) for im in images]).numpy()
+
+    def encode_preprocessed(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(n, 3, H, W) arrays from `preprocess_batch` -> (n, dim) float32 features."""
         import torch
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = []
-        for i in range(0, len(images), batch_size):
-            pixels = torch.stack([self.preprocess(im) for im in images[i : i + batch_size]])
-            chunks.append(self.forward_pixels(pixels))
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"pixels must be (n, 3, H, W), got shape {pixels.shape}")
+        chunks = [
+            self.forward_pixels(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])))
+            for i in range(0, len(pixels), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
+    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode RGB PIL images (decode them with embedder.images.load_image)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = [
+            self.encode_preprocessed(self.preprocess_batch(images[i : i + batch_size]), batch_size)
+            for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.backbones import ENGINES
 from embedder.errors import BundleError
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class Bundle:
 
     def __init__(self, config: dict, model: Any, labels: dict[str, list[str]],
                  centroids: dict[str, np.ndarray] | None = None, tfidf: TfidfText | None = None,
-                 device: str = "cpu", path: Path | None = None):
+                 device: str = "cpu", path: Path | None = None, image_engine: str = "torch"):
         heads = [h["name"] for h in config["heads"]]
         if list(labels) != heads:
             raise BundleError(f"label heads {list(labels)} differ from config heads {heads}")
@@ -179,6 +180,8 @@ class Bundle:
         if bool(config.get("tfidf_dim")) != (tfidf is not None):
             raise BundleError(f"config tfidf_dim={config.get('tfidf_dim')} but tfidf "
                               f"{'given' if tfidf is not None else 'missing'}")
+        if image_engine not in ENGINES:
+            raise ValueError(f"image_engine must be one of {ENGINES}, got {image_engine!r}")
         if device == "auto":
             import torch
 
@@ -190,6 +193,7 @@ class Bundle:
         self.tfidf = tfidf
         self.device = device
         self.path = path
+        self.image_engine = image_engine  # "torch" or "onnx" (see backbones.load_backbone)
         self._backbones: dict[str, Any] = {}
         self._fingerprint: str | None = None
 
@@ -266,7 +270,8 @@ class Bundle:
             from embedder.backbones import load_backbone
 
             spec = self.config[f"{kind}_backbone"]["spec"]
-            bb = load_backbone(spec, device=self.device)
+            engine = self.image_engine if kind == "image" else "torch"
+            bb = load_backbone(spec, device=self.device, engine=engine)
             if bb.dim != self.config[f"{kind}_backbone"]["dim"]:
                 raise BundleError(f"{kind} backbone {spec} gives {bb.dim}-d features, bundle "
                                   f"expects {self.config[f'{kind}_backbone']['dim']}")
@@ -274,13 +279,26 @@ class Bundle:
         return self._backbones[kind]
 
     def embed(self, images: Sequence[Any] | None = None,
-              texts: Sequence[str] | None = None) -> np.ndarray:
-        """(n, d) float32 unit vectors from PIL RGB images, titles, or both (fused)."""
-        if images is None and texts is None:
+              texts: Sequence[str] | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
+        """(n, d) float32 unit vectors from PIL RGB images, titles, or both (fused).
+
+        `pixels` instead of `images`: the (n, 3, H, W) output of the image backbone's
+        `preprocess_batch`, so callers can preprocess on their own threads.
+        """
+        if images is not None and pixels is not None:
+            raise ValueError("give images or pixels, not both")
+        n_images = len(images) if images is not None else None
+        if pixels is not None:
+            n_images = len(pixels)
+        if n_images is None and texts is None:
             raise ValueError("give images, texts or both")
-        if images is not None and texts is not None and len(images) != len(texts):
-            raise ValueError(f"{len(images)} images but {len(texts)} texts")
-        image_feats = self.backbone("image").encode(list(images)) if images is not None else None
+        if n_images is not None and texts is not None and n_images != len(texts):
+            raise ValueError(f"{n_images} images but {len(texts)} texts")
+        image_feats = None
+        if pixels is not None:
+            image_feats = self.backbone("image").encode_preprocessed(pixels)
+        elif images is not None:
+            image_feats = self.backbone("image").encode(list(images))
         text_feats = self.backbone("text").encode(list(texts)) if texts is not None else None
         return self.embed_features(image_feats, text_feats, titles=texts)
 
@@ -349,9 +367,11 @@ class Bundle:
         return out
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, device: str = "cpu") -> Bundle:
+    def load(cls, bundle_dir: str | Path, device: str = "cpu",
+             image_engine: str = "torch") -> Bundle:
         """Strict load: missing files, unknown format, missing/unexpected/mis-shaped weights,
-        or labels/centroids that disagree with the config raise BundleError."""
+        or labels/centroids that disagree with the config raise BundleError. `image_engine`
+        picks how the image backbone runs when it is first used ("torch" or "onnx")."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -405,7 +425,8 @@ class Bundle:
             if tfidf.dim != config["tfidf_dim"]:
                 raise BundleError(f"{root}/{TFIDF_FILE}: {tfidf.dim} terms, config says "
                                   f"{config['tfidf_dim']}")
-        return cls(config, model, labels, centroids, tfidf, device=device, path=root)
+        return cls(config, model, labels, centroids, tfidf, device=device, path=root,
+                   image_engine=image_engine)
 
 
 def class_centroids(emb: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -276,6 +276,13 @@ class MetadataStore:
             raise ProductNotFound(product_id)
         return row[0], _record(row[1:])
 
+    def image_in_use(self, image: str) -> bool:
+        """Whether any live product records this image path (a scan: writes only)."""
+        row = self._reader.execute(
+            "SELECT 1 FROM products WHERE deleted = 0 AND image = ? LIMIT 1", (image,)
+        ).fetchone()
+        return row is not None
+
     def records(self, keys: Sequence[int]) -> dict[int, ProductRecord]:
         out: dict[int, ProductRecord] = {}
         for chunk, marks in self._chunks([int(k) for k in keys]):

@@ -356,6 +356,12 @@ class ProductIndex:
             self._check_open()
             return self._meta.get(product_id)[1]
 
+    def image_in_use(self, image: str) -> bool:
+        """Whether any live product records `image` (the API deletes unreferenced uploads)."""
+        with self._lock.read():
+            self._check_open()
+            return self._meta.image_in_use(image)
+
     def vector(self, product_id: str) -> np.ndarray:
         with self._lock.read():
             self._check_open()

@@ -101,3 +101,18 @@ def test_submit_validates_and_close_refuses_new_work():
 def test_bad_config_names_values():
     with pytest.raises(ValueError, match="max_batch=0"):
         BatchConfig(max_batch=0)
+
+
+def test_image_batches_are_capped_text_batches_are_not():
+    gate = threading.Event()
+    embed = RecordingEmbed(gate)
+    batcher = EmbedBatcher(embed, BatchConfig(max_batch=64, max_wait_ms=200, image_max=3))
+    futures = [batcher.submit(image=i) for i in range(7)]
+    futures += [batcher.submit(text="x" * n) for n in range(1, 9)]
+    gate.set()
+    wait(futures, timeout=5)
+    batcher.close()
+    image_sizes = [len(im) for im, tx in embed.calls if im is not None]
+    assert sorted(image_sizes) != [1] * 7 and max(image_sizes) == 3 and sum(image_sizes) == 7
+    assert max(len(tx) for im, tx in embed.calls if im is None) > 3  # text still coalesces
+    assert sorted(f.result()[0] for f in futures[:7]) == list(range(7))

@@ -90,3 +90,54 @@ def test_delete_unknown_product_is_404(client, auth):
     r = client.delete("/v1/products/no-such-id", headers=auth)
     assert r.status_code == 404
     assert r.json()["error"] == "product_not_found"
+
+
+def _uploads(model_dir) -> set[str]:
+    return {p.name for p in (model_dir / "uploads").iterdir()}
+
+
+def test_replaced_and_deleted_uploads_are_removed_once_unreferenced(
+    client, auth, make_image, model_dir
+):
+    red, blue = make_image((200, 0, 0)), make_image((0, 0, 200))
+    assert _put(client, auth, "a", image=red).status_code == 200
+    assert _put(client, auth, "b", image=red).status_code == 200  # shares a's file
+    (red_file,) = _uploads(model_dir)
+
+    assert _put(client, auth, "a", image=blue).status_code == 200  # b still uses red
+    assert red_file in _uploads(model_dir) and len(_uploads(model_dir)) == 2
+    assert client.get("/v1/products/b/image").content == red
+
+    assert client.delete("/v1/products/b", headers=auth).status_code == 200
+    assert red_file not in _uploads(model_dir) and len(_uploads(model_dir)) == 1
+
+    assert _put(client, auth, "a", title="no picture now").status_code == 200
+    assert _uploads(model_dir) == set()
+
+
+def test_failed_index_write_keeps_the_old_upload(client, auth, make_image, model_dir):
+    red = make_image((200, 0, 0))
+    assert _put(client, auth, "a", image=red).status_code == 200
+    services = client.app.state.services
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash before the commit")
+
+    services.index.upsert = crash
+    try:
+        _put(client, auth, "a", image=make_image((0, 0, 200)))
+    except RuntimeError:
+        pass  # the test client re-raises server errors
+    finally:
+        del services.index.upsert
+    assert client.get("/v1/products/a/image").content == red  # still served, nothing dangling
+
+
+def test_catalog_images_are_never_deleted(client, auth, make_image, catalog_products):
+    services = client.app.state.services
+    ids = [catalog_products[0].id, catalog_products[1].id]
+    files = [services.images.resolve(services.index.get(pid).image) for pid in ids]
+    assert all(f is not None and f.is_file() for f in files)
+    assert _put(client, auth, ids[0], image=make_image()).status_code == 200
+    assert client.delete(f"/v1/products/{ids[1]}", headers=auth).status_code == 200
+    assert all(f.is_file() for f in files)

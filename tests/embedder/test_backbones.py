@@ -185,3 +185,19 @@ def test_onnx_engine_refuses_what_it_cannot_run(tiny_text_backbone_dir) -> None:
         load_backbone(f"hf:{tiny_text_backbone_dir}", device="cpu", engine="onnx")
     with pytest.raises(ValueError, match="engine must be one of"):
         load_backbone("efficientnet-lite0", engine="tensorrt")
+
+
+@pytest.mark.parametrize("spec", ["efficientnet-lite0", "tiny-hf"])
+def test_preprocess_then_encode_preprocessed_equals_encode(
+    spec, one_thread, tiny_image_backbone, images
+) -> None:
+    """The two halves the API runs on different threads give what `encode` gives."""
+    backbone = tiny_image_backbone if spec == "tiny-hf" else load_backbone(spec, device="cpu")
+    pixels = backbone.preprocess_batch(images)
+    assert isinstance(pixels, np.ndarray) and pixels.dtype == np.float32
+    assert pixels.shape[:2] == (len(images), 3)
+    out = backbone.encode_preprocessed(pixels, batch_size=2)
+    assert out.shape == (len(images), backbone.dim)
+    assert np.allclose(out, backbone.encode(images), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        backbone.encode_preprocessed(pixels[0])
