@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.catalog import ColumnMap, read_catalog
+from embedder.catalog import MAX_TITLE_CHARS, ColumnMap, RowLimits, read_catalog
 from embedder.errors import CatalogError
 from embedder.images import ImageLimits, sha256_bytes
 
@@ -155,6 +155,104 @@ def test_jsonl_with_overridden_columns_and_bad_lines(tmp_path: Path) -> None:
     assert first.attributes == {"n": "3"} and first.category == ("X", "Y")
     assert second.id == "7" and second.image_path == Path(absolute)
     assert second.attributes == {"tags": '["t"]'}
+
+
+def test_oversized_cells_and_long_titles_reject_only_their_rows(tmp_path: Path) -> None:
+    write_images(tmp_path)
+    big = "x" * (csv.field_size_limit() + 10)
+    multiline = 'line "one"\n' + big + "\nlast line"  # quoted, with newlines and quotes
+    path = tmp_path / "catalog.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["title", "id", "image", "category", "notes"])
+        writer.writerow(["Good", "1", "img/good.jpg", "A > B", "fine"])
+        writer.writerow(["Big note", "2", "img/other.jpg", "A > B", big])
+        writer.writerow(["Quoted note", "3", "img/other.jpg", "A > B", multiline])
+        writer.writerow([big, "4", "img/other.jpg", "A > B", "id comes after the big cell"])
+        writer.writerow(["t" * (MAX_TITLE_CHARS + 1), "5", "img/other.jpg", "A > B", ""])
+        writer.writerow(["t" * MAX_TITLE_CHARS, "6", "img/other.jpg", "A > B", "after all"])
+    report = read_catalog(path, limits=LIMITS)
+    assert [(r.row, r.id, r.reason) for r in report.rejects] == [
+        (2, "2", "field_too_large"),
+        (3, "3", "field_too_large"),
+        (4, None, "field_too_large"),
+        (5, "5", "title_too_long"),
+    ]
+    assert "field limit" in report.rejects[0].detail
+    assert str(MAX_TITLE_CHARS) in report.rejects[3].detail
+    assert [p.id for p in report.products] == ["1", "6"]
+    assert report.products[1].attributes == {"notes": "after all"}
+    assert report.n_rows == 6
+
+
+def test_jsonl_long_lines_and_cells_are_rejects(tmp_path: Path) -> None:
+    write_images(tmp_path)
+    limits = RowLimits(max_cell_chars=500, max_line_bytes=2000, max_title_chars=50)
+
+    def line(pid: str, title: str = "Shirt", **cells: str) -> str:
+        record = {"id": pid, "title": title, "image": "img/good.jpg", "category": "A", **cells}
+        return json.dumps(record, ensure_ascii=False)
+
+    notes = {f"note{i}": "n" * 350 for i in range(5)}
+    at_limit = line("2", **notes)
+    notes["note0"] += "n" * (limits.max_line_bytes - len(at_limit.encode()))
+    at_limit = line("2", **notes)
+    assert len(at_limit.encode()) == limits.max_line_bytes
+    lines = [
+        line("1"),
+        at_limit,
+        line("3", note="é" * 1000),  # 1,000 chars but 2,000+ bytes
+        line("4", note="n" * 501),
+        line("5", title="T" * 51),
+        line("6"),
+    ]
+    path = tmp_path / "catalog.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")  # no newline after the last line
+    report = read_catalog(path, limits=LIMITS, row_limits=limits)
+    assert [(r.row, r.id, r.reason) for r in report.rejects] == [
+        (3, None, "line_too_large"),
+        (4, "4", "field_too_large"),
+        (5, "5", "title_too_long"),
+    ]
+    assert report.rejects[1].detail == "cell(s) ['note'] over 500 chars"
+    assert [p.id for p in report.products] == ["1", "2", "6"]
+    assert report.n_rows == 6
+
+
+def test_an_id_is_claimed_only_by_an_accepted_row(tmp_path: Path) -> None:
+    write_images(tmp_path)
+    path = tmp_path / "catalog.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "title", "image", "category"])
+        writer.writerow(["A", "Cut photo", "img/truncated.jpg", "X > Y"])
+        writer.writerow(["B", "Bee", "img/other.jpg", "X > Y"])
+        writer.writerow(["A", "Good photo", "img/good.jpg", "X > Y"])
+        writer.writerow(["A", "Second good", "img/cmyk.jpg", "X > Y"])
+        writer.writerow(["B", "", "img/other.jpg", "X > Y"])
+        writer.writerow(["C", "Sea", "img/palette.png", "X > Y"])
+    report = read_catalog(path, limits=LIMITS)
+    assert [(p.id, p.title) for p in report.products] == [
+        ("B", "Bee"),
+        ("A", "Good photo"),
+        ("C", "Sea"),
+    ]
+    assert [(r.row, r.id, r.reason) for r in report.rejects] == [
+        (1, "A", "truncated"),
+        (4, "A", "duplicate_id"),
+        (5, "B", "empty_title"),
+    ]
+    assert report.rejects[1].detail == "id 'A' already taken by accepted row 3"
+
+
+def test_row_limits_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_title_chars=0"):
+        RowLimits(max_title_chars=0)
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("id,title,image,category\n")
+    too_big = RowLimits(max_cell_chars=csv.field_size_limit() + 1)
+    with pytest.raises(ValueError, match="exceeds csv.field_size_limit"):
+        read_catalog(catalog, row_limits=too_big)
 
 
 def test_whole_file_errors(tmp_path: Path) -> None:
