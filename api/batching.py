@@ -27,8 +27,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 EmbedFn = Callable[[list[Any] | None, list[str] | None], np.ndarray]
-# Default cap on image (and fused) requests per model call; measured in bench/bench_api.
-IMAGE_BATCH_MAX = 8
+# Default cap on image (and fused) requests per model call: 4 beat 8 and 32 at 8 and 32
+# clients (bench/results/bench_api_image_max{4,8,32}.json, 2-core CPU, torch engine).
+IMAGE_BATCH_MAX = 4
 
 
 @dataclass(frozen=True)
