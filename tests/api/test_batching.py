@@ -34,7 +34,7 @@ class RecordingEmbed:
 
 def test_concurrent_requests_share_one_call_per_kind():
     embed = RecordingEmbed()
-    batcher = EmbedBatcher(embed, BatchConfig(max_batch=64, max_wait_ms=1000))
+    batcher = EmbedBatcher(embed, BatchConfig(max_batch=64, max_wait_ms=1000, image_max=64))
     futures = [batcher.submit(image=i) for i in range(5)]
     futures += [batcher.submit(text="x" * n) for n in range(1, 4)]
     futures += [batcher.submit(image=7, text="abcd")]
