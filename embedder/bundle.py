@@ -138,7 +138,7 @@ def model_config(
     *, image_backbone: dict, text_backbone: dict, embed_dim: int, image_hidden: Sequence[int],
     text_hidden: Sequence[int], dropout: float, tfidf_dim: int, heads: dict[str, int],
     leaf_head: str, logit_scale: float, loss_weights: dict, other_threshold: float,
-    train_config: dict,
+    train_config: dict, fusion_image_weight: float = 0.5,
 ) -> dict:
     """The config.json dict (what `build_model` and `Bundle.load` read back)."""
     return {
@@ -156,7 +156,7 @@ def model_config(
         "logit_scale": logit_scale,
         "leaf_head": leaf_head,
         "levels": [h for h in heads if h.startswith("level")],
-        "fuse": "mean",
+        "fusion_image_weight": fusion_image_weight,
         "metric": "ip",
         "loss_weights": dict(loss_weights),
         "other_threshold": other_threshold,
@@ -215,6 +215,11 @@ class Bundle:
         return int(self.config["embed_dim"])
 
     @property
+    def fusion_image_weight(self) -> float:
+        """w in normalize(w * e_img + (1 - w) * e_txt); bundles before it existed used 0.5."""
+        return float(self.config.get("fusion_image_weight", 0.5))
+
+    @property
     def other_threshold(self) -> float:
         return float(self.config["other_threshold"])
 
@@ -249,7 +254,7 @@ class Bundle:
                        text_feats: np.ndarray | None = None,
                        titles: Sequence[str] | None = None) -> np.ndarray:
         """(n, d) float32 unit vectors from frozen backbone features: image-only, text-only or
-        fused normalize(normalize(e_img) + normalize(e_txt)). Titles are needed with TF-IDF."""
+        fused (see `fuse_embeddings`). Titles are needed with TF-IDF."""
         if image_feats is None and text_feats is None:
             raise ValueError("give image_feats, text_feats or both")
         e_img = e_txt = None
@@ -261,8 +266,15 @@ class Bundle:
         if e_img is not None and e_txt is not None:
             if len(e_img) != len(e_txt):
                 raise ValueError(f"{len(e_img)} image rows but {len(e_txt)} text rows")
-            return _l2n(_l2n(e_img) + _l2n(e_txt)).astype(np.float32)
+            return self.fuse_embeddings(e_img, e_txt)
         return e_img if e_img is not None else e_txt
+
+    def fuse_embeddings(self, e_img: np.ndarray, e_txt: np.ndarray,
+                        image_weight: float | None = None) -> np.ndarray:
+        """normalize(w * normalize(e_img) + (1 - w) * normalize(e_txt)), w = the bundle's
+        `fusion_image_weight` unless given."""
+        w = self.fusion_image_weight if image_weight is None else image_weight
+        return _l2n(w * _l2n(e_img) + (1.0 - w) * _l2n(e_txt)).astype(np.float32)
 
     def backbone(self, kind: str) -> Any:
         """The frozen image/text backbone, loaded on first use."""

@@ -48,9 +48,10 @@ class Tower(nn.Module):
         return F.normalize(h.float(), dim=1)
 
 
-def fuse(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
-    """normalize(normalize(e_img) + normalize(e_txt)) (both inputs may be unnormalised)."""
-    return F.normalize(F.normalize(img_emb, dim=1) + F.normalize(txt_emb, dim=1), dim=1)
+def fuse(img_emb: torch.Tensor, txt_emb: torch.Tensor, image_weight: float = 0.5) -> torch.Tensor:
+    """normalize(w * normalize(e_img) + (1 - w) * normalize(e_txt)); w = 0.5 is the plain sum."""
+    return F.normalize(image_weight * F.normalize(img_emb, dim=1)
+                       + (1.0 - image_weight) * F.normalize(txt_emb, dim=1), dim=1)
 
 
 class HuseModel(nn.Module):

@@ -58,7 +58,12 @@ class TrainConfig:
     # --- heads and inference ---
     attribute_heads: tuple[str, ...] = ()  # extra heads on catalog columns, e.g. ("gender",)
     other_threshold: float = 0.3  # top probability below this -> flagged "other"
-    fuse: str = "mean"  # image + text fusion: normalize(normalize(img) + normalize(txt))
+    # Fused vector = normalize(w * img + (1 - w) * txt) of the unit tower outputs. None: w is
+    # picked on the validation split from fusion_grid (fused leaf top-1; ties go to 0.5, the
+    # paper's plain sum), so a catalog whose titles say more than its photos (or the reverse)
+    # leans on the stronger modality. A float fixes w.
+    fusion_image_weight: float | None = None
+    fusion_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     # --- index ---
     index_factory: str = "auto"  # FAISS factory string or "auto" (chosen by index size)
     # --- runtime ---
@@ -92,8 +97,12 @@ class TrainConfig:
                              f"w_graph={self.w_graph}, w_gap={self.w_gap}")
         if self.logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
-        if self.fuse != "mean":
-            raise ValueError(f"fuse must be 'mean', got {self.fuse!r}")
+        weights = (*self.fusion_grid, *(() if self.fusion_image_weight is None
+                                         else (self.fusion_image_weight,)))
+        if not self.fusion_grid or not all(0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(f"fusion weights must be in [0, 1] (and the grid non-empty), got "
+                             f"fusion_image_weight={self.fusion_image_weight}, "
+                             f"fusion_grid={self.fusion_grid}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto|cpu|cuda, got {self.device!r}")
         for name in ("batch_size", "max_epochs", "patience", "tfidf_max_features"):

@@ -155,6 +155,18 @@ def labeled_split(feats: CatalogFeatures, rows: np.ndarray, y: dict[str, np.ndar
     )
 
 
+def _fusion_weight(cfg: TrainConfig, bundle: Any, feats: CatalogFeatures, val_rows: np.ndarray,
+                   y_leaf: np.ndarray) -> Any:
+    """The configured fusion weight, or the one the validation split prefers."""
+    from train.fusion import FusionChoice, choose_fusion_weight
+
+    if cfg.fusion_image_weight is not None:
+        return FusionChoice(cfg.fusion_image_weight, {})
+    return choose_fusion_weight(bundle, feats.image[val_rows], feats.text[val_rows],
+                                [feats.titles[i] for i in val_rows], y_leaf[val_rows],
+                                cfg.fusion_grid)
+
+
 def run(cfg: TrainConfig) -> Path:
     """The whole pipeline (see the module docstring for the output layout); returns OUT."""
     from embedder.bundle import Bundle, TfidfText, class_centroids, model_config
@@ -208,6 +220,8 @@ def run(cfg: TrainConfig) -> Path:
         other_threshold=cfg.other_threshold, train_config=cfg.to_dict(),
     )
     bundle = Bundle(config, model.cpu(), spaces.labels, tfidf=tfidf)
+    fusion = _fusion_weight(cfg, bundle, feats, splits.val, spaces.y[leaf])
+    bundle.config["fusion_image_weight"] = fusion.image_weight
     tr = splits.train
     train_emb = bundle.embed_features(feats.image[tr], feats.text[tr],
                                       [feats.titles[i] for i in tr])
@@ -238,7 +252,9 @@ def run(cfg: TrainConfig) -> Path:
         },
         "label_spaces": spaces.summary(cfg.min_per_class),
         "training": {"best_epoch": result.best_epoch, "epochs": len(result.history),
-                     "stopped_early": result.stopped_early},
+                     "stopped_early": result.stopped_early,
+                     "fusion_image_weight": fusion.image_weight,
+                     "val_top1_by_fusion_weight": fusion.val_top1_by_weight or "n/a"},
         "bundle": {"dir": str(bundle_dir), "fingerprint": bundle.fingerprint},
         "index": {"dir": str(out / INDEX_DIR),
                   **{k: v for k, v in manifest.items() if k in INDEX_REPORT_KEYS}},
