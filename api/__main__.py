@@ -9,9 +9,7 @@ import os
 from pathlib import Path
 
 from api.settings import Settings
-from embedder.backbones import ENGINES
-
-ONNX_MODULES = ("onnxruntime", "onnx")
+from embedder.backbones import ENGINES, ONNX_MODULES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-workers", type=int, help="threads forming and running batches")
     p.add_argument("--image-batch-max", type=int, help="most image requests per model call")
     p.add_argument(
-        "--image-engine", choices=ENGINES, help="image backbone runtime (onnx: extra 'onnx')"
+        "--image-engine",
+        choices=ENGINES,
+        help="image backbone runtime (default auto: onnx where installed and it applies)",
     )
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)

@@ -114,7 +114,7 @@ class Services:
             "serving bundle %s (%s, image engine %s) and index %s (%d products)",
             settings.bundle_dir,
             bundle.fingerprint[:12],
-            settings.image_engine,
+            bundle.backbone("image").engine,
             settings.index_dir,
             len(index),
         )
@@ -358,7 +358,7 @@ class Services:
                 "dim": int(self.bundle.dim),
                 "heads": list(self.bundle.heads),
                 "image_backbone": config.get("image_backbone", {}).get("spec"),
-                "image_engine": self.settings.image_engine,
+                "image_engine": self.bundle.backbone("image").engine,
                 "text_backbone": config.get("text_backbone", {}).get("spec"),
                 "other_threshold": self.threshold,
             },

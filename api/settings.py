@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # batch size, so a big image batch only makes everyone in it wait (text batches stay big).
     image_batch_max: int = Field(default=IMAGE_BATCH_MAX, ge=1)
     # How the image backbone runs: "torch", or "onnx" (ONNX Runtime, CPU, needs extra 'onnx').
-    image_engine: Literal["torch", "onnx"] = "torch"
+    image_engine: Literal["torch", "onnx", "auto"] = "auto"
     # Threads that run model calls when micro-batching is off (one request per call).
     unbatched_workers: int = Field(default=8, ge=1)
     # Overrides the bundle's "other" threshold for classification when set.

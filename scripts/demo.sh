@@ -5,7 +5,7 @@
 # HUSE_PORT (8000), HUSE_API_KEY (a random one is generated and printed), HUSE_CATALOG (train on
 # your own catalog.csv/jsonl instead of the generated sample).
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "cpu"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "cpu,onnx"
 OUT="${HUSE_DEMO_DIR:-runs/demo}"
 PORT="${HUSE_PORT:-8000}"
 CATALOG="${HUSE_CATALOG:-}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from embedder.backbones import ImageBackbone, TextBackbone, load_backbone
+from embedder.backbones import ImageBackbone, TextBackbone, load_backbone, resolve_engine
 from embedder.errors import BackboneError
 
 
@@ -178,6 +179,21 @@ def test_onnx_engine_matches_torch(no_network, one_thread, images) -> None:
     out = onnx_bb.encode(images, batch_size=2)
     assert out.shape == (3, 1280) and out.dtype == np.float32
     assert np.allclose(out, torch_bb.encode(images), atol=1e-4, rtol=1e-4)
+    assert (torch_bb.engine, onnx_bb.engine) == ("torch", "onnx")
+
+
+def test_auto_engine_picks_onnx_only_where_it_applies(monkeypatch, tiny_image_backbone_dir):
+    assert resolve_engine("efficientnet-lite0", "cpu", "auto") == "onnx"  # installed here
+    assert resolve_engine("efficientnet-lite0", "cuda", "auto") == "torch"
+    assert resolve_engine(f"hf:{tiny_image_backbone_dir}", "cpu", "auto") == "torch"
+    assert resolve_engine("efficientnet-lite0", "cpu", "torch") == "torch"
+    assert load_backbone(f"hf:{tiny_image_backbone_dir}", device="cpu",
+                         engine="auto").engine == "torch"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    assert resolve_engine("efficientnet-lite0", "cpu", "auto") == "torch"  # not installed
 
 
 def test_onnx_engine_refuses_what_it_cannot_run(tiny_text_backbone_dir) -> None:
