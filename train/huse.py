@@ -350,6 +350,7 @@ def _config_from_args(args: argparse.Namespace, **explicit: Any) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-variant probing
     if args.command == "sample-catalog":
         from train.sample_catalog import write_sample_catalog
 
