@@ -44,6 +44,9 @@ RETRIEVAL_PAIRS = (  # (name, query input, database input, exclude the query its
     ("text->image", "text", "image", False),
     ("text->text", "text", "text", True),
     ("fused->fused", "fused", "fused", True),
+    # What the served index answers: it stores fused vectors, and a photo or a title comes in.
+    ("image->fused", "image", "fused", True),
+    ("text->fused", "text", "fused", True),
 )
 RARE_GROUP = "(rare)"  # map label for a product whose top-level class is outside the label space
 

@@ -110,7 +110,7 @@ def test_every_head_input_and_method_is_reported(case, result):
                 assert all(0.0 <= v <= 1.0 for v in r.values())
                 assert r["top5"] >= r["top1"]
     assert set(ev["retrieval"]) == {"image->image", "image->text", "text->image", "text->text",
-                                    "fused->fused"}
+                                    "fused->fused", "image->fused", "text->fused"}
     assert "baseline (a) logistic regression" in ev["seconds"]
     assert all(v >= 0 for v in ev["seconds"].values())
 
