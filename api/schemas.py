@@ -20,6 +20,8 @@ class LevelPredictionPublic(BaseModel):
 class ClassifyPublic(BaseModel):
     method: str
     threshold: float
+    path: LevelPredictionPublic = Field(
+        description="best whole category paths, consistent at every level (head 'path')")
     levels: list[LevelPredictionPublic]
 
 

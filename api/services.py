@@ -37,6 +37,7 @@ from api.schemas import (
     SearchPublic,
 )
 from api.settings import Settings
+from embedder.bundle import PATH_KEY
 from embedder.images import ImageLimits, load_image
 
 logger = logging.getLogger(__name__)
@@ -173,9 +174,10 @@ class Services:
             return await asyncio.wrap_future(future)
 
     def _rank(self, method: str, emb: np.ndarray, k: int) -> list[LevelPredictionPublic]:
+        """The whole-path prediction first, then one per head."""
         ranked = self.bundle.classify_embeddings(emb[None, :], method=method, k=k)[0]
         levels = []
-        for head in self.bundle.heads:
+        for head in [PATH_KEY, *self.bundle.heads]:
             labels = [LabelScorePublic(label=lab, score=s) for lab, s in ranked[head]["labels"]]
             other = labels[0].score < self.threshold  # the settings may override the bundle's
             answer = "other" if other else labels[0].label
@@ -191,8 +193,8 @@ class Services:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         k = self.check_k(k)
         emb = await self.embed(await self.parse_query(image_bytes, title))
-        levels = await run_in_threadpool(self._rank, method, emb, k)
-        return ClassifyPublic(method=method, threshold=self.threshold, levels=levels)
+        path, *levels = await run_in_threadpool(self._rank, method, emb, k)
+        return ClassifyPublic(method=method, threshold=self.threshold, path=path, levels=levels)
 
     # ---- search -------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ LABELS_FILE = "labels.json"
 CENTROIDS_FILE = "centroids.npz"
 TFIDF_FILE = "tfidf.json"
 LABEL_SEPARATOR = " > "
+PATH_KEY = "path"  # classify output: the best consistent category paths
 _VERSIONED = ("huse-search", "torch", "numpy", "safetensors", "transformers", "scikit-learn")
 
 
@@ -331,20 +332,58 @@ class Bundle:
         emb = np.asarray(emb, dtype=np.float32)
         return {h: emb @ self.centroids[h].T for h in self.heads}
 
+    def _ancestor_columns(self) -> np.ndarray:
+        """(levels, n_leaf): the column of each leaf class's ancestor in each level head, -1
+        where that ancestor is not in the level's label space (a rare parent)."""
+        if not hasattr(self, "_ancestors"):
+            leaves = self.labels[self.leaf_head]
+            cols = np.full((len(self.levels), len(leaves)), -1, dtype=np.int64)
+            for li, head in enumerate(self.levels):
+                index = {c: j for j, c in enumerate(self.labels[head])}
+                depth = li + 1
+                for j, leaf in enumerate(leaves):
+                    parts = leaf.split(LABEL_SEPARATOR)
+                    cols[li, j] = index.get(LABEL_SEPARATOR.join(parts[:depth]), -1)
+            self._ancestors = cols
+        return self._ancestors
+
+    def path_scores(self, scores: dict[str, np.ndarray], method: str) -> np.ndarray:
+        """(n, n_leaf) scores of whole category paths from per-level scores, so one answer is
+        consistent at every level: the product of the level probabilities (linear) or the mean
+        of the level cosines (centroid); levels where an ancestor is unknown are skipped."""
+        cols = self._ancestor_columns()
+        n = len(next(iter(scores.values())))
+        total = np.zeros((n, cols.shape[1]), np.float64)
+        counted = np.zeros(cols.shape[1], np.float64)
+        for li, head in enumerate(self.levels):
+            known = cols[li] >= 0
+            s = scores[head][:, np.where(known, cols[li], 0)]
+            if method == "linear":
+                total += np.where(known, np.log(np.maximum(s, 1e-12)), 0.0)
+            else:
+                total += np.where(known, s, 0.0)
+            counted += known
+        if method == "linear":
+            return np.exp(total).astype(np.float32)
+        return (total / np.maximum(counted, 1)).astype(np.float32)
+
     def classify_embeddings(self, emb: np.ndarray, method: str = "linear",
                             k: int = 5) -> list[dict[str, dict]]:
-        """Per row: {head: {"labels": [(label, score)] * k, "other": top score < threshold}}.
-        Scores are probabilities (linear) or cosine similarities (centroid)."""
+        """Per row: {head: {"labels": [(label, score)] * k, "other": top score < threshold}},
+        plus "path": the best whole category paths (see `path_scores`). Scores are
+        probabilities (linear) or cosine similarities (centroid)."""
         if method not in ("linear", "centroid"):
             raise ValueError(f"method must be 'linear' or 'centroid', got {method!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         scores = self.head_probs(emb) if method == "linear" else self.centroid_scores(emb)
+        ranked_by = {**scores, PATH_KEY: self.path_scores(scores, method)}
+        names = {**self.labels, PATH_KEY: self.labels[self.leaf_head]}
         out: list[dict[str, dict]] = [{} for _ in range(len(emb))]
-        for head, s in scores.items():
+        for head, s in ranked_by.items():
             top = np.argsort(-s, axis=1, kind="stable")[:, :k]
             for i, row in enumerate(top):
-                ranked = [(self.labels[head][j], float(s[i, j])) for j in row]
+                ranked = [(names[head][j], float(s[i, j])) for j in row]
                 out[i][head] = {"labels": ranked, "other": ranked[0][1] < self.other_threshold}
         return out
 

@@ -56,7 +56,7 @@ function queryData() {
 function renderClasses(result) {
   const box = $("classes");
   box.replaceChildren();
-  for (const level of result.levels) {
+  for (const level of [result.path, ...result.levels]) {
     const rows = level.labels.map((item) =>
       el("div", { class: "bar-row" },
         el("span", { class: "bar-label", title: item.label }, item.label),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 
@@ -35,6 +37,29 @@ def test_classify_title_image_and_both(reader, catalog_products, heads, method):
         body = r.json()
         assert body["method"] == method
         _check_levels(body, 3, heads)
+
+
+@pytest.mark.parametrize("method", ["linear", "centroid"])
+def test_path_is_one_consistent_category_joining_every_level(reader, catalog_products, method):
+    product = catalog_products[0]
+    files = {"image": ("p.jpg", product.image_path.read_bytes(), "image/jpeg")}
+    body = reader.post("/v1/classify", data={"title": "blue denim skirt", "k": "100",
+                                             "method": method}, files=files).json()
+    path = body["path"]
+    assert path["head"] == "path"
+    scores = [item["score"] for item in path["labels"]]
+    assert scores == sorted(scores, reverse=True)
+    assert path["other"] == (scores[0] < body["threshold"])
+    per_level = {level["head"]: {i["label"]: i["score"] for i in level["labels"]}
+                 for level in body["levels"] if level["head"].startswith("level")}
+    n_levels = len(per_level)
+    for item in path["labels"][:5]:
+        parts = item["label"].split(" > ")
+        ancestors = [" > ".join(parts[: min(i + 1, len(parts))]) for i in range(n_levels)]
+        level_scores = [per_level[f"level{i + 1}"][a] for i, a in enumerate(ancestors)]
+        joined = (math.prod(level_scores) if method == "linear"
+                  else sum(level_scores) / len(level_scores))
+        assert item["score"] == pytest.approx(joined, rel=1e-4, abs=1e-6)
 
 
 def test_linear_scores_are_probabilities(reader):

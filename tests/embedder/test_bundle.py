@@ -80,7 +80,7 @@ def test_fusion_is_normalised_sum_of_modalities(bundle):
 
 def test_classify_returns_k_labels_per_head_and_other_flag(bundle):
     out = bundle.classify(images=images()[:2], texts=TITLES[:2], k=2)
-    assert len(out) == 2 and set(out[0]) == {"level1", "level2"}
+    assert len(out) == 2 and set(out[0]) == {"level1", "level2", "path"}
     ranked = out[0]["level2"]["labels"]
     assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
     assert {name for name, _ in ranked} <= set(bundle.labels["level2"])
@@ -92,6 +92,23 @@ def test_classify_returns_k_labels_per_head_and_other_flag(bundle):
                                                            for j in best]
     with pytest.raises(ValueError, match="method"):
         bundle.classify_embeddings(emb, method="knn")
+
+
+@pytest.mark.parametrize("method", ["linear", "centroid"])
+def test_path_is_consistent_and_joins_every_level(bundle, method):
+    emb = bundle.embed(texts=TITLES)
+    scores = (bundle.head_probs(emb) if method == "linear" else bundle.centroid_scores(emb))
+    paths = bundle.path_scores(scores, method)
+    leaves = bundle.labels["level2"]  # "A > x", "A > y", "B > z"; parents "A", "B"
+    parent = [bundle.labels["level1"].index(leaf.split(" > ")[0]) for leaf in leaves]
+    for i in range(len(emb)):
+        for j, p in enumerate(parent):
+            want = (scores["level1"][i, p] * scores["level2"][i, j] if method == "linear"
+                    else (scores["level1"][i, p] + scores["level2"][i, j]) / 2)
+            assert paths[i, j] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    out = bundle.classify_embeddings(emb, method=method, k=3)
+    for row, s in zip(out, paths, strict=True):
+        assert row["path"]["labels"][0] == (leaves[int(s.argmax())], pytest.approx(s.max()))
 
 
 def test_load_is_strict_about_weights(bundle, tmp_path):
