@@ -8,8 +8,6 @@ Products are embedded from cached frozen features, fused (image + title) by defa
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,15 +48,9 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
         titles=titles,
     )
     out = Path(out_dir)
-    # Build beside the target, then swap: a rebuild never leaves a half-written index behind.
-    tmp = out.with_name(out.name + ".building")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    manifest = build_product_index(tmp, product_records(products), xb, bundle.fingerprint,
-                                   factory=factory)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    # overwrite: a rebuild is built beside the old index and swapped in only once saved.
+    manifest = build_product_index(out, product_records(products), xb, bundle.fingerprint,
+                                   factory=factory, overwrite=True)
     logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
     return manifest
 

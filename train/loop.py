@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from embedder.towers import HuseModel, fuse
+from index.atomic import replacing
 from train.config import TrainConfig
 from train.losses import classification_loss, cross_modal_gap_loss, semantic_graph_loss
 
@@ -84,12 +84,8 @@ def compute_losses(
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _tensors(data: TrainData, rows: np.ndarray, device: torch.device):
