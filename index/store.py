@@ -368,6 +368,15 @@ class ProductIndex:
             key, _ = self._meta.get(product_id)
             return self._meta.vectors(np.asarray([key]))[0]
 
+    def live_vectors(self) -> tuple[list[str], np.ndarray]:
+        """Ids and stored vectors of every live product (whole-catalog scans such as
+        near-duplicate listings)."""
+        with self._lock.read():
+            self._check_open()
+            keys, xb = self._meta.live()
+            records = self._meta.records(keys)
+        return [records[int(k)].id for k in keys], xb
+
     def search(
         self,
         xq: Any,

@@ -1,0 +1,110 @@
+"""The served vector: the HUSE embedding beside a reduced copy of the frozen visual features.
+
+HUSE's losses are class-level, so every product of a class collapses toward one point: right for
+classification, wrong for "find this product / what looks like it". The backbone's features
+keep instance and visual detail (colour, pattern, shape). The index therefore holds
+
+    x = [h, v] / sqrt(2),   h = HUSE embedding (unit), v = VisualBlock(image features) (unit),
+
+and a query with visual weight w in [0, 1] is q = sqrt(2) * [(1 - w) * h_q, w * v_q], so one
+inner product is (1 - w) * cos(HUSE) + w * cos(visual): one index, and the knob only scales the
+query's blocks. A query without an image (title only) has no visual block and ranks by HUSE
+alone; a product without an image is stored as [h, 0] (unit) and ranks by HUSE alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK_SCALE = float(np.sqrt(0.5))  # each unit block of a stored vector: norm 1/sqrt(2)
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class VisualBlock:
+    """PCA of L2-normalised frozen image features, fitted on the training split: the visual
+    block is the unit-normalised projection onto the top components."""
+
+    mean: np.ndarray  # (D,) mean of the unit training features
+    components: np.ndarray  # (r, D) principal axes, rows orthonormal
+
+    @classmethod
+    def fit(cls, image_feats: np.ndarray, dim: int) -> VisualBlock:
+        x = l2n(image_feats).astype(np.float64)
+        if dim < 1 or dim > min(x.shape):
+            raise ValueError(f"visual dim must be in [1, {min(x.shape)}], got {dim}")
+        mean = x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        return cls(mean.astype(np.float32), np.ascontiguousarray(vt[:dim], dtype=np.float32))
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.components.shape[1])
+
+    def transform(self, image_feats: np.ndarray) -> np.ndarray:
+        """(n, D) frozen features -> (n, r) unit visual vectors."""
+        x = np.asarray(image_feats, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"expected (n, {self.in_dim}) image features, got {x.shape}")
+        return l2n((l2n(x) - self.mean) @ self.components.T)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "components": self.components}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> VisualBlock:
+        mean, comp = np.asarray(arrays["mean"], np.float32), np.asarray(arrays["components"],
+                                                                         np.float32)
+        if mean.ndim != 1 or comp.ndim != 2 or comp.shape[1] != mean.shape[0]:
+            raise ValueError(f"visual block: mean {mean.shape} and components {comp.shape} "
+                             "do not match")
+        return cls(mean, comp)
+
+
+def stored_vectors(huse: np.ndarray, visual: np.ndarray | None) -> np.ndarray:
+    """(n, d + r) unit index rows [h, v] / sqrt(2); rows whose visual block is None or all
+    zeros (no image) become [h, 0]."""
+    huse = l2n(huse)
+    if visual is None:
+        raise ValueError("stored vectors need the visual block (zeros for imageless rows)")
+    visual = np.asarray(visual, dtype=np.float32)
+    if len(visual) != len(huse):
+        raise ValueError(f"{len(huse)} HUSE rows but {len(visual)} visual rows")
+    has_image = np.linalg.norm(visual, axis=1) > 0
+    scale = np.where(has_image, BLOCK_SCALE, 1.0).astype(np.float32)[:, None]
+    return np.hstack([huse * scale, l2n(visual) * scale]).astype(np.float32)
+
+
+def query_vectors(huse: np.ndarray, visual: np.ndarray | None, visual_weight: float,
+                  visual_dim: int) -> np.ndarray:
+    """(n, d + r) queries scoring (1 - w) * cos(HUSE) + w * cos(visual) against stored rows;
+    without a visual block (title-only queries) the score is cos(HUSE)."""
+    if not 0.0 <= visual_weight <= 1.0:
+        raise ValueError(f"visual_weight must be in [0, 1], got {visual_weight}")
+    huse = l2n(huse)
+    if visual is None:
+        return np.hstack([huse / BLOCK_SCALE, np.zeros((len(huse), visual_dim), np.float32)])
+    w = float(visual_weight)
+    return (np.hstack([(1.0 - w) * huse, w * l2n(visual)]) / BLOCK_SCALE).astype(np.float32)
+
+
+def split_stored(stored: np.ndarray, huse_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HUSE unit rows, visual unit rows; zero rows where the product has no image)."""
+    stored = np.asarray(stored, dtype=np.float32)
+    return l2n(stored[:, :huse_dim]), l2n(stored[:, huse_dim:])
+
+
+def visual_only_queries(stored: np.ndarray, huse_dim: int) -> np.ndarray:
+    """Queries from stored rows whose scores are exactly cos(visual) (near duplicates)."""
+    huse, visual = split_stored(stored, huse_dim)
+    return query_vectors(huse, visual, 1.0, visual.shape[1])

@@ -1,0 +1,120 @@
+"""Photo queries, the served-vector layout and the #11 metrics on hand-made data."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedder.visual import (
+    VisualBlock,
+    query_vectors,
+    split_stored,
+    stored_vectors,
+    visual_only_queries,
+)
+from train.photo_eval import (
+    PhotoQueryConfig,
+    instance_recall_at_1,
+    photo_query,
+    precision_at_k,
+    query_seed,
+    ranked_ids,
+)
+from train.photo_search import choose_photo_search, duplicate_threshold, pick_weight
+
+
+def _image() -> Image.Image:
+    x = np.zeros((60, 80, 3), np.uint8)
+    x[:, :40] = (255, 0, 0)  # left half red, right half blue
+    x[:, 40:] = (0, 0, 255)
+    return Image.fromarray(x)
+
+
+def test_photo_query_is_a_cropped_mirrored_jpeg_and_seeded():
+    data = photo_query(_image(), seed=3)
+    assert data == photo_query(_image(), seed=3)
+    assert data != photo_query(_image(), seed=4)
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "JPEG"
+    w, h = img.size
+    assert 80 * 0.8 <= w < 80 and 60 * 0.8 <= h < 60
+    row = np.asarray(img.convert("RGB"))[h // 2]
+    left, right = row[2], row[-3]
+    assert left[2] > 200 and right[0] > 200  # mirrored: blue now on the left
+    unmirrored = photo_query(_image(), seed=3, cfg=PhotoQueryConfig(mirror=False))
+    assert np.asarray(Image.open(io.BytesIO(unmirrored)).convert("RGB"))[h // 2, 2][0] > 200
+    assert query_seed("a", 0) == query_seed("a", 0) != query_seed("b", 0)
+
+
+def test_metrics_count_self_first_and_the_others_shared_values():
+    ranked = [["a", "b", "c"], ["x", "b", "a"]]
+    assert instance_recall_at_1(["a", "b"], ranked) == 0.5
+    values = {"leaf": {"a": "L1", "b": "L1", "c": "L2", "x": "L1"}}
+    p = precision_at_k(["a", "b"], ranked, values, k=2)
+    # a: others b (L1), c (L2) -> 1/2; b: others x (L1), a (L1) -> 2/2
+    assert p["leaf"] == pytest.approx(0.75)
+    assert ranked_ids(np.array([[0.1, 0.9, 0.5]]), ["p", "q", "r"], 2) == [["q", "r"]]
+
+
+def test_served_vector_scores_are_the_weighted_cosines():
+    rng = np.random.default_rng(0)
+    h, v = rng.normal(size=(5, 8)), rng.normal(size=(5, 4))
+    db = stored_vectors(h, v)
+    assert np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-5)
+    hn = h / np.linalg.norm(h, axis=1, keepdims=True)
+    vn = v / np.linalg.norm(v, axis=1, keepdims=True)
+    for w in (0.0, 0.3, 1.0):
+        q = query_vectors(h[:2], v[:2], w, 4)
+        want = (1 - w) * hn[:2] @ hn.T + w * vn[:2] @ vn.T
+        assert np.allclose(q @ db.T, want, atol=1e-5)
+    text = query_vectors(h[:1], None, 0.7, 4)  # no image: HUSE alone, knob ignored
+    assert np.allclose(text @ db.T, hn[:1] @ hn.T, atol=1e-5)
+    assert np.allclose(visual_only_queries(db, 8) @ db.T, vn @ vn.T, atol=1e-5)
+    sh, sv = split_stored(db, 8)
+    assert np.allclose(sh, hn, atol=1e-5) and np.allclose(sv, vn, atol=1e-5)
+    no_image = stored_vectors(h[:1], np.zeros((1, 4)))
+    assert np.allclose(np.linalg.norm(no_image), 1.0) and not no_image[0, 8:].any()
+    with pytest.raises(ValueError, match="visual_weight"):
+        query_vectors(h, v, 1.5, 4)
+
+
+def test_visual_block_round_trips_and_projects_to_unit_rows():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 16)).astype(np.float32)
+    block = VisualBlock.fit(x, 6)
+    z = block.transform(x)
+    assert z.shape == (50, 6) and np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+    again = VisualBlock.from_arrays(block.arrays())
+    assert np.allclose(again.transform(x), z)
+    with pytest.raises(ValueError, match="visual dim"):
+        VisualBlock.fit(x, 17)
+    with pytest.raises(ValueError, match="image features"):
+        block.transform(x[:, :5])
+
+
+def test_selection_rule_prefers_leaf_precision_among_weights_that_find_the_product():
+    scores = {"0": {"instance_r1": 0.2, "leaf_p10": 0.9}, "0.5": {"instance_r1": 0.98,
+              "leaf_p10": 0.8}, "1": {"instance_r1": 0.99, "leaf_p10": 0.7}}
+    assert pick_weight(scores, 0.97) == 0.5
+    assert pick_weight(scores, 0.995) == 1.0  # none qualifies: best instance recall
+
+
+def test_choice_on_planted_data_finds_products_and_a_separating_threshold():
+    rng = np.random.default_rng(2)
+    n = 40
+    leaf = {str(i): f"L{i % 4}" for i in range(n)}
+    ids = list(leaf)
+    centres = rng.normal(size=(4, 8))
+    huse = centres[np.arange(n) % 4] + 0.1 * rng.normal(size=(n, 8))  # class structure only
+    visual = rng.normal(size=(n, 6))  # instance structure only
+    visual /= np.linalg.norm(visual, axis=1, keepdims=True)
+    q = visual[:10] + 0.05 * rng.normal(size=(10, 6))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    choice = choose_photo_search(huse, visual, ids, centres[np.arange(10) % 4], q, ids[:10], leaf,
+                                 (0.0, 0.5, 1.0), 0.97)
+    assert choice.visual_weight == 0.5  # finds itself and keeps the class neighbours
+    assert choice.validation["0"]["instance_r1"] < 0.97 <= choice.validation["0.5"]["instance_r1"]
+    t = duplicate_threshold(visual, ids, q, ids[:10])
+    own = (q * visual[:10]).sum(axis=1)
+    assert own.min() >= t > 0.5

@@ -1,0 +1,118 @@
+"""Near-duplicate listings: products whose photos are the same item (re-encoded, cropped,
+resized, or the same product from two sellers), found by the visual block of the served index.
+
+A pair is a near duplicate when the cosine of their visual blocks is at least the threshold
+(default: the bundle's `photo_search.near_duplicate_threshold`, picked on validation photos;
+see train.photo_search). `python -m train.huse near-duplicates --bundle B --index I` writes
+near_duplicates.csv and near_duplicates.html (a contact sheet) beside the index, or to --out.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embedder.visual import visual_only_queries
+from index.atomic import write_atomic
+
+logger = logging.getLogger(__name__)
+
+CSV_FILE = "near_duplicates.csv"
+HTML_FILE = "near_duplicates.html"
+DEFAULT_NEIGHBOURS = 10  # candidates per product looked at (a listing rarely has more copies)
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    a: str
+    b: str
+    similarity: float  # cosine of the visual blocks
+
+
+def near_duplicates_of(index: Any, product_id: str, huse_dim: int, threshold: float,
+                       k: int = DEFAULT_NEIGHBOURS) -> list[tuple[Any, float]]:
+    """[(hit, visual cosine)] of one indexed product, best first, cosine >= threshold."""
+    xq = visual_only_queries(index.vector(product_id)[None, :], huse_dim)
+    hits = index.search(xq, k, exclude_ids=[product_id])[0]
+    return [(h, h.score) for h in hits if h.score >= threshold]
+
+
+def find_pairs(index: Any, huse_dim: int, threshold: float, k: int = DEFAULT_NEIGHBOURS,
+               batch: int = 256) -> list[DuplicatePair]:
+    """Every unordered pair of live products with visual cosine >= threshold, best first."""
+    ids, xb = index.live_vectors()
+    seen: dict[tuple[str, str], float] = {}
+    for lo in range(0, len(ids), batch):
+        xq = visual_only_queries(xb[lo:lo + batch], huse_dim)
+        for pid, hits in zip(ids[lo:lo + batch], index.search(xq, k + 1), strict=True):
+            for h in hits:
+                if h.id != pid and h.score >= threshold:
+                    key = (min(pid, h.id), max(pid, h.id))
+                    seen[key] = max(h.score, seen.get(key, -1.0))
+    pairs = [DuplicatePair(a, b, s) for (a, b), s in seen.items()]
+    return sorted(pairs, key=lambda p: (-p.similarity, p.a, p.b))
+
+
+def pair_metrics(found: Sequence[DuplicatePair], truth: set[frozenset]) -> dict[str, float]:
+    """Precision and recall of found pairs against planted ones (unordered id pairs)."""
+    got = {frozenset((p.a, p.b)) for p in found}
+    tp = len(got & truth)
+    return {"pairs_found": len(got), "pairs_planted": len(truth), "true_positives": tp,
+            "precision": tp / len(got) if got else float("nan"),
+            "recall": tp / len(truth) if truth else float("nan")}
+
+
+def _thumb(path: str, size: int = 128) -> str:
+    """A small inline JPEG data URI (the sheet opens anywhere, without the image files)."""
+    import base64
+
+    from embedder.images import load_image
+
+    try:
+        img = load_image(path)
+    except Exception as e:  # a missing image must not stop the sheet
+        logger.warning("no thumbnail for %s: %s", path, e)
+        return ""
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_outputs(pairs: Sequence[DuplicatePair], index: Any, out_dir: Path,
+                  threshold: float, media_root: Path | None = None) -> tuple[Path, Path]:
+    """near_duplicates.csv (a, b, similarity, titles) and an HTML contact sheet, atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id_a", "id_b", "similarity", "title_a", "title_b"])
+    rows = []
+    for p in pairs:
+        ra, rb = index.get(p.a), index.get(p.b)
+        writer.writerow([p.a, p.b, f"{p.similarity:.4f}", ra.title, rb.title])
+        rows.append((p, ra, rb))
+    write_atomic(out_dir / CSV_FILE, buf.getvalue().encode())
+
+    def cell(record: Any) -> str:
+        path = record.image
+        if path and media_root is not None and not Path(path).is_absolute():
+            path = str(media_root / path)
+        src = _thumb(path) if path else ""
+        img = f'<img src="{src}" alt="">' if src else "<div>(no image)</div>"
+        return (f"<td>{img}<div><b>{html.escape(record.id)}</b> "
+                f"{html.escape(record.title)}</div></td>")
+
+    body = "\n".join(f"<tr>{cell(ra)}{cell(rb)}<td>{p.similarity:.3f}</td></tr>"
+                     for p, ra, rb in rows)
+    page = (f"<!doctype html><meta charset=utf-8><title>Near duplicates</title>"
+            f"<style>td{{vertical-align:top;padding:6px;max-width:220px}}</style>"
+            f"<h1>{len(pairs)} near-duplicate pairs (visual cosine &ge; {threshold:.3f})</h1>"
+            f"<table><tr><th>product</th><th>duplicate</th><th>cosine</th></tr>{body}</table>")
+    write_atomic(out_dir / HTML_FILE, page.encode())
+    return out_dir / CSV_FILE, out_dir / HTML_FILE
