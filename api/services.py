@@ -39,6 +39,7 @@ from api.schemas import (
 from api.settings import Settings
 from embedder.bundle import PATH_KEY
 from embedder.images import ImageLimits, load_image
+from embedder.visual import DEFAULT_NEIGHBOURS, near_duplicates_of
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,21 @@ class Query:
 
 def image_url(product_id: str, recorded_image: str) -> str | None:
     return f"/v1/products/{quote(product_id, safe='')}/image" if recorded_image else None
+
+
+def search_public(hits: list[Any], kind: str) -> SearchPublic:
+    """index.store.Hit list -> the search response."""
+    public = [
+        SearchHitPublic(
+            id=h.id,
+            score=float(h.score),
+            title=h.record.title,
+            category=h.record.category,
+            image_url=image_url(h.id, h.record.image),
+        )
+        for h in hits
+    ]
+    return SearchPublic(hits=public, count=len(public), query=kind)
 
 
 class Services:
@@ -163,12 +179,14 @@ class Services:
     # ---- model --------------------------------------------------------------------------
 
     def _embed(self, pixels: list[np.ndarray] | None, texts: list[str] | None) -> np.ndarray:
-        """One model call over a batch of preprocessed images and/or titles."""
+        """One model call over a batch of preprocessed images and/or titles: the HUSE embedding
+        and the visual block side by side (see Bundle.embed_parts)."""
         stacked = np.stack(pixels) if pixels is not None else None
-        return self.bundle.embed(texts=texts, pixels=stacked)
+        return self.bundle.embed_parts(texts=texts, pixels=stacked)
 
     async def embed(self, query: Query) -> np.ndarray:
-        """The query's (d,) embedding, computed in a micro-batch with other requests."""
+        """The query's (d [+ r],) HUSE embedding [+ visual block], computed in a micro-batch
+        with other requests."""
         with self.metrics.stage("embed"):
             future = self.batcher.submit(image=query.pixels, text=query.title)
             return await asyncio.wrap_future(future)
@@ -193,6 +211,7 @@ class Services:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         k = self.check_k(k)
         emb = await self.embed(await self.parse_query(image_bytes, title))
+        emb = emb[: self.bundle.dim]  # the HUSE embedding; the visual block only ranks products
         path, *levels = await run_in_threadpool(self._rank, method, emb, k)
         return ClassifyPublic(method=method, threshold=self.threshold, path=path, levels=levels)
 
@@ -205,17 +224,26 @@ class Services:
         product_id: str | None,
         k: int,
         category: str | None,
+        visual_weight: float | None = None,
     ) -> SearchPublic:
+        """visual_weight in [0, 1]: 0 ranks by the universal (class) space, 1 by look-alike;
+        None: the bundle's validated default; title-only queries rank by the universal space."""
         k = self.check_k(k)
+        if visual_weight is not None and not 0.0 <= visual_weight <= 1.0:
+            raise ValueError(f"visual_weight must be in [0, 1], got {visual_weight}")
         category = (category or "").strip() or None
         if product_id:
             if image_bytes is not None or self.check_title(title):
                 raise ValueError("send either product_id or an image/title, not both")
-            xq = await run_in_threadpool(self.index.vector, product_id)
+            stored = await run_in_threadpool(self.index.vector, product_id)
+            xq = self.bundle.served_requery(stored[None, :], visual_weight)[0]
             exclude, kind = [product_id], "product"
         else:
             query = await self.parse_query(image_bytes, title)
-            xq, exclude, kind = await self.embed(query), None, query.kind
+            parts = await self.embed(query)
+            xq = self.bundle.served_query(parts[None, :], query.image is not None,
+                                          visual_weight)[0]
+            exclude, kind = None, query.kind
         with self.metrics.stage("search"):
             hits = await run_in_threadpool(
                 self.index.search,
@@ -224,17 +252,19 @@ class Services:
                 category_prefix=category,
                 exclude_ids=exclude,
             )
-        public = [
-            SearchHitPublic(
-                id=h.id,
-                score=float(h.score),
-                title=h.record.title,
-                category=h.record.category,
-                image_url=image_url(h.id, h.record.image),
-            )
-            for h in hits[0]
-        ]
-        return SearchPublic(hits=public, count=len(public), query=kind)
+        return search_public(hits[0], kind)
+
+    async def near_duplicates(
+        self, product_id: str, threshold: float | None, k: int | None
+    ) -> SearchPublic:
+        """Indexed products whose photo is this product's item (visual cosine >= threshold,
+        default: the bundle's validated one), best first."""
+        k = self.check_k(k if k is not None else DEFAULT_NEIGHBOURS)
+        threshold = self.bundle.near_duplicate_threshold if threshold is None else threshold
+        found = await run_in_threadpool(
+            near_duplicates_of, self.index, product_id, self.bundle.dim, threshold, k
+        )
+        return search_public(found, "near-duplicates")
 
     # ---- products -----------------------------------------------------------------------
 
@@ -282,11 +312,11 @@ class Services:
         query = await self.parse_query(image_bytes, title)
         if query.title is None:
             raise ValueError("title must not be empty")
-        emb = await self.embed(query)
+        parts = await self.embed(query)
         record = ProductRecord(
             id=product_id, title=query.title, category=category, image="", attributes=attrs
         )
-        xb = np.asarray(emb, dtype=np.float32)[None, :]
+        xb = self.bundle.served_stored(parts[None, :], query.image is not None)
         with self.metrics.stage("write"):
             record = await run_in_threadpool(
                 self._write_product, record, xb, image_bytes, query.image

@@ -15,6 +15,7 @@ alone; a product without an image is stored as [h, 0] (unit) and ranks by HUSE a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -108,3 +109,49 @@ def visual_only_queries(stored: np.ndarray, huse_dim: int) -> np.ndarray:
     """Queries from stored rows whose scores are exactly cos(visual) (near duplicates)."""
     huse, visual = split_stored(stored, huse_dim)
     return query_vectors(huse, visual, 1.0, visual.shape[1])
+
+
+VISUAL_FILE = "visual.npz"  # the bundle's VisualBlock arrays
+
+
+@dataclass(frozen=True)
+class ServedSpace:
+    """What the index holds for a bundle: HUSE + visual block, with the validated defaults
+    (bundle config "photo_search": visual_dim, visual_weight, near_duplicate_threshold)."""
+
+    block: VisualBlock
+    visual_weight: float  # default query weight of the visual block
+    near_duplicate_threshold: float  # visual cosine at or above which two listings are one item
+
+    @property
+    def visual_dim(self) -> int:
+        return self.block.dim
+
+    def stored(self, huse: np.ndarray, visual: np.ndarray) -> np.ndarray:
+        """Index rows from HUSE embeddings and visual blocks (zero rows: no image)."""
+        return stored_vectors(huse, visual)
+
+    def query(self, huse: np.ndarray, visual: np.ndarray | None,
+              visual_weight: float | None = None) -> np.ndarray:
+        """Query rows; visual_weight None = the validated default; no image = HUSE alone."""
+        w = self.visual_weight if visual_weight is None else visual_weight
+        return query_vectors(huse, visual, w, self.visual_dim)
+
+    def requery(self, stored: np.ndarray, visual_weight: float | None = None) -> np.ndarray:
+        """Query rows from stored rows ("more like this" an indexed product)."""
+        w = self.visual_weight if visual_weight is None else visual_weight
+        huse, visual = split_stored(stored, stored.shape[1] - self.visual_dim)
+        return query_vectors(huse, visual, w, self.visual_dim)
+
+
+DEFAULT_NEIGHBOURS = 10  # near-duplicate candidates per product (a listing rarely has more copies)
+
+
+def near_duplicates_of(index: Any, product_id: str, huse_dim: int, threshold: float,
+                       k: int = DEFAULT_NEIGHBOURS) -> list[Any]:
+    """Hits (score = visual cosine) of one indexed product's near duplicates, best first:
+    its k visually nearest other products with cosine >= threshold. `index` is an
+    index.store.ProductIndex (duck-typed: embedder does not import index)."""
+    xq = visual_only_queries(index.vector(product_id)[None, :], huse_dim)
+    hits = index.search(xq, k, exclude_ids=[product_id])[0]
+    return [h for h in hits if h.score >= threshold]

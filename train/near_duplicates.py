@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedder.visual import visual_only_queries
+import numpy as np
+
+from embedder.visual import DEFAULT_NEIGHBOURS, visual_only_queries
 from index.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
 CSV_FILE = "near_duplicates.csv"
 HTML_FILE = "near_duplicates.html"
-DEFAULT_NEIGHBOURS = 10  # candidates per product looked at (a listing rarely has more copies)
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,6 @@ class DuplicatePair:
     a: str
     b: str
     similarity: float  # cosine of the visual blocks
-
-
-def near_duplicates_of(index: Any, product_id: str, huse_dim: int, threshold: float,
-                       k: int = DEFAULT_NEIGHBOURS) -> list[tuple[Any, float]]:
-    """[(hit, visual cosine)] of one indexed product, best first, cosine >= threshold."""
-    xq = visual_only_queries(index.vector(product_id)[None, :], huse_dim)
-    hits = index.search(xq, k, exclude_ids=[product_id])[0]
-    return [(h, h.score) for h in hits if h.score >= threshold]
 
 
 def find_pairs(index: Any, huse_dim: int, threshold: float, k: int = DEFAULT_NEIGHBOURS,
@@ -116,3 +109,61 @@ def write_outputs(pairs: Sequence[DuplicatePair], index: Any, out_dir: Path,
             f"<table><tr><th>product</th><th>duplicate</th><th>cosine</th></tr>{body}</table>")
     write_atomic(out_dir / HTML_FILE, page.encode())
     return out_dir / CSV_FILE, out_dir / HTML_FILE
+
+
+DUPLICATE_KINDS = ("reencoded", "cropped", "resized")
+
+
+def _variant(image: Any, kind: str, rng: np.random.Generator) -> bytes:
+    """One planted copy: JPEG re-encoded at low quality, cropped a few percent, or resized."""
+    buf = io.BytesIO()
+    w, h = image.size
+    if kind == "cropped":
+        m = rng.uniform(0.03, 0.08)
+        image = image.crop((round(w * m), round(h * m), w - round(w * m), h - round(h * m)))
+    elif kind == "resized":
+        s = rng.uniform(0.5, 0.8)
+        image = image.resize((max(16, round(w * s)), max(16, round(h * s))))
+    image.save(buf, format="JPEG", quality=int(rng.integers(50, 80)))
+    return buf.getvalue()
+
+
+def plant_duplicates(catalog: Path, out_dir: Path, n: int, seed: int = 0
+                     ) -> tuple[Path, set[frozenset]]:
+    """A copy of `catalog` (CSV, absolute image paths) plus n planted near duplicates of n
+    distinct seeded products (kinds cycling through DUPLICATE_KINDS; new ids, same title,
+    category and attributes). Returns the new catalog and the planted (original, copy) pairs.
+    Products whose image bytes already repeat in the catalog are not drawn, so the truth
+    holds only planted pairs plus the catalog's own exact duplicates (added to it)."""
+    from embedder.catalog import read_catalog
+    from embedder.images import load_image
+
+    products = read_catalog(catalog).products
+    by_sha: dict[str, list[str]] = {}
+    for p in products:
+        by_sha.setdefault(p.image_sha256, []).append(p.id)
+    truth = {frozenset((a, b)) for ids in by_sha.values() for i, a in enumerate(ids)
+             for b in ids[i + 1:]}
+    unique = [p for p in products if len(by_sha[p.image_sha256]) == 1]
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(len(unique), size=min(n, len(unique)), replace=False)
+    columns = sorted({c for p in products for c in p.attributes})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(exist_ok=True)
+    rows = [{"id": p.id, "title": p.title, "image": str(Path(p.image_path).resolve()),
+             "category": p.category_path, **p.attributes} for p in products]
+    for j, i in enumerate(drawn):
+        p = unique[int(i)]
+        kind = DUPLICATE_KINDS[j % len(DUPLICATE_KINDS)]
+        copy_id = f"{p.id}-dup-{kind}"
+        path = out_dir / "images" / f"{copy_id}.jpg"
+        path.write_bytes(_variant(load_image(p.image_path), kind, rng))
+        rows.append({"id": copy_id, "title": p.title, "image": str(path.resolve()),
+                     "category": p.category_path, **p.attributes})
+        truth.add(frozenset((p.id, copy_id)))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["id", "title", "image", "category", *columns])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out_dir / "catalog.csv", buf.getvalue().encode())
+    return out_dir / "catalog.csv", truth

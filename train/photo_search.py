@@ -15,13 +15,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from embedder.visual import query_vectors, stored_vectors
-from train.photo_eval import instance_recall_at_1, precision_at_k, ranked_ids
+from embedder.visual import ServedSpace, VisualBlock, l2n, query_vectors, stored_vectors
+from train.photo_eval import (
+    instance_recall_at_1,
+    photo_query_features,
+    precision_at_k,
+    ranked_ids,
+)
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHT = 0.5  # without validation photos: HUSE and visual cosines weigh the same
+IDENTICAL = 1.0 - 1e-4  # without validation photos only identical images are near duplicates
 
 RULE = ("highest validation leaf P@10 among visual weights with validation instance R@1 >= "
         "{min_r1}; near-duplicate threshold: Youden's J of own-product vs nearest-other visual "
@@ -90,3 +99,82 @@ def choose_photo_search(huse_db: np.ndarray, visual_db: np.ndarray, ids: Sequenc
     logger.info("visual weight %.2f, near-duplicate threshold %.3f (validation: %s)", weight,
                 threshold, scores)
     return PhotoSearchChoice(weight, threshold, RULE.format(min_r1=min_instance_r1), scores)
+
+
+def fit_served_space(bundle: Any, products: Sequence[Any], image: np.ndarray, text: np.ndarray,
+                     train_rows: np.ndarray, val_rows: np.ndarray, visual_dim: int,
+                     grid: Sequence[float], min_instance_r1: float, seed: int,
+                     cache_dir: str | None = None, device: str | None = None,
+                     ) -> tuple[ServedSpace, PhotoSearchChoice]:
+    """Fit the visual block (PCA on the training split's frozen image features), then choose
+    the default visual weight and near-duplicate threshold on the validation split's photo
+    queries against every product (validation photo features are cached like the catalog's)."""
+    from embedder.backbones import load_backbone
+    from embedder.features import FeatureCache
+
+    block = VisualBlock.fit(image[train_rows], min(visual_dim, len(train_rows), image.shape[1]))
+    ids = [p.id for p in products]
+    huse_db = bundle.embed_features(image, text, [p.title for p in products])
+    visual_db = block.transform(image)
+    if len(val_rows) == 0:
+        logger.info("no validation split: visual weight stays %.2f, only identical images are "
+                    "near duplicates", DEFAULT_WEIGHT)
+        return ServedSpace(block, DEFAULT_WEIGHT, IDENTICAL), PhotoSearchChoice(
+            DEFAULT_WEIGHT, IDENTICAL, "no validation split: defaults")
+    val = [products[i] for i in val_rows]
+    backbone = load_backbone(bundle.config["image_backbone"]["spec"], device=device)
+    with FeatureCache(cache_dir or None) as cache:
+        q_feats = photo_query_features(val, backbone, cache, seed)
+    choice = choose_photo_search(
+        huse_db, visual_db, ids, bundle.embed_features(image_feats=q_feats),
+        block.transform(q_feats), [p.id for p in val],
+        {p.id: p.category_path for p in products}, grid, min_instance_r1)
+    return ServedSpace(block, choice.visual_weight, choice.near_duplicate_threshold), choice
+
+
+def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: np.ndarray,
+                 text_backbone_feats: np.ndarray, query_rows: np.ndarray, seed: int,
+                 cache_dir: str | None = None, device: str | None = None,
+                 k: int = 10) -> dict[str, Any]:
+    """The report's photo-search section: the query rows' photos (cropped, mirrored, JPEG) and
+    titles against an index of every product, for the served vector (default weight), the
+    universal space alone (weight 0) and the frozen backbones alone (cosine)."""
+    from embedder.backbones import load_backbone
+    from embedder.features import FeatureCache
+
+    served = bundle.served
+    ids = [p.id for p in products]
+    qp = [products[i] for i in query_rows]
+    query_ids = [p.id for p in qp]
+    columns = sorted({c for p in products for c in p.attributes})
+    table = {"leaf": {p.id: p.category_path for p in products},
+             **{c: {p.id: p.attributes.get(c) or None for p in products} for c in columns}}
+    backbone = load_backbone(bundle.config["image_backbone"]["spec"], device=device)
+    with FeatureCache(cache_dir or None) as cache:
+        q_feats = photo_query_features(qp, backbone, cache, seed)
+    huse_db = bundle.embed_features(image, text, [p.title for p in products])
+    huse_q = bundle.embed_features(image_feats=q_feats)
+    huse_t = bundle.embed_features(text_feats=text[query_rows], titles=[p.title for p in qp])
+    db = served.stored(huse_db, served.block.transform(image))
+    visual_q = served.block.transform(q_feats)
+    frozen_db, frozen_t = l2n(image), l2n(text_backbone_feats)
+    spaces = {
+        "frozen backbone (cosine)": (l2n(q_feats) @ frozen_db.T,
+                                     frozen_t[query_rows] @ frozen_t.T),
+        "universal space alone": (huse_q @ huse_db.T, huse_t @ huse_db.T),
+        "served vector": (served.query(huse_q, visual_q) @ db.T,
+                          served.query(huse_t, None) @ db.T),
+    }
+    out: dict[str, Any] = {"queries": len(query_ids), "k": k,
+                           "visual_weight": served.visual_weight, "spaces": {}}
+    for name, (photo_scores, title_scores) in spaces.items():
+        photo = ranked_ids(photo_scores, ids, k + 1)
+        title = ranked_ids(title_scores, ids, k + 1)
+        p = precision_at_k(query_ids, photo, table, k=k)
+        out["spaces"][name] = {
+            "instance_r1": instance_recall_at_1(query_ids, photo),
+            "leaf_p10": p.pop("leaf"), "attr_p10": p,
+            "title_leaf_p10": precision_at_k(query_ids, title, {"leaf": table["leaf"]},
+                                             k=k)["leaf"],
+        }
+    return out

@@ -26,7 +26,12 @@ async def search(
     category: Annotated[
         str | None, Form(description='category prefix filter, e.g. "Footwear"')
     ] = None,
+    visual_weight: Annotated[
+        float | None,
+        Form(ge=0.0, le=1.0, description="0: same kind of product, 1: looks alike "
+             "(default: the model's validated value; title-only queries ignore it)"),
+    ] = None,
 ) -> SearchPublic:
     data = await read_upload(image, services.settings.max_upload_bytes)
     k = k if k is not None else services.settings.default_k
-    return await services.search(data, title, product_id, k, category)
+    return await services.search(data, title, product_id, k, category, visual_weight)
