@@ -14,12 +14,15 @@ alone; a product without an image is stored as [h, 0] (unit) and ranks by HUSE a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 BLOCK_SCALE = float(np.sqrt(0.5))  # each unit block of a stored vector: norm 1/sqrt(2)
+WHITEN_FLOOR = 1e-3  # axes with less spread than this share of the first are not blown up
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
@@ -30,19 +33,27 @@ def l2n(x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class VisualBlock:
     """PCA of L2-normalised frozen image features, fitted on the training split: the visual
-    block is the unit-normalised projection onto the top components."""
+    block is the unit-normalised projection onto the top components, each axis divided by its
+    standard deviation to the power `whiten` (0: plain PCA, 1: full whitening). Whitening lets
+    the fine detail that tells two look-alike products apart weigh as much as the coarse layout
+    and colour a whole class shares; the power is chosen on validation photos."""
 
     mean: np.ndarray  # (D,) mean of the unit training features
-    components: np.ndarray  # (r, D) principal axes, rows orthonormal
+    components: np.ndarray  # (r, D) principal axes, scaled by std ** -whiten
 
     @classmethod
-    def fit(cls, image_feats: np.ndarray, dim: int) -> VisualBlock:
+    def fit(cls, image_feats: np.ndarray, dim: int, whiten: float = 0.0) -> VisualBlock:
         x = l2n(image_feats).astype(np.float64)
         if dim < 1 or dim > min(x.shape):
             raise ValueError(f"visual dim must be in [1, {min(x.shape)}], got {dim}")
+        if not 0.0 <= whiten <= 1.0:
+            raise ValueError(f"whiten must be in [0, 1], got {whiten}")
         mean = x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-        return cls(mean.astype(np.float32), np.ascontiguousarray(vt[:dim], dtype=np.float32))
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        std = s[:dim] / np.sqrt(max(len(x) - 1, 1))
+        scale = np.maximum(std, WHITEN_FLOOR * std[0]) ** -whiten
+        axes = vt[:dim] * scale[:, None]
+        return cls(mean.astype(np.float32), np.ascontiguousarray(axes, dtype=np.float32))
 
     @property
     def dim(self) -> int:
@@ -127,6 +138,27 @@ class ServedSpace:
     def visual_dim(self) -> int:
         return self.block.dim
 
+    def config(self) -> dict[str, Any]:
+        """The bundle config's "photo_search" entries (the arrays go to VISUAL_FILE)."""
+        return {"visual_dim": self.visual_dim, "visual_weight": self.visual_weight,
+                "near_duplicate_threshold": self.near_duplicate_threshold}
+
+    def save(self, path: Path) -> None:
+        """VISUAL_FILE arrays, written to a temp name then renamed (atomic)."""
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **self.block.arrays())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, config: dict[str, Any]) -> ServedSpace:
+        with np.load(path, allow_pickle=False) as z:
+            block = VisualBlock.from_arrays({k: z[k] for k in z.files})
+        if block.dim != config["visual_dim"]:
+            raise ValueError(f"{path}: visual block of dim {block.dim}, config says "
+                             f"{config['visual_dim']}")
+        return cls(block, float(config["visual_weight"]),
+                   float(config["near_duplicate_threshold"]))
+
     def stored(self, huse: np.ndarray, visual: np.ndarray) -> np.ndarray:
         """Index rows from HUSE embeddings and visual blocks (zero rows: no image)."""
         return stored_vectors(huse, visual)
@@ -155,3 +187,31 @@ def near_duplicates_of(index: Any, product_id: str, huse_dim: int, threshold: fl
     xq = visual_only_queries(index.vector(product_id)[None, :], huse_dim)
     hits = index.search(xq, k, exclude_ids=[product_id])[0]
     return [h for h in hits if h.score >= threshold]
+
+
+def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.ndarray | None,
+                  k: int, visual_weight: float | None = None,
+                  category_prefix: str | None = None) -> tuple[list[Any], str | None]:
+    """(hits, id of the recognised product or None) for one query against the served index.
+
+    A photo query (visual block given, weight > 0) first looks for the product itself: its
+    visually nearest product, when the visual cosine reaches the validated near-duplicate
+    threshold, is recognised and comes first (score: that cosine); the other k - 1 hits are then
+    that product's neighbours under the weight (its stored HUSE vector knows its title too, so
+    they share its class far more often than the photo's own neighbours do). Otherwise, and for
+    titles or weight 0, one weighted search: (1 - w) * cos(HUSE) + w * cos(visual)."""
+    w = served.visual_weight if visual_weight is None else visual_weight
+    if visual is not None and w > 0:
+        probe = query_vectors(np.zeros((1, len(huse)), np.float32), visual[None, :], 1.0,
+                              served.visual_dim)
+        top = index.search(probe, 1, category_prefix=category_prefix)[0]
+        if top and top[0].score >= served.near_duplicate_threshold:
+            found = top[0]
+            rest: list[Any] = []
+            if k > 1:
+                xq = served.requery(index.vector(found.id)[None, :], w)
+                rest = index.search(xq, k - 1, category_prefix=category_prefix,
+                                    exclude_ids=[found.id])[0]
+            return [found, *rest], found.id
+    xq = served.query(huse[None, :], None if visual is None else visual[None, :], w)
+    return index.search(xq, k, category_prefix=category_prefix)[0], None

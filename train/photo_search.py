@@ -1,25 +1,30 @@
-"""Pick the served vector's default visual weight and the near-duplicate threshold on the
-validation split's photo queries (train.photo_eval), against an index of every product.
+"""Choose the served space (embedder.visual) on the validation split's photo queries
+(train.photo_eval: cropped, mirrored, JPEG re-encoded) against every product, and score it.
 
-Selection rule (stored in the bundle with the validation scores it was made from):
-- visual weight: the highest leaf precision@10 among the grid weights whose validation instance
-  recall@1 is at least `min_instance_r1`; when none reaches it, the highest instance recall@1
-  (ties: higher leaf precision@10, then the smaller weight);
-- near-duplicate threshold: the visual cosine that best separates a photo query's own product
-  from its nearest other product (Youden's J over validation queries: the share of own products
-  at or above it minus the share of nearest others at or above it).
+The grid: visual block size and whitening strength (VisualBlock), then the query weight w of the
+visual block. For each block the near-duplicate threshold is the visual cosine that best
+separates a photo's own product from its nearest other product (Youden's J: the share of own
+products at or above it minus the share of nearest others at or above it). Selection rule:
+1. candidates: settings whose validation instance recall@1 is at least `min_instance_r1` and
+   whose precision@10 on every attribute column is at least the frozen backbone's (the served
+   vector must not find fewer look-alikes than the raw features);
+2. among them the highest leaf precision@10 (ties: the smaller weight);
+3. without candidates: the settings that reach `min_instance_r1`, best worst-column gap to the
+   frozen backbone; without those, the highest instance recall@1.
+Photo searches are scored exactly as `embedder.visual.served_search` answers them (recognition,
+then the recognised product's neighbours), here in numpy over the validation split.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from embedder.visual import ServedSpace, VisualBlock, l2n, query_vectors, stored_vectors
+from embedder.visual import ServedSpace, VisualBlock, l2n, query_vectors, split_stored
 from train.photo_eval import (
     instance_recall_at_1,
     photo_query_features,
@@ -31,114 +36,167 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHT = 0.5  # without validation photos: HUSE and visual cosines weigh the same
 IDENTICAL = 1.0 - 1e-4  # without validation photos only identical images are near duplicates
+LEAF = "leaf"
+K = 10
 
-RULE = ("highest validation leaf P@10 among visual weights with validation instance R@1 >= "
-        "{min_r1}; near-duplicate threshold: Youden's J of own-product vs nearest-other visual "
-        "cosine on validation photos")
+RULE = ("validation photo queries: among settings with instance R@1 >= {min_r1} and every "
+        "attribute column's P@10 >= the frozen backbone's, the highest leaf P@10 (ties: smaller "
+        "weight); near-duplicate threshold: Youden's J of own-product vs nearest-other visual "
+        "cosine")
 
 
 @dataclass(frozen=True)
 class PhotoSearchChoice:
-    visual_weight: float
+    setting: dict[str, float]  # visual_dim, whiten, visual_weight
     near_duplicate_threshold: float
     rule: str
-    validation: dict[str, dict[str, float]] = field(default_factory=dict)  # weight -> scores
+    validation: list[dict[str, Any]] = field(default_factory=list)  # every setting's scores
+    frozen: dict[str, float] = field(default_factory=dict)  # the frozen backbone's, same queries
 
     def to_dict(self) -> dict:
-        return {"visual_weight": self.visual_weight,
-                "near_duplicate_threshold": self.near_duplicate_threshold,
-                "rule": self.rule, "validation": self.validation}
+        return {"setting": self.setting, "near_duplicate_threshold": self.near_duplicate_threshold,
+                "rule": self.rule, "frozen": self.frozen, "validation": self.validation}
 
 
-def score_weights(db: np.ndarray, ids: Sequence[str], huse_q: np.ndarray, visual_q: np.ndarray,
-                  query_ids: Sequence[str], leaf: dict[str, str], grid: Sequence[float],
-                  k: int = 10) -> dict[str, dict[str, float]]:
-    """{weight: {"instance_r1", "leaf_p10"}} of photo queries against stored rows `db`."""
-    out = {}
-    for w in grid:
-        xq = query_vectors(huse_q, visual_q, float(w), visual_q.shape[1])
-        ranked = ranked_ids(xq @ db.T, ids, k + 1)
-        out[f"{float(w):g}"] = {
-            "instance_r1": instance_recall_at_1(query_ids, ranked),
-            "leaf_p10": precision_at_k(query_ids, ranked, {"leaf": leaf}, k=k)["leaf"]}
-    return out
-
-
-def pick_weight(scores: dict[str, dict[str, float]], min_r1: float) -> float:
-    ok = [w for w, s in scores.items() if s["instance_r1"] >= min_r1]
-    if ok:
-        return float(max(ok, key=lambda w: (scores[w]["leaf_p10"], -float(w))))
-    return float(max(scores, key=lambda w: (scores[w]["instance_r1"], scores[w]["leaf_p10"],
-                                            -float(w))))
-
-
-def duplicate_threshold(visual_db: np.ndarray, ids: Sequence[str], visual_q: np.ndarray,
-                        query_ids: Sequence[str]) -> float:
+def duplicate_threshold(visual_db: np.ndarray, visual_q: np.ndarray,
+                        own_rows: np.ndarray) -> float:
     """Youden's J threshold between own-product and nearest-other visual cosines."""
     sims = visual_q @ visual_db.T
-    col = {pid: j for j, pid in enumerate(ids)}
-    own_cols = np.array([col[q] for q in query_ids])
-    rows = np.arange(len(query_ids))
-    own = sims[rows, own_cols]
-    sims[rows, own_cols] = -np.inf
+    rows = np.arange(len(own_rows))
+    own = sims[rows, own_rows].copy()
+    sims[rows, own_rows] = -np.inf
     other = sims.max(axis=1)
     candidates = np.unique(np.concatenate([own, other]))
     j = [(own >= t).mean() - (other >= t).mean() for t in candidates]
     return float(candidates[int(np.argmax(j))])
 
 
-def choose_photo_search(huse_db: np.ndarray, visual_db: np.ndarray, ids: Sequence[str],
-                        huse_q: np.ndarray, visual_q: np.ndarray, query_ids: Sequence[str],
-                        leaf: dict[str, str], grid: Sequence[float],
-                        min_instance_r1: float) -> PhotoSearchChoice:
-    """Validation photo queries (HUSE image embedding + visual block) against every product."""
-    db = stored_vectors(huse_db, visual_db)
-    scores = score_weights(db, ids, huse_q, visual_q, query_ids, leaf, grid)
-    weight = pick_weight(scores, min_instance_r1)
-    threshold = duplicate_threshold(visual_db, ids, visual_q, query_ids)
-    logger.info("visual weight %.2f, near-duplicate threshold %.3f (validation: %s)", weight,
-                threshold, scores)
-    return PhotoSearchChoice(weight, threshold, RULE.format(min_r1=min_instance_r1), scores)
+def served_scores(db: np.ndarray, huse_q: np.ndarray, visual_q: np.ndarray, weight: float,
+                  threshold: float, visual_dim: int) -> np.ndarray:
+    """(n_queries, n_products) scores whose ranking is served_search's answer: recognised
+    queries rank their product first, then its neighbours under the weight."""
+    huse_db, visual_db = split_stored(db, db.shape[1] - visual_dim)
+    scores = query_vectors(huse_q, visual_q, weight, visual_dim) @ db.T
+    if weight <= 0:
+        return scores
+    vis = visual_q @ visual_db.T
+    top = vis.argmax(axis=1)
+    recognised = vis[np.arange(len(top)), top] >= threshold
+    around = query_vectors(huse_db[top], visual_db[top], weight, visual_dim) @ db.T
+    around[np.arange(len(top)), top] = np.inf
+    return np.where(recognised[:, None], around, scores)
+
+
+def score_ranking(query_ids: Sequence[str], ranked: list[list[str]],
+                  table: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    p = precision_at_k(query_ids, ranked, table, k=K)
+    return {"instance_r1": instance_recall_at_1(query_ids, ranked), "leaf_p10": p.pop(LEAF),
+            "attr_p10": p}
+
+
+def pick(validation: list[dict[str, Any]], frozen_attr: Mapping[str, float],
+         min_r1: float) -> dict[str, Any]:
+    """The rule of the module docstring over scored settings."""
+    def gap(s: dict) -> float:
+        return min((s["attr_p10"][c] - v for c, v in frozen_attr.items()
+                    if np.isfinite(v) and np.isfinite(s["attr_p10"][c])), default=0.0)
+
+    recall_ok = [s for s in validation if s["instance_r1"] >= min_r1]
+    ok = [s for s in recall_ok if gap(s) >= 0]
+    if ok:
+        return max(ok, key=lambda s: (s["leaf_p10"], -s["visual_weight"]))
+    if recall_ok:
+        return max(recall_ok, key=lambda s: (gap(s), s["leaf_p10"]))
+    return max(validation, key=lambda s: (s["instance_r1"], s["leaf_p10"]))
+
+
+@dataclass(frozen=True)
+class PhotoGrid:
+    """The validated settings (TrainConfig fields photo_*)."""
+
+    visual_dims: tuple[int, ...]
+    whiten: tuple[float, ...]
+    weights: tuple[float, ...]
+    min_instance_r1: float
+
+
+def choose_served_space(huse_db: np.ndarray, image: np.ndarray, train_rows: np.ndarray,
+                        huse_q: np.ndarray, q_feats: np.ndarray, own_rows: np.ndarray,
+                        ids: Sequence[str], table: Mapping[str, Mapping[str, Any]],
+                        grid: PhotoGrid) -> tuple[ServedSpace, PhotoSearchChoice]:
+    """Fit a VisualBlock per (dim, whiten) on the training rows, score every weight on the
+    validation photo queries (rows own_rows of the catalog), apply the rule."""
+    query_ids = [ids[i] for i in own_rows]
+    frozen = score_ranking(query_ids, ranked_ids(l2n(q_feats) @ l2n(image).T, ids, K + 1), table)
+    validation, blocks = [], {}
+    for dim in grid.visual_dims:
+        for power in grid.whiten:
+            block = VisualBlock.fit(image[train_rows], min(dim, len(train_rows), image.shape[1]),
+                                    whiten=power)
+            visual_db, visual_q = block.transform(image), block.transform(q_feats)
+            threshold = duplicate_threshold(visual_db, visual_q, own_rows)
+            served = ServedSpace(block, DEFAULT_WEIGHT, threshold)
+            db = served.stored(huse_db, visual_db)
+            blocks[(block.dim, power)] = served
+            for w in grid.weights:
+                scores = served_scores(db, huse_q, visual_q, w, threshold, block.dim)
+                validation.append({"visual_dim": block.dim, "whiten": power, "visual_weight": w,
+                                   "near_duplicate_threshold": threshold,
+                                   **score_ranking(query_ids, ranked_ids(scores, ids, K + 1),
+                                                   table)})
+    best = pick(validation, frozen["attr_p10"], grid.min_instance_r1)
+    chosen = blocks[(best["visual_dim"], best["whiten"])]
+    served = ServedSpace(chosen.block, float(best["visual_weight"]),
+                         chosen.near_duplicate_threshold)
+    setting = {k: best[k] for k in ("visual_dim", "whiten", "visual_weight")}
+    logger.info("photo search: %s, threshold %.3f (val instance R@1 %.3f, leaf P@10 %.3f)",
+                setting, served.near_duplicate_threshold, best["instance_r1"], best["leaf_p10"])
+    return served, PhotoSearchChoice(setting, served.near_duplicate_threshold,
+                                     RULE.format(min_r1=grid.min_instance_r1), validation,
+                                     {"instance_r1": frozen["instance_r1"],
+                                      "leaf_p10": frozen["leaf_p10"], **frozen["attr_p10"]})
+
+
+def attribute_table(products: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """{column: {product id: value}}: the leaf category path, then every attribute column."""
+    columns = sorted({c for p in products for c in p.attributes})
+    return {LEAF: {p.id: p.category_path for p in products},
+            **{c: {p.id: p.attributes.get(c) or None for p in products} for c in columns}}
 
 
 def fit_served_space(bundle: Any, products: Sequence[Any], image: np.ndarray, text: np.ndarray,
-                     train_rows: np.ndarray, val_rows: np.ndarray, visual_dim: int,
-                     grid: Sequence[float], min_instance_r1: float, seed: int,
+                     train_rows: np.ndarray, val_rows: np.ndarray, grid: PhotoGrid, seed: int,
                      cache_dir: str | None = None, device: str | None = None,
                      ) -> tuple[ServedSpace, PhotoSearchChoice]:
-    """Fit the visual block (PCA on the training split's frozen image features), then choose
-    the default visual weight and near-duplicate threshold on the validation split's photo
-    queries against every product (validation photo features are cached like the catalog's)."""
+    """The served space of a trained bundle, chosen on the validation split's photo queries
+    (their backbone features are cached like the catalog's)."""
     from embedder.backbones import load_backbone
     from embedder.features import FeatureCache
 
-    block = VisualBlock.fit(image[train_rows], min(visual_dim, len(train_rows), image.shape[1]))
-    ids = [p.id for p in products]
-    huse_db = bundle.embed_features(image, text, [p.title for p in products])
-    visual_db = block.transform(image)
     if len(val_rows) == 0:
-        logger.info("no validation split: visual weight stays %.2f, only identical images are "
-                    "near duplicates", DEFAULT_WEIGHT)
+        dim = min(max(grid.visual_dims), len(train_rows), image.shape[1])
+        block = VisualBlock.fit(image[train_rows], dim, whiten=max(grid.whiten))
+        logger.info("no validation split: visual weight %.2f, only identical images are near "
+                    "duplicates", DEFAULT_WEIGHT)
         return ServedSpace(block, DEFAULT_WEIGHT, IDENTICAL), PhotoSearchChoice(
-            DEFAULT_WEIGHT, IDENTICAL, "no validation split: defaults")
-    val = [products[i] for i in val_rows]
+            {"visual_dim": block.dim, "whiten": max(grid.whiten),
+             "visual_weight": DEFAULT_WEIGHT}, IDENTICAL, "no validation split: defaults")
     backbone = load_backbone(bundle.config["image_backbone"]["spec"], device=device)
     with FeatureCache(cache_dir or None) as cache:
-        q_feats = photo_query_features(val, backbone, cache, seed)
-    choice = choose_photo_search(
-        huse_db, visual_db, ids, bundle.embed_features(image_feats=q_feats),
-        block.transform(q_feats), [p.id for p in val],
-        {p.id: p.category_path for p in products}, grid, min_instance_r1)
-    return ServedSpace(block, choice.visual_weight, choice.near_duplicate_threshold), choice
+        q_feats = photo_query_features([products[i] for i in val_rows], backbone, cache, seed)
+    huse_db = bundle.embed_features(image, text, [p.title for p in products])
+    return choose_served_space(huse_db, image, train_rows,
+                               bundle.embed_features(image_feats=q_feats), q_feats,
+                               np.asarray(val_rows), [p.id for p in products],
+                               attribute_table(products), grid)
 
 
 def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: np.ndarray,
                  text_backbone_feats: np.ndarray, query_rows: np.ndarray, seed: int,
-                 cache_dir: str | None = None, device: str | None = None,
-                 k: int = 10) -> dict[str, Any]:
+                 cache_dir: str | None = None, device: str | None = None) -> dict[str, Any]:
     """The report's photo-search section: the query rows' photos (cropped, mirrored, JPEG) and
-    titles against an index of every product, for the served vector (default weight), the
-    universal space alone (weight 0) and the frozen backbones alone (cosine)."""
+    titles against every product, for the served space (default weight, as served_search
+    answers), the universal space alone and the frozen backbones alone (cosine)."""
     from embedder.backbones import load_backbone
     from embedder.features import FeatureCache
 
@@ -146,9 +204,7 @@ def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: 
     ids = [p.id for p in products]
     qp = [products[i] for i in query_rows]
     query_ids = [p.id for p in qp]
-    columns = sorted({c for p in products for c in p.attributes})
-    table = {"leaf": {p.id: p.category_path for p in products},
-             **{c: {p.id: p.attributes.get(c) or None for p in products} for c in columns}}
+    table = attribute_table(products)
     backbone = load_backbone(bundle.config["image_backbone"]["spec"], device=device)
     with FeatureCache(cache_dir or None) as cache:
         q_feats = photo_query_features(qp, backbone, cache, seed)
@@ -156,25 +212,21 @@ def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: 
     huse_q = bundle.embed_features(image_feats=q_feats)
     huse_t = bundle.embed_features(text_feats=text[query_rows], titles=[p.title for p in qp])
     db = served.stored(huse_db, served.block.transform(image))
-    visual_q = served.block.transform(q_feats)
-    frozen_db, frozen_t = l2n(image), l2n(text_backbone_feats)
+    frozen_t = l2n(text_backbone_feats)
     spaces = {
-        "frozen backbone (cosine)": (l2n(q_feats) @ frozen_db.T,
+        "frozen backbone (cosine)": (l2n(q_feats) @ l2n(image).T,
                                      frozen_t[query_rows] @ frozen_t.T),
         "universal space alone": (huse_q @ huse_db.T, huse_t @ huse_db.T),
-        "served vector": (served.query(huse_q, visual_q) @ db.T,
-                          served.query(huse_t, None) @ db.T),
+        "served": (served_scores(db, huse_q, served.block.transform(q_feats),
+                                 served.visual_weight, served.near_duplicate_threshold,
+                                 served.visual_dim),
+                   served.query(huse_t, None) @ db.T),
     }
-    out: dict[str, Any] = {"queries": len(query_ids), "k": k,
-                           "visual_weight": served.visual_weight, "spaces": {}}
+    out: dict[str, Any] = {"queries": len(query_ids), "k": K, "query_seed": seed,
+                           "served": served.config(), "spaces": {}}
     for name, (photo_scores, title_scores) in spaces.items():
-        photo = ranked_ids(photo_scores, ids, k + 1)
-        title = ranked_ids(title_scores, ids, k + 1)
-        p = precision_at_k(query_ids, photo, table, k=k)
-        out["spaces"][name] = {
-            "instance_r1": instance_recall_at_1(query_ids, photo),
-            "leaf_p10": p.pop("leaf"), "attr_p10": p,
-            "title_leaf_p10": precision_at_k(query_ids, title, {"leaf": table["leaf"]},
-                                             k=k)["leaf"],
-        }
+        row = score_ranking(query_ids, ranked_ids(photo_scores, ids, K + 1), table)
+        title = ranked_ids(title_scores, ids, K + 1)
+        row["title_leaf_p10"] = precision_at_k(query_ids, title, {LEAF: table[LEAF]}, k=K)[LEAF]
+        out["spaces"][name] = row
     return out

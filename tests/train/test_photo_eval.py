@@ -21,7 +21,7 @@ from train.photo_eval import (
     query_seed,
     ranked_ids,
 )
-from train.photo_search import choose_photo_search, duplicate_threshold, pick_weight
+from train.photo_search import PhotoGrid, choose_served_space, duplicate_threshold, pick
 
 
 def _image() -> Image.Image:
@@ -93,28 +93,68 @@ def test_visual_block_round_trips_and_projects_to_unit_rows():
         block.transform(x[:, :5])
 
 
-def test_selection_rule_prefers_leaf_precision_among_weights_that_find_the_product():
-    scores = {"0": {"instance_r1": 0.2, "leaf_p10": 0.9}, "0.5": {"instance_r1": 0.98,
-              "leaf_p10": 0.8}, "1": {"instance_r1": 0.99, "leaf_p10": 0.7}}
-    assert pick_weight(scores, 0.97) == 0.5
-    assert pick_weight(scores, 0.995) == 1.0  # none qualifies: best instance recall
+def test_selection_rule_keeps_look_alikes_then_maximises_leaf_precision():
+    def row(w, r1, leaf, colour):
+        return {"visual_weight": w, "instance_r1": r1, "leaf_p10": leaf,
+                "attr_p10": {"colour": colour}}
+
+    rows = [row(0.0, 0.2, 0.95, 0.1), row(0.3, 0.98, 0.9, 0.25), row(0.6, 0.98, 0.85, 0.31),
+            row(1.0, 0.99, 0.7, 0.35)]
+    assert pick(rows, {"colour": 0.3}, 0.97)["visual_weight"] == 0.6
+    assert pick(rows, {"colour": 0.5}, 0.97)["visual_weight"] == 1.0  # closest to frozen
+    assert pick(rows, {"colour": 0.3}, 0.995)["visual_weight"] == 1.0  # best instance recall
 
 
-def test_choice_on_planted_data_finds_products_and_a_separating_threshold():
+def test_choice_on_planted_data_recognises_products_and_keeps_their_class():
     rng = np.random.default_rng(2)
     n = 40
-    leaf = {str(i): f"L{i % 4}" for i in range(n)}
-    ids = list(leaf)
+    ids = [str(i) for i in range(n)]
+    table = {"leaf": {str(i): f"L{i % 4}" for i in range(n)}}
     centres = rng.normal(size=(4, 8))
     huse = centres[np.arange(n) % 4] + 0.1 * rng.normal(size=(n, 8))  # class structure only
-    visual = rng.normal(size=(n, 6))  # instance structure only
-    visual /= np.linalg.norm(visual, axis=1, keepdims=True)
-    q = visual[:10] + 0.05 * rng.normal(size=(10, 6))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    choice = choose_photo_search(huse, visual, ids, centres[np.arange(10) % 4], q, ids[:10], leaf,
-                                 (0.0, 0.5, 1.0), 0.97)
-    assert choice.visual_weight == 0.5  # finds itself and keeps the class neighbours
-    assert choice.validation["0"]["instance_r1"] < 0.97 <= choice.validation["0.5"]["instance_r1"]
-    t = duplicate_threshold(visual, ids, q, ids[:10])
-    own = (q * visual[:10]).sum(axis=1)
-    assert own.min() >= t > 0.5
+    image = rng.normal(size=(n, 12)).astype(np.float32)  # instance structure only
+    q = image[:10] + 0.05 * rng.normal(size=(10, 12)).astype(np.float32)
+    grid = PhotoGrid(visual_dims=(12,), whiten=(0.0,), weights=(0.0, 0.5, 1.0),
+                     min_instance_r1=0.97)
+    served, choice = choose_served_space(huse, image, np.arange(n), centres[np.arange(10) % 4],
+                                         q, np.arange(10), ids, table, grid)
+    scores = {s["visual_weight"]: s for s in choice.validation}
+    assert scores[0.0]["instance_r1"] < 0.97 <= scores[0.5]["instance_r1"]
+    assert served.visual_weight == 0.5 and choice.setting["visual_weight"] == 0.5
+    assert scores[0.5]["leaf_p10"] > scores[1.0]["leaf_p10"]
+    visual = served.block.transform(image)
+    t = duplicate_threshold(visual, served.block.transform(q), np.arange(10))
+    assert t == served.near_duplicate_threshold
+    assert (served.block.transform(q) * visual[:10]).sum(axis=1).min() >= t > 0.5
+
+
+def test_served_search_recognises_the_product_then_lists_its_neighbours(tmp_path):
+    from embedder.visual import ServedSpace, served_search
+    from index.build import build_product_index
+    from index.store import ProductIndex, ProductRecord
+
+    rng = np.random.default_rng(3)
+    n, d = 12, 8
+    centres = rng.normal(size=(3, d))
+    huse = centres[np.arange(n) % 3] + 0.05 * rng.normal(size=(n, d))
+    feats = rng.normal(size=(n, 20)).astype(np.float32)
+    block = VisualBlock.fit(feats, 6)
+    visual = block.transform(feats)
+    served = ServedSpace(block, visual_weight=0.3, near_duplicate_threshold=0.9)
+    records = [ProductRecord(id=f"p{i}", title=f"t{i}", category=f"C{i % 3}", image="",
+                             attributes={}) for i in range(n)]
+    build_product_index(tmp_path / "ix", records, served.stored(huse, visual), "fp",
+                        factory="Flat")
+    with ProductIndex.open(tmp_path / "ix", expected_fingerprint="fp") as index:
+        photo = block.transform(feats[4:5] + 0.01 * rng.normal(size=(1, 20)))[0]
+        photo_huse = centres[1]  # the photo's HUSE side knows only the class
+        hits, recognised = served_search(index, served, photo_huse, photo, k=4)
+        assert recognised == "p4" and hits[0].id == "p4"
+        assert {h.id for h in hits[1:]} == {"p1", "p7", "p10"}  # p4's class neighbours
+        hits, recognised = served_search(index, served, photo_huse, photo, k=4, visual_weight=0)
+        assert recognised is None and {h.id for h in hits} == {"p1", "p4", "p7", "p10"}
+        far = block.transform(rng.normal(size=(1, 20)))[0]  # looks like nothing indexed
+        hits, recognised = served_search(index, served, photo_huse, far, k=3)
+        assert recognised is None and len(hits) == 3
+        hits, recognised = served_search(index, served, centres[2], None, k=4)  # a title
+        assert recognised is None and {h.id for h in hits} == {"p2", "p5", "p8", "p11"}
