@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from embedder.bundle import LABEL_SEPARATOR
+from huse_common.categories import join_path, split_path
 
 
 class CategoryFacetPublic(BaseModel):
@@ -69,12 +69,12 @@ def facets(index: Any, max_values: int) -> FacetsPublic:
     leaf_counts, attribute_counts = index.facet_counts()
     prefixes: dict[str, int] = {}
     for path, count in leaf_counts.items():
-        levels = path.split(LABEL_SEPARATOR)
+        levels = split_path(path)
         for depth in range(1, len(levels) + 1):
-            prefix = LABEL_SEPARATOR.join(levels[:depth])
+            prefix = join_path(levels[:depth])
             prefixes[prefix] = prefixes.get(prefix, 0) + count
     categories = [
-        CategoryFacetPublic(path=p, depth=p.count(LABEL_SEPARATOR) + 1, count=n)
+        CategoryFacetPublic(path=p, depth=len(split_path(p)), count=n)
         for p, n in sorted(prefixes.items())
     ]
     attributes = [
