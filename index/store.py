@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.atomic import replacing, sha256_file, write_atomic
 from index.arrays import as_matrix
-from index.atomic import replacing, sha256_file, write_atomic
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
 from index.metadata import MetadataStore, ProductRecord
 from index.plan import IndexPlan
@@ -361,6 +361,12 @@ class ProductIndex:
         with self._lock.read():
             self._check_open()
             return self._meta.image_in_use(image)
+
+    def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """(products per category path, {attribute: {value: products}}) over live products."""
+        with self._lock.read():
+            self._check_open()
+            return self._meta.facet_counts()
 
     def vector(self, product_id: str) -> np.ndarray:
         with self._lock.read():
