@@ -236,23 +236,25 @@ class Services:
             if image_bytes is not None or self.check_title(title):
                 raise ValueError("send either product_id or an image/title, not both")
             stored = await run_in_threadpool(self.index.vector, product_id)
-            xq = self.bundle.served_requery(stored[None, :], visual_weight)[0]
-            exclude, kind = [product_id], "product"
-        else:
-            query = await self.parse_query(image_bytes, title)
-            parts = await self.embed(query)
-            xq = self.bundle.served_query(parts[None, :], query.image is not None,
-                                          visual_weight)[0]
-            exclude, kind = None, query.kind
+            xq = self.bundle.served_requery(stored[None, :], visual_weight)
+            with self.metrics.stage("search"):
+                hits = await run_in_threadpool(
+                    self.index.search, xq, k, category_prefix=category, exclude_ids=[product_id]
+                )
+            return search_public(hits[0], "product")
+        query = await self.parse_query(image_bytes, title)
+        parts = await self.embed(query)
         with self.metrics.stage("search"):
-            hits = await run_in_threadpool(
-                self.index.search,
-                np.asarray(xq, dtype=np.float32)[None, :],
+            hits, _ = await run_in_threadpool(
+                self.bundle.served_search,
+                self.index,
+                parts,
+                query.image is not None,
                 k,
-                category_prefix=category,
-                exclude_ids=exclude,
+                visual_weight,
+                category,
             )
-        return search_public(hits[0], kind)
+        return search_public(hits, query.kind)
 
     async def near_duplicates(
         self, product_id: str, threshold: float | None, k: int | None

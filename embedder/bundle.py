@@ -27,6 +27,7 @@ from embedder.classify import (
 )
 from embedder.errors import BundleError
 from embedder.tfidf import TfidfText
+from embedder.visual import ServedSpace, served_search
 from huse_common.vectors import PLAIN_SUM, fuse
 
 __all__ = ["PATH_KEY", "Bundle", "BackboneInfo", "BundleConfig", "TfidfText", "class_centroids"]
@@ -42,7 +43,8 @@ class Bundle:
     def __init__(self, config: BundleConfig, model: Any, labels: Mapping[str, list[str]],
                  centroids: Mapping[str, np.ndarray] | None = None,
                  tfidf: TfidfText | None = None, device: str = "cpu", path: Path | None = None,
-                 image_engine: str = "torch", files: Mapping[str, bytes] | None = None):
+                 image_engine: str = "torch", files: Mapping[str, bytes] | None = None,
+                 served: ServedSpace | None = None):
         heads = config.head_names
         if list(labels) != heads:
             raise BundleError(f"label heads {list(labels)} differ from config heads {heads}")
@@ -67,6 +69,9 @@ class Bundle:
         self.path = path
         self.image_engine = image_engine  # "torch" or "onnx" (see backbones.load_backbone)
         self._backbones: dict[str, Any] = {}
+        self.served = served  # the index's space beside HUSE (embedder.visual); None: HUSE alone
+        if served is not None and not config.photo_search:
+            raise BundleError("a served space needs its photo_search config entries")
         self._files = dict(files) if files is not None else None
         self._ancestors: np.ndarray | None = None
 
@@ -78,9 +83,12 @@ class Bundle:
                      fusion_image_weight: float = PLAIN_SUM,
                      loss_weights: Mapping[str, float] | None = None,
                      train_config: Mapping[str, Any] | None = None,
+                     served: ServedSpace | None = None,
+                     photo_search: Mapping[str, Any] | None = None,
                      device: str = "cpu") -> Bundle:
         """A bundle around a trained HuseModel: the config is derived from the model's shapes
-        and the arguments, once; nothing is edited afterwards."""
+        and the arguments, once; nothing is edited afterwards. `photo_search`: how `served` was
+        chosen (rule, validation scores), kept in config.json beside its settings."""
         def shape(tower: Any) -> TowerShape:
             return TowerShape(tower.in_dim, tuple(tower.hidden), tower.dropout)
 
@@ -91,8 +99,9 @@ class Bundle:
             logit_scale=model.logit_scale, tfidf_dim=tfidf.dim if tfidf is not None else 0,
             fusion_image_weight=float(fusion_image_weight), other_threshold=other_threshold,
             versions=package_versions(), loss_weights=dict(loss_weights or {}),
-            train_config=dict(train_config or {}))
-        return cls(config, model.cpu(), labels, centroids, tfidf, device=device)
+            train_config=dict(train_config or {}),
+            photo_search={**served.config(), **(photo_search or {})} if served else {})
+        return cls(config, model.cpu(), labels, centroids, tfidf, device=device, served=served)
 
     # --- properties of the contract ---
     @property
@@ -125,7 +134,7 @@ class Bundle:
         """{file name: bytes} of every model file: as read by `load`, else serialised once."""
         if self._files is None:
             self._files = bundle_io.serialize(bundle_io.BundleParts(
-                self.config, self.model, self.labels, self.centroids, self.tfidf))
+                self.config, self.model, self.labels, self.centroids, self.tfidf, self.served))
         return self._files
 
     @property
@@ -203,6 +212,11 @@ class Bundle:
 
         `pixels` instead of `images`: the output of `preprocess`.
         """
+        return self.embed_features(*self._features(images, texts, pixels), titles=texts)
+
+    def _features(self, images: Sequence[Any] | None, texts: Sequence[str] | None,
+                  pixels: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Frozen backbone features of the inputs of `embed`, checked."""
         if images is not None and pixels is not None:
             raise ValueError("give images or pixels, not both")
         n_images = len(images) if images is not None else None
@@ -218,7 +232,65 @@ class Bundle:
         elif images is not None:
             image_feats = self.backbone("image").encode(list(images))
         text_feats = self.backbone("text").encode(list(texts)) if texts is not None else None
-        return self.embed_features(image_feats, text_feats, titles=texts)
+        return image_feats, text_feats
+
+    # --- the served space (embedder.visual): what the index holds and how it is queried ---
+    @property
+    def index_dim(self) -> int:
+        """Width of the index rows: HUSE, plus the visual block when there is one."""
+        return self.dim + (self.served.visual_dim if self.served is not None else 0)
+
+    @property
+    def near_duplicate_threshold(self) -> float:
+        if self.served is None:
+            raise BundleError("this bundle has no visual block: near duplicates need one")
+        return self.served.near_duplicate_threshold
+
+    def index_vectors(self, image_feats: np.ndarray | None, text_feats: np.ndarray | None,
+                      titles: Sequence[str] | None = None) -> np.ndarray:
+        """(n, index_dim) rows the index stores for products given by frozen features."""
+        huse = self.embed_features(image_feats, text_feats, titles)
+        if self.served is None:
+            return huse
+        visual = (self.served.block.transform(image_feats) if image_feats is not None
+                  else np.zeros((len(huse), self.served.visual_dim), np.float32))
+        return self.served.stored(huse, visual)
+
+    def embed_parts(self, images: Sequence[Any] | None = None,
+                    texts: Sequence[str] | None = None,
+                    pixels: np.ndarray | None = None) -> np.ndarray:
+        """(n, index_dim): the HUSE embedding (first `dim` columns, as `embed`) beside the
+        visual block of the image (zeros without one); the input of `served_*`."""
+        image_feats, text_feats = self._features(images, texts, pixels)
+        huse = self.embed_features(image_feats, text_feats, titles=texts)
+        if self.served is None:
+            return huse
+        visual = (self.served.block.transform(image_feats) if image_feats is not None
+                  else np.zeros((len(huse), self.served.visual_dim), np.float32))
+        return np.hstack([huse, visual])
+
+    def served_stored(self, parts: np.ndarray, has_image: bool) -> np.ndarray:
+        """Index rows from `embed_parts` rows."""
+        if self.served is None:
+            return parts
+        visual = parts[:, self.dim:] if has_image else np.zeros_like(parts[:, self.dim:])
+        return self.served.stored(parts[:, :self.dim], visual)
+
+    def served_search(self, index: Any, parts: np.ndarray, has_image: bool, k: int,
+                      visual_weight: float | None = None,
+                      category_prefix: str | None = None) -> tuple[list[Any], str | None]:
+        """(hits, recognised product id or None) of one `embed_parts` row against the index
+        (embedder.visual.served_search); without a visual block, a plain HUSE search."""
+        if self.served is None:
+            return index.search(parts[None, :], k, category_prefix=category_prefix)[0], None
+        return served_search(index, self.served, parts[:self.dim],
+                             parts[self.dim:] if has_image else None, k, visual_weight,
+                             category_prefix)
+
+    def served_requery(self, stored: np.ndarray, visual_weight: float | None = None
+                       ) -> np.ndarray:
+        """Query rows from index rows ("more like this" an indexed product)."""
+        return stored if self.served is None else self.served.requery(stored, visual_weight)
 
     # --- classification (embedder.classify) ---
     def head_probs(self, emb: np.ndarray) -> dict[str, np.ndarray]:
@@ -275,4 +347,5 @@ class Bundle:
         root = Path(bundle_dir)
         parts, files = bundle_io.read_files(root)
         return cls(parts.config, parts.model, parts.labels, parts.centroids, parts.tfidf,
-                   device=device, path=root, image_engine=image_engine, files=files)
+                   device=device, path=root, image_engine=image_engine, files=files,
+                   served=parts.served)

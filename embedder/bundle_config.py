@@ -64,6 +64,10 @@ class BundleConfig:
     format_version: int = FORMAT_VERSION
     versions: Mapping[str, str] = field(default_factory=package_versions)
     loss_weights: Mapping[str, float] = field(default_factory=dict)  # provenance
+    # The served space (embedder.visual.ServedSpace.config; its arrays are visual.npz):
+    # visual_dim, visual_weight, near_duplicate_threshold, whiten, and the selection rule. Empty:
+    # the index holds the HUSE embedding alone (bundles from before it existed).
+    photo_search: Mapping[str, Any] = field(default_factory=dict)
     train_config: Mapping[str, Any] = field(default_factory=dict)  # provenance, as saved
     extra: Mapping[str, Any] = field(default_factory=dict)  # unknown keys, kept as saved
 
@@ -113,6 +117,7 @@ class BundleConfig:
             "loss_weights": dict(self.loss_weights),
             "other_threshold": self.other_threshold,
             "train_config": dict(self.train_config),
+            **({"photo_search": dict(self.photo_search)} if self.photo_search else {}),
         }
 
     @classmethod
@@ -142,6 +147,7 @@ class BundleConfig:
                 versions=dict(d.get("versions", {})),
                 loss_weights=dict(d.get("loss_weights", {})),
                 train_config=dict(d.get("train_config", {})),
+                photo_search=dict(d.get("photo_search", {})),
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as e:

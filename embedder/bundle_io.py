@@ -8,6 +8,8 @@ Directory layout (format version 1):
 - `centroids.npz`: one (C_head, d) float32 array per head (unit-norm means of the training
   split's fused embeddings); written with fixed zip timestamps, so equal arrays give equal bytes;
 - `tfidf.json` when the text tower takes TF-IDF: vocabulary, idf, n-gram range (no pickle);
+- `visual.npz` when the index holds the served space (embedder.visual): the visual block's PCA
+  mean and (whitened) components; its settings are config.json's "photo_search";
 - `report.json`, `report.md`, `plots/*.png` beside them (train.report): they describe the
   bundle and record its fingerprint, so they are not part of it.
 
@@ -40,7 +42,8 @@ WEIGHTS_FILE = "towers.safetensors"
 LABELS_FILE = "labels.json"
 CENTROIDS_FILE = "centroids.npz"
 TFIDF_FILE = "tfidf.json"
-OPTIONAL_FILES = (CENTROIDS_FILE, TFIDF_FILE)
+VISUAL_FILE = "visual.npz"
+OPTIONAL_FILES = (CENTROIDS_FILE, TFIDF_FILE, VISUAL_FILE)
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE, *OPTIONAL_FILES)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: npz bytes depend on data only
 
@@ -77,6 +80,7 @@ class BundleParts:
     labels: dict[str, list[str]]
     centroids: dict[str, np.ndarray]
     tfidf: TfidfText | None
+    served: Any = None  # embedder.visual.ServedSpace | None
 
 
 def serialize(parts: BundleParts) -> dict[str, bytes]:
@@ -94,6 +98,8 @@ def serialize(parts: BundleParts) -> dict[str, bytes]:
                                            for h in parts.labels})
     if parts.tfidf is not None:
         files[TFIDF_FILE] = json_bytes(parts.tfidf.to_dict())
+    if parts.served is not None:
+        files[VISUAL_FILE] = npz_bytes(parts.served.block.arrays())
     return files
 
 
@@ -169,7 +175,17 @@ def read_files(root: Path) -> tuple[BundleParts, dict[str, bytes]]:
         if tfidf.dim != config.tfidf_dim:
             raise BundleError(f"{root}/{TFIDF_FILE}: {tfidf.dim} terms, config says "
                               f"{config.tfidf_dim}")
-    return BundleParts(config, model, labels, centroids, tfidf), files
+    served = None
+    if config.photo_search:
+        from embedder.visual import ServedSpace
+
+        files[VISUAL_FILE] = _read(root, VISUAL_FILE)
+        try:
+            served = ServedSpace.from_bytes(files[VISUAL_FILE], config.photo_search,
+                                            config.image_backbone.dim)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise BundleError(f"{root}/{VISUAL_FILE}: {e}") from e
+    return BundleParts(config, model, labels, centroids, tfidf, served), files
 
 
 def _check_state(root: Path, expected: Mapping[str, Any], state: Mapping[str, Any]) -> None:

@@ -14,20 +14,22 @@ alone; a product without an image is stored as [h, 0] (unit) and ranks by HUSE a
 
 from __future__ import annotations
 
-import os
+import io
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from huse_common.vectors import l2_normalize
 
 BLOCK_SCALE = float(np.sqrt(0.5))  # each unit block of a stored vector: norm 1/sqrt(2)
 WHITEN_FLOOR = 1e-3  # axes with less spread than this share of the first are not blown up
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """float32 unit rows (huse_common.vectors.l2_normalize)."""
+    return l2_normalize(np.asarray(x, dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,6 @@ def visual_only_queries(stored: np.ndarray, huse_dim: int) -> np.ndarray:
     return query_vectors(huse, visual, 1.0, visual.shape[1])
 
 
-VISUAL_FILE = "visual.npz"  # the bundle's VisualBlock arrays
-
-
 @dataclass(frozen=True)
 class ServedSpace:
     """What the index holds for a bundle: HUSE + visual block, with the validated defaults
@@ -139,25 +138,23 @@ class ServedSpace:
         return self.block.dim
 
     def config(self) -> dict[str, Any]:
-        """The bundle config's "photo_search" entries (the arrays go to VISUAL_FILE)."""
+        """The bundle config's "photo_search" entries (the arrays are the bundle's visual.npz)."""
         return {"visual_dim": self.visual_dim, "visual_weight": self.visual_weight,
                 "near_duplicate_threshold": self.near_duplicate_threshold}
 
-    def save(self, path: Path) -> None:
-        """VISUAL_FILE arrays, written to a temp name then renamed (atomic)."""
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **self.block.arrays())
-        os.replace(tmp, path)
-
     @classmethod
-    def load(cls, path: Path, config: dict[str, Any]) -> ServedSpace:
-        with np.load(path, allow_pickle=False) as z:
+    def from_bytes(cls, data: bytes, config: Mapping[str, Any], image_dim: int) -> ServedSpace:
+        """Parse visual.npz against the config's photo_search entries (ValueError if they
+        disagree with each other or with the image backbone's width)."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             block = VisualBlock.from_arrays({k: z[k] for k in z.files})
-        if block.dim != config["visual_dim"]:
-            raise ValueError(f"{path}: visual block of dim {block.dim}, config says "
-                             f"{config['visual_dim']}")
-        return cls(block, float(config["visual_weight"]),
-                   float(config["near_duplicate_threshold"]))
+        if block.dim != int(config["visual_dim"]) or block.in_dim != image_dim:
+            raise ValueError(f"visual block maps {block.in_dim} -> {block.dim}; the config says "
+                             f"{image_dim} -> {config['visual_dim']}")
+        weight = float(config["visual_weight"])
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"visual_weight must be in [0, 1], got {weight}")
+        return cls(block, weight, float(config["near_duplicate_threshold"]))
 
     def stored(self, huse: np.ndarray, visual: np.ndarray) -> np.ndarray:
         """Index rows from HUSE embeddings and visual blocks (zero rows: no image)."""

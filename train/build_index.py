@@ -42,7 +42,7 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
         raise ValueError(f"{len(products)} products, {len(image_feats)} image rows, "
                          f"{len(text_feats)} text rows")
     titles = [p.title for p in products]
-    xb = bundle.embed_features(
+    xb = bundle.index_vectors(
         image_feats=image_feats if modality in ("fused", "image") else None,
         text_feats=text_feats if modality in ("fused", "text") else None,
         titles=titles,

@@ -48,11 +48,15 @@ class TrainConfig:
     logit_scale: float = 16.0  # heads see logit_scale * unit embedding (see HuseModel)
     use_tfidf: bool = True  # append TF-IDF of the title to the text features (as the paper)
     tfidf_max_features: int = 2000  # TF-IDF vocabulary size (unigrams + bigrams)
-    # --- losses: total = w_cls * L_cls + w_graph * L_graph + w_gap * L_gap ---
+    # --- losses: total = w_cls * L_cls + w_graph * L_graph + w_gap * L_gap + w_nce * L_nce ---
     w_cls: float = 1.0  # cross-entropy of the shared heads on image and text embeddings
     w_graph: float = 1.0  # semantic graph loss (pairwise distances toward class-name distances)
     w_gap: float = 0.5  # cross-modal gap loss (image and text of one product pulled together)
     graph_margin: float = 0.5  # only class pairs with A_ij < margin are constrained
+    # symmetric InfoNCE between the image and text embeddings of the batch's products (pushes
+    # other products apart, which L_gap never does); 0 turns it off
+    w_nce: float = 1.0
+    nce_temperature: float = 0.05  # softmax temperature of L_nce (configured, not learned)
     # --- optimisation ---
     lr: float = 1e-3  # AdamW learning rate (constant; early stopping ends the run)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
@@ -76,6 +80,13 @@ class TrainConfig:
     fusion_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     # catalog column names by role when they differ, e.g. {"id": "sku", "title": "name"}
     catalog_columns: dict[str, str] = field(default_factory=dict)
+    # --- served space (embedder.visual): the index holds HUSE beside a visual block ---
+    # Grids searched on the validation split's photo queries (cropped, mirrored, JPEG) by the
+    # rule in train/photo_search.py; photo_visual_dims=() serves the HUSE embedding alone.
+    photo_visual_dims: tuple[int, ...] = (512, 1024)  # PCA components of the visual block
+    photo_whiten: tuple[float, ...] = (0.5, 0.75)  # whitening power of the visual block
+    photo_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    photo_min_instance_r1: float = 0.97  # photos must find their own product this often
     # --- index ---
     index_factory: str = "auto"  # FAISS factory string or "auto" (chosen by index size)
     # --- runtime ---
@@ -105,9 +116,19 @@ class TrainConfig:
         if self.oversample_percentile is not None and not 0 < self.oversample_percentile <= 100:
             raise ConfigError(f"oversample_percentile must be in (0, 100] or None, "
                              f"got {self.oversample_percentile}")
-        if min(self.w_cls, self.w_graph, self.w_gap) < 0:
+        if min(self.w_cls, self.w_graph, self.w_gap, self.w_nce) < 0:
             raise ConfigError(f"loss weights must be >= 0, got w_cls={self.w_cls}, "
                              f"w_graph={self.w_graph}, w_gap={self.w_gap}")
+        if self.nce_temperature <= 0:
+            raise ConfigError(f"nce_temperature must be > 0, got {self.nce_temperature}")
+        if (any(d < 1 for d in self.photo_visual_dims)
+                or not all(0.0 <= x <= 1.0 for x in (*self.photo_whiten, *self.photo_weights,
+                                                     self.photo_min_instance_r1))
+                or (self.photo_visual_dims and not (self.photo_whiten and self.photo_weights))):
+            raise ConfigError(f"photo_visual_dims must be >= 1, photo_whiten, photo_weights and "
+                              f"photo_min_instance_r1 in [0, 1] (grids non-empty), got "
+                              f"{self.photo_visual_dims}, {self.photo_whiten}, "
+                              f"{self.photo_weights}, {self.photo_min_instance_r1}")
         if self.logit_scale <= 0:
             raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
         weights = (*self.fusion_grid, *(() if self.fusion_image_weight is None

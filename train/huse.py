@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--factory", default=None,
                    help="FAISS factory or 'auto' (default: the bundle's training config)")
     s.add_argument("--cache-dir", help="feature cache")
+    s = sub.add_parser("near-duplicates", formatter_class=fmt,
+                       help="list indexed products that are the same item (CSV + HTML sheet)")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--index", required=True)
+    s.add_argument("--threshold", type=float, default=None,
+                   help="visual cosine (default: the bundle's, picked on validation photos)")
+    s.add_argument("--out", default=None, help="output dir (default: the index dir)")
     return p
 
 
@@ -126,6 +133,14 @@ def _build_index(args: argparse.Namespace) -> None:
                       cache_dir=args.cache_dir))
 
 
+def _near_duplicates(args: argparse.Namespace) -> None:
+    from train.near_duplicates import list_near_duplicates
+
+    csv_path, html_path, n = list_near_duplicates(args.bundle, args.index, args.threshold,
+                                                  args.out)
+    print(f"{n} near-duplicate pairs: {csv_path} {html_path}")
+
+
 def _train(args: argparse.Namespace) -> None:
     from train.pipeline import BUNDLE_DIR, run
 
@@ -141,7 +156,7 @@ def _train(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str | None, Callable[[argparse.Namespace], None]] = {
     "sample-catalog": _sample_catalog, "features": _features, "evaluate": _evaluate,
-    "build-index": _build_index, None: _train,
+    "build-index": _build_index, "near-duplicates": _near_duplicates, None: _train,
 }
 
 

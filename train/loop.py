@@ -22,7 +22,12 @@ from tqdm import tqdm
 from embedder.towers import HuseModel, fuse
 from huse_common.atomic import replacing
 from train.config import TrainConfig
-from train.losses import classification_loss, cross_modal_gap_loss, semantic_graph_loss
+from train.losses import (
+    classification_loss,
+    contrastive_loss,
+    cross_modal_gap_loss,
+    semantic_graph_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +84,10 @@ def compute_losses(
         torch.cat([e_img, e_txt]), torch.cat([y_leaf, y_leaf]), A, cfg.graph_margin
     )
     gap = cross_modal_gap_loss(e_img, e_txt)
-    total = cfg.w_cls * cls + cfg.w_graph * graph + cfg.w_gap * gap
-    return {"loss": total, "cls": cls, "graph": graph, "gap": gap, "fused": fuse(e_img, e_txt)}
+    nce = contrastive_loss(e_img, e_txt, cfg.nce_temperature) if cfg.w_nce else gap * 0.0
+    total = cfg.w_cls * cls + cfg.w_graph * graph + cfg.w_gap * gap + cfg.w_nce * nce
+    return {"loss": total, "cls": cls, "graph": graph, "gap": gap, "nce": nce,
+            "fused": fuse(e_img, e_txt)}
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
@@ -156,7 +163,7 @@ def train_model(
         if bad_epochs >= cfg.patience:
             break
         perm = data.train_idx[torch.randperm(n_train, generator=gen).numpy()]
-        sums = {"loss": 0.0, "cls": 0.0, "graph": 0.0, "gap": 0.0}
+        sums = {"loss": 0.0, "cls": 0.0, "graph": 0.0, "gap": 0.0, "nce": 0.0}
         for lo in range(0, n_train, cfg.batch_size):
             xi, xt, ys = _tensors(data, perm[lo : lo + cfg.batch_size], device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -173,6 +180,7 @@ def train_model(
         history.append({"epoch": epoch, "step": step, "train_loss": sums["loss"],
                         "val_loss": val_loss, "train_cls": sums["cls"],
                         "train_graph": sums["graph"], "train_gap": sums["gap"],
+                        "train_nce": sums["nce"],
                         "val_top1": val_top1})
         logger.info("epoch %d step %d: train loss %.4f, val loss %.4f, val top1 %.3f",
                     epoch, step, sums["loss"], val_loss, val_top1)

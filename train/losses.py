@@ -1,6 +1,7 @@
 """The three HUSE losses (Narayana et al., arXiv 1911.05978, Sec. 3), on torch tensors.
 
-Total loss (HUSE eq. 5): L = w_cls * L_cls + w_graph * L_graph + w_gap * L_gap.
+Total loss (HUSE eq. 5): L = w_cls * L_cls + w_graph * L_graph + w_gap * L_gap, plus
+w_nce * L_nce (symmetric InfoNCE, `contrastive_loss`; not in the paper).
 Embeddings passed in are already L2-normalised, so cosine distance is d(u, v) = 1 - u.v.
 """
 
@@ -63,3 +64,22 @@ def cross_modal_gap_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.
         raise ValueError(f"img_emb and txt_emb must both be (n, d), got {tuple(img_emb.shape)} and "
                          f"{tuple(txt_emb.shape)}")
     return (1.0 - (img_emb.float() * txt_emb.float()).sum(dim=1)).mean()
+
+
+def contrastive_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch (CLIP, Radford et al. 2021): each product's image must
+    pick its own title among the batch's titles, and each title its own image.
+
+    L_nce = (CE(S, I) + CE(S^T, I)) / 2, S = U_img U_txt^T / temperature.
+    Unlike L_gap, which only pulls a product's pair together, it also pushes the other products
+    of the batch apart, which is what cross-modal retrieval needs.
+    """
+    if img_emb.shape != txt_emb.shape or img_emb.ndim != 2:
+        raise ValueError(f"img_emb and txt_emb must both be (n, d), got {tuple(img_emb.shape)} and "
+                         f"{tuple(txt_emb.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = img_emb.float() @ txt_emb.float().T / temperature
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

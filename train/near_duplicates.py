@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from embedder.visual import DEFAULT_NEIGHBOURS, visual_only_queries
-from index.atomic import write_atomic
+from huse_common.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -167,3 +167,22 @@ def plant_duplicates(catalog: Path, out_dir: Path, n: int, seed: int = 0
     writer.writerows(rows)
     write_atomic(out_dir / "catalog.csv", buf.getvalue().encode())
     return out_dir / "catalog.csv", truth
+
+
+def list_near_duplicates(bundle_dir: str | Path, index_dir: str | Path,
+                         threshold: float | None = None, out_dir: str | Path | None = None
+                         ) -> tuple[Path, Path, int]:
+    """The CLI: every near-duplicate pair of an index built from the bundle, written as CSV and
+    an HTML contact sheet (default: into the index dir). Returns both paths and the count."""
+    from embedder.bundle import Bundle
+    from index.store import ProductIndex
+
+    bundle = Bundle.load(bundle_dir)
+    threshold = bundle.near_duplicate_threshold if threshold is None else threshold
+    out = Path(out_dir) if out_dir is not None else Path(index_dir)
+    with ProductIndex.open(index_dir, expected_fingerprint=bundle.fingerprint) as index:
+        pairs = find_pairs(index, bundle.dim, threshold)
+        csv_path, html_path = write_outputs(pairs, index, out, threshold,
+                                            media_root=Path(index_dir).parent)
+    logger.info("%d near-duplicate pairs at visual cosine >= %.3f", len(pairs), threshold)
+    return csv_path, html_path, len(pairs)

@@ -57,7 +57,9 @@ def run(cfg: TrainConfig) -> Path:
     fitted = stages.fit(prep, out / CHECKPOINT_DIR, timings)
     assembled = stages.assemble(prep, fitted)
     bundle_dir = assembled.bundle.save(out / BUNDLE_DIR)
-    evaluated = stages.evaluate(prep.data, assembled.bundle, EvalConfig(seed=cfg.seed), timings)
+    evaluated = stages.evaluate(prep.data, assembled.bundle, EvalConfig(seed=cfg.seed), timings,
+                                cache_dir=cfg.cache_dir or None,
+                                device=stages.backbone_device(cfg))
     manifest = stages.index(prep.data.feats, assembled.bundle, out / INDEX_DIR,
                             cfg.index_factory, timings)
     timings["total"] = round(time.perf_counter() - t_start, 2)
@@ -78,7 +80,9 @@ def evaluate_bundle(bundle_dir: str | Path, catalog: str | Path,
 
     bundle = Bundle.load(bundle_dir)
     cfg, data = bundle_data(bundle, catalog, cache_dir=cache_dir)
-    evaluated = stages.evaluate(data, bundle, EvalConfig(seed=cfg.seed))
+    evaluated = stages.evaluate(data, bundle, EvalConfig(seed=cfg.seed),
+                                cache_dir=cfg.cache_dir or None,
+                                device=stages.backbone_device(cfg))
     previous = Path(bundle_dir) / "report.json"
     report = json.loads(previous.read_text()) if previous.exists() else {}
     history = report.pop("history", [])

@@ -36,7 +36,7 @@ MAX_MAP_GROUPS = 12  # legend entries on the embedding map; smaller groups are m
 RUN_KEYS = (("training", "run"), ("timings_s", "seconds"), ("index", "index"),
             ("bundle", "bundle"))  # optional report sections shown under "Training"
 CONFIG_KEYS = ("image_backbone", "text_backbone", "embed_dim", "use_tfidf", "w_cls", "w_graph",
-               "w_gap", "min_per_class", "seed")
+               "w_gap", "w_nce", "nce_temperature", "min_per_class", "seed")
 
 
 def write_report(out_dir: Path, report: dict, history: list[dict],
@@ -122,6 +122,8 @@ def render_markdown(report: dict, history: list[dict]) -> str:
         f"{rq['queries'] - rq['x->x answerable']} of {rq['queries']} queries whose class has "
         "no other test product count as misses there (for HUSE and (b) alike). Classes from "
         f"{ev['protocol']['retrieval_classes_from']}.",
+        *(["## Photo and title search against the served index", _photo_section(ev)]
+          if "photo_search" in ev else []),
         "## Every level and attribute head (top-1)",
         _levels_table(ev),
         "## Data and splits",
@@ -137,6 +139,26 @@ def render_markdown(report: dict, history: list[dict]) -> str:
                    f"- evaluation seconds: {_brief(ev.get('seconds', {}))}"]),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _photo_section(ev: dict) -> str:
+    """Instance recall@1 and P@10 per column for photo queries, leaf P@10 for title queries:
+    the served space against its two baselines, same queries and products."""
+    ps = ev["photo_search"]
+    columns = sorted({c for s in ps["spaces"].values() for c in s["attr_p10"]})
+    header = ["space", "photo: own product first", "photo: leaf P@10",
+              *[f"photo: {c} P@10" for c in columns], "title: leaf P@10"]
+    rows = [[name, _pct(s["instance_r1"]), _pct(s["leaf_p10"]),
+             *[_pct(s["attr_p10"].get(c)) for c in columns], _pct(s["title_leaf_p10"])]
+            for name, s in ps["spaces"].items()]
+    served = ps["served"]
+    note = (f"{ps['queries']} test products' photos, cropped, mirrored and JPEG re-encoded "
+            f"(seed {ps['query_seed']}), and their titles, searched against every product; "
+            f"P@{ps['k']} counts the {ps['k']} nearest other products sharing the query's value. "
+            f"Served space: HUSE beside a {served['visual_dim']}-d visual block, visual weight "
+            f"{served['visual_weight']:g}, near-duplicate threshold "
+            f"{served['near_duplicate_threshold']:.3f} ({ps.get('rule', '')}).")
+    return _table(header, rows, left=(0,)) + "\n\n" + note
 
 
 def _main_table(ev: dict) -> str:
@@ -303,7 +325,7 @@ def plot_loss_curves(history: list[dict]) -> Any:
     ax.plot(epochs, [h["train_loss"] for h in history], "-o", ms=3, lw=2, label="train (total)")
     ax.plot(epochs, [h["val_loss"] for h in history], "-o", ms=3, lw=2, label="validation (total)")
     for key, label in (("train_cls", "train classification"), ("train_graph", "train graph"),
-                       ("train_gap", "train cross-modal gap")):
+                       ("train_gap", "train cross-modal gap"), ("train_nce", "train InfoNCE")):
         if all(key in h for h in history):
             ax.plot(epochs, [h[key] for h in history], "--", lw=1.2, label=label)
     ax.set(title="Losses", xlabel="epoch", ylabel="loss")

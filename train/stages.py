@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from train.config import TrainConfig
-from train.data import CatalogFeatures, SplitData, load_features, split_catalog
+from train.data import (
+    CatalogFeatures,
+    SplitData,
+    backbone_device,
+    load_features,
+    split_catalog,
+)
 from train.timing import timed
 
 logger = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class Fitted:
 class Assembled:
     bundle: Any  # embedder.bundle.Bundle
     fusion: Any  # train.fusion.FusionChoice
+    photo: Any = None  # train.photo_search.PhotoSearchChoice (None: HUSE served alone)
 
 
 @dataclass(frozen=True)
@@ -156,8 +163,9 @@ def fit(prep: Prepared, checkpoint_dir: Path | None,
 
 
 def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
-    """The bundle, built once: the fusion weight picked on the validation split, then class
-    centroids of the training split's fused embeddings."""
+    """The bundle, built once: the fusion weight picked on the validation split, class
+    centroids of the training split's fused embeddings, then the served space (visual block,
+    visual weight, near-duplicate threshold) chosen on the validation split's photo queries."""
     from embedder.bundle import Bundle
     from embedder.classify import class_centroids
     from train.fusion import FusionChoice, choose_fusion_weight
@@ -168,6 +176,7 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
         image_backbone=feats.image_backbone, text_backbone=feats.text_backbone_info,
         leaf_head=leaf, other_threshold=cfg.other_threshold, tfidf=prep.tfidf,
         loss_weights={"w_cls": cfg.w_cls, "w_graph": cfg.w_graph, "w_gap": cfg.w_gap,
+                      "w_nce": cfg.w_nce, "nce_temperature": cfg.nce_temperature,
                       "graph_margin": cfg.graph_margin},
         train_config=cfg.to_dict())
     draft = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained)
@@ -187,16 +196,41 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
     centroids = {h: class_centroids(train_emb, data.y[h][tr], n) for h, n in prep.heads.items()}
     bundle = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained,
                                  fusion_image_weight=fusion.image_weight, centroids=centroids)
-    return Assembled(bundle, fusion)
+    if not cfg.photo_visual_dims:
+        return Assembled(bundle, fusion)
+    from train.photo_search import PhotoGrid, fit_served_space
+
+    grid = PhotoGrid(cfg.photo_visual_dims, cfg.photo_whiten, cfg.photo_weights,
+                     cfg.photo_min_instance_r1)
+    served, photo = fit_served_space(bundle, feats.products, feats.image, feats.text, tr, val,
+                                     grid, cfg.seed, cache_dir=cfg.cache_dir or None,
+                                     device=backbone_device(cfg))
+    bundle = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained,
+                                 fusion_image_weight=fusion.image_weight, centroids=centroids,
+                                 served=served,
+                                 photo_search={"rule": photo.rule, **photo.setting})
+    return Assembled(bundle, fusion, photo)
 
 
 def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
-             timings: dict[str, float] | None = None) -> Evaluated:
-    """Test-split metrics of the bundle and both baselines (train.evaluate)."""
+             timings: dict[str, float] | None = None, cache_dir: str | None = None,
+             device: str | None = None) -> Evaluated:
+    """Test-split metrics of the bundle and both baselines (train.evaluate); with a served
+    space, also photo and title search of the test products against every product
+    (train.photo_search.photo_report, the same baselines in the same run)."""
     from train.evaluate import evaluate as evaluate_splits
 
     with timed("evaluation", timings):
         evaluation, artifacts = evaluate_splits(bundle, data.train, data.test, cfg, val=data.val)
+    if bundle.served is not None:
+        from train.photo_search import photo_report
+
+        feats = data.feats
+        with timed("photo search evaluation", timings):
+            evaluation["photo_search"] = {
+                **photo_report(bundle, feats.products, feats.image, feats.text, feats.text,
+                               data.splits.test, getattr(cfg, "seed", 0), cache_dir, device),
+                "rule": bundle.config.photo_search.get("rule", "")}
     return Evaluated(evaluation, artifacts)
 
 
@@ -236,6 +270,8 @@ def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assemble
                      "stopped_early": result.stopped_early,
                      "fusion_image_weight": fusion.image_weight,
                      "val_top1_by_fusion_weight": fusion.val_top1_by_weight or "n/a"},
+        # the served space's validation grid, scores and rule (report.json only)
+        **({"photo_selection": assembled.photo.to_dict()} if assembled.photo else {}),
         "bundle": {"dir": str(bundle_dir), "fingerprint": assembled.bundle.fingerprint},
         "index": {"dir": str(index_dir),
                   **{k: v for k, v in manifest.items() if k in INDEX_REPORT_KEYS}},

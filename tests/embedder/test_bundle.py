@@ -154,16 +154,50 @@ def test_tfidf_matches_sklearn():
     assert np.allclose(again.transform(queries), tf.transform(queries))
 
 
+def _with_served(bundle: Bundle) -> Bundle:
+    """The bundle with a served space (visual block over random image features)."""
+    import dataclasses
+
+    from embedder.visual import ServedSpace, VisualBlock
+
+    feats = np.random.default_rng(0).normal(size=(20, bundle.config.image_backbone.dim))
+    served = ServedSpace(VisualBlock.fit(feats, 4, whiten=0.5), 0.3, 0.8)
+    config = dataclasses.replace(bundle.config, photo_search=served.config())
+    return Bundle(config, bundle.model, bundle.labels, bundle.centroids, bundle.tfidf,
+                  served=served)
+
+
+def test_served_space_round_trips_and_shapes_index_rows(bundle, tmp_path):
+    served = _with_served(bundle)
+    again = Bundle.load(served.save(tmp_path / "b"))
+    assert again.fingerprint == served.fingerprint and again.index_dim == bundle.dim + 4
+    assert np.allclose(again.served.block.components, served.served.block.components)
+    assert again.served.visual_weight == 0.3 and again.near_duplicate_threshold == 0.8
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(3, bundle.config.image_backbone.dim)).astype(np.float32)
+    text = rng.normal(size=(3, bundle.config.text_backbone.dim)).astype(np.float32)
+    rows = again.index_vectors(image, text, ["a red shirt", "blue jeans", "a watch"])
+    assert rows.shape == (3, again.index_dim)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(rows[:, :bundle.dim] * np.sqrt(2),
+                       bundle.embed_features(image, text, ["a red shirt", "blue jeans",
+                                                           "a watch"]), atol=1e-5)
+    (tmp_path / "b" / "visual.npz").unlink()
+    with pytest.raises(BundleError, match="visual.npz"):
+        Bundle.load(tmp_path / "b")
+
+
 def test_fingerprint_covers_every_file_labels_included(bundle, tmp_path):
     """Swapping labels.json (same heads, same sizes, other order) changes the fingerprint, so
     an index built for the original bundle refuses the tampered one."""
     from index.errors import IndexMismatchError
     from index.store import ProductIndex
 
+    bundle = _with_served(bundle)
     bundle.save(tmp_path / "b")
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(MODEL_FILES)
     assert Bundle.load(tmp_path / "b").fingerprint == bundle.fingerprint
-    store = ProductIndex.create(tmp_path / "ix", d=bundle.dim,
+    store = ProductIndex.create(tmp_path / "ix", d=bundle.index_dim,
                                 bundle_fingerprint=bundle.fingerprint, factory="Flat")
     store.close()
     for name in MODEL_FILES:
