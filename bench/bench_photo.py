@@ -90,7 +90,9 @@ def train(train_catalog: Path, out: Path, sets: Sequence[str], cache_dir: str | 
         cmd += ["--set", item]
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"training failed ({done.returncode}): {done.stderr[-3000:]}")
     return out
 
 

@@ -54,9 +54,10 @@ class TrainConfig:
     w_gap: float = 0.5  # cross-modal gap loss (image and text of one product pulled together)
     graph_margin: float = 0.5  # only class pairs with A_ij < margin are constrained
     # symmetric InfoNCE between the image and text embeddings of the batch's products (pushes
-    # other products apart, which L_gap never does); 0 turns it off
-    w_nce: float = 1.0
-    nce_temperature: float = 0.05  # softmax temperature of L_nce (configured, not learned)
+    # other products apart, which L_gap never does; same-class products are not negatives);
+    # 0 turns it off
+    w_nce: float = 0.5
+    nce_temperature: float = 0.1  # softmax temperature of L_nce (configured, not learned)
     # --- optimisation ---
     lr: float = 1e-3  # AdamW learning rate (constant; early stopping ends the run)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay

@@ -43,11 +43,6 @@ class CatalogFeatures:
         return BackboneInfo(self.text_backbone.spec, self.text_backbone.dim)
 
 
-def backbone_device(cfg: TrainConfig) -> str | None:
-    """The device backbones load on (None: their own choice, CUDA when there is one)."""
-    return None if cfg.device == "auto" else cfg.device
-
-
 def load_features(catalog: str | Path, cfg: TrainConfig,
                   rejects_path: Path | None = None) -> CatalogFeatures:
     """Read + validate the catalog, then extract (cached) image and title features."""
@@ -62,7 +57,7 @@ def load_features(catalog: str | Path, cfg: TrainConfig,
     if not report.products:
         raise CatalogError(f"{catalog}: no valid products ({report.summary()})")
     logger.info("catalog: %s", report.summary())
-    device = backbone_device(cfg)
+    device = None if cfg.device == "auto" else cfg.device
     cache = FeatureCache(cfg.cache_dir or None)
     try:
         image_bb = load_backbone(cfg.image_backbone, device=device)

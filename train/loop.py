@@ -84,7 +84,8 @@ def compute_losses(
         torch.cat([e_img, e_txt]), torch.cat([y_leaf, y_leaf]), A, cfg.graph_margin
     )
     gap = cross_modal_gap_loss(e_img, e_txt)
-    nce = contrastive_loss(e_img, e_txt, cfg.nce_temperature) if cfg.w_nce else gap * 0.0
+    nce = (contrastive_loss(e_img, e_txt, cfg.nce_temperature, y_leaf) if cfg.w_nce
+           else gap * 0.0)
     total = cfg.w_cls * cls + cfg.w_graph * graph + cfg.w_gap * gap + cfg.w_nce * nce
     return {"loss": total, "cls": cls, "graph": graph, "gap": gap, "nce": nce,
             "fused": fuse(e_img, e_txt)}

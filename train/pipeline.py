@@ -58,8 +58,7 @@ def run(cfg: TrainConfig) -> Path:
     assembled = stages.assemble(prep, fitted)
     bundle_dir = assembled.bundle.save(out / BUNDLE_DIR)
     evaluated = stages.evaluate(prep.data, assembled.bundle, EvalConfig(seed=cfg.seed), timings,
-                                cache_dir=cfg.cache_dir or None,
-                                device=stages.backbone_device(cfg))
+                                cache_dir=cfg.cache_dir or None)
     manifest = stages.index(prep.data.feats, assembled.bundle, out / INDEX_DIR,
                             cfg.index_factory, timings)
     timings["total"] = round(time.perf_counter() - t_start, 2)
@@ -81,8 +80,7 @@ def evaluate_bundle(bundle_dir: str | Path, catalog: str | Path,
     bundle = Bundle.load(bundle_dir)
     cfg, data = bundle_data(bundle, catalog, cache_dir=cache_dir)
     evaluated = stages.evaluate(data, bundle, EvalConfig(seed=cfg.seed),
-                                cache_dir=cfg.cache_dir or None,
-                                device=stages.backbone_device(cfg))
+                                cache_dir=cfg.cache_dir or None)
     previous = Path(bundle_dir) / "report.json"
     report = json.loads(previous.read_text()) if previous.exists() else {}
     history = report.pop("history", [])

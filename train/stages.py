@@ -18,7 +18,6 @@ from train.config import TrainConfig
 from train.data import (
     CatalogFeatures,
     SplitData,
-    backbone_device,
     load_features,
     split_catalog,
 )
@@ -203,8 +202,7 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
     grid = PhotoGrid(cfg.photo_visual_dims, cfg.photo_whiten, cfg.photo_weights,
                      cfg.photo_min_instance_r1)
     served, photo = fit_served_space(bundle, feats.products, feats.image, feats.text, tr, val,
-                                     grid, cfg.seed, cache_dir=cfg.cache_dir or None,
-                                     device=backbone_device(cfg))
+                                     grid, cfg.seed, cache_dir=cfg.cache_dir or None)
     bundle = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained,
                                  fusion_image_weight=fusion.image_weight, centroids=centroids,
                                  served=served,
@@ -213,8 +211,8 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
 
 
 def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
-             timings: dict[str, float] | None = None, cache_dir: str | None = None,
-             device: str | None = None) -> Evaluated:
+             timings: dict[str, float] | None = None,
+             cache_dir: str | None = None) -> Evaluated:
     """Test-split metrics of the bundle and both baselines (train.evaluate); with a served
     space, also photo and title search of the test products against every product
     (train.photo_search.photo_report, the same baselines in the same run)."""
@@ -229,7 +227,7 @@ def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
         with timed("photo search evaluation", timings):
             evaluation["photo_search"] = {
                 **photo_report(bundle, feats.products, feats.image, feats.text, feats.text,
-                               data.splits.test, getattr(cfg, "seed", 0), cache_dir, device),
+                               data.splits.test, getattr(cfg, "seed", 0), cache_dir),
                 "rule": bundle.config.photo_search.get("rule", "")}
     return Evaluated(evaluation, artifacts)
 

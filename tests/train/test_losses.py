@@ -86,3 +86,20 @@ def test_losses_reject_bad_shapes():
     with pytest.raises(ValueError, match="square"):
         semantic_graph_loss(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long),
                             torch.zeros(2, 3), 0.5)
+
+
+def test_contrastive_loss_prefers_own_pairs_and_spares_same_class_products():
+    from train.losses import contrastive_loss
+
+    e = torch.nn.functional.normalize(torch.eye(4)[:, :4] + 0.01, dim=1)
+    aligned = contrastive_loss(e, e, 0.1)
+    shuffled = contrastive_loss(e, e[[1, 0, 3, 2]], 0.1)
+    assert aligned < shuffled
+    assert torch.allclose(contrastive_loss(e, e, 0.1), contrastive_loss(e, e.clone(), 0.1))
+    # rows 0 and 1 share a class: row 0's text 1 is no longer a competing negative
+    labels = torch.tensor([0, 0, 1, -1])
+    close = torch.nn.functional.normalize(torch.tensor(
+        [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=1)
+    assert contrastive_loss(close, close, 0.1, labels) < contrastive_loss(close, close, 0.1)
+    with pytest.raises(ValueError, match="temperature"):
+        contrastive_loss(e, e, 0.0)

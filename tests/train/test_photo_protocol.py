@@ -20,7 +20,7 @@ def tiny_sets(tiny_image_backbone_dir, tiny_text_backbone_dir) -> list[str]:
             f"text_backbone='hf:{tiny_text_backbone_dir}'",
             "embed_dim=16", "image_tower=(32,)", "text_tower=(32,)", "max_epochs=3",
             "num_workers=0", "min_per_class=1", "tfidf_max_features=200", "device='cpu'",
-            "visual_dim=16"]
+            "photo_visual_dims=(16,)"]
 
 
 def test_held_out_photos_find_their_product_through_the_api(sample_catalog, tiny_sets,
@@ -32,9 +32,12 @@ def test_held_out_photos_find_their_product_through_the_api(sample_catalog, tiny
     universal = spaces["universal space alone (visual_weight=0)"]
     frozen = spaces["frozen backbone (cosine)"]
     assert served["queries"] == universal["queries"] == frozen["queries"] == HELD_OUT
-    # The visual block keeps the instance detail the class-level universal space loses.
-    assert served["instance_r1"] >= universal["instance_r1"]
-    assert served["instance_r1"] >= 0.9
+    # The visual block keeps the instance detail the class-level universal space loses: the
+    # served search finds the product itself as often as the frozen features do (one query of
+    # slack for the near-duplicate threshold), and more often than the universal space alone.
+    print({name: (s["instance_r1"], s["leaf_p10"]) for name, s in spaces.items()})
+    assert served["instance_r1"] >= frozen["instance_r1"] - 1 / HELD_OUT
+    assert served["instance_r1"] > universal["instance_r1"]
     for row in spaces.values():
         assert 0.0 <= row["leaf_p10"] <= 1.0 and set(row["attr_p10"]) == {"colour", "gender"}
     chosen = result["photo_search"]
