@@ -203,7 +203,7 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _default_catalog() -> Path:
+def default_catalog() -> Path:
     shared = Path(os.environ.get("HUSE_SHARED_DATA",
                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
     return shared / "fashion-products" / "catalog.csv"
@@ -212,7 +212,7 @@ def _default_catalog() -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_photo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--catalog", type=Path, default=_default_catalog())
+    p.add_argument("--catalog", type=Path, default=default_catalog())
     p.add_argument("--held-out", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, help="scratch dir (default: a temporary one)")

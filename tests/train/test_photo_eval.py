@@ -93,16 +93,15 @@ def test_visual_block_round_trips_and_projects_to_unit_rows():
         block.transform(x[:, :5])
 
 
-def test_selection_rule_keeps_look_alikes_then_maximises_leaf_precision():
+def test_selection_rule_finds_the_product_then_maximises_leaf_precision():
     def row(w, r1, leaf, colour):
         return {"visual_weight": w, "instance_r1": r1, "leaf_p10": leaf,
                 "attr_p10": {"colour": colour}}
 
     rows = [row(0.0, 0.2, 0.95, 0.1), row(0.3, 0.98, 0.9, 0.25), row(0.6, 0.98, 0.85, 0.31),
             row(1.0, 0.99, 0.7, 0.35)]
-    assert pick(rows, {"colour": 0.3}, 0.97)["visual_weight"] == 0.6
-    assert pick(rows, {"colour": 0.5}, 0.97)["visual_weight"] == 1.0  # closest to frozen
-    assert pick(rows, {"colour": 0.3}, 0.995)["visual_weight"] == 1.0  # best instance recall
+    assert pick(rows, 0.97)["visual_weight"] == 0.3
+    assert pick(rows, 0.995)["visual_weight"] == 1.0  # none qualifies: best instance recall
 
 
 def test_choice_on_planted_data_recognises_products_and_keeps_their_class():
