@@ -95,13 +95,15 @@ def test_visual_block_round_trips_and_projects_to_unit_rows():
 
 def test_selection_rule_finds_the_product_then_maximises_leaf_precision():
     def row(w, r1, leaf, colour):
-        return {"visual_weight": w, "instance_r1": r1, "leaf_p10": leaf,
+        return {"visual_weight": w, "instance_r1": r1, "leaf_p10": leaf, "queries": 10_000,
                 "attr_p10": {"colour": colour}}
 
     rows = [row(0.0, 0.2, 0.95, 0.1), row(0.3, 0.98, 0.9, 0.25), row(0.6, 0.98, 0.85, 0.31),
             row(1.0, 0.99, 0.7, 0.35)]
     assert pick(rows, 0.97)["visual_weight"] == 0.3
     assert pick(rows, 0.995)["visual_weight"] == 1.0  # none qualifies: best instance recall
+    few = [{**r, "queries": 100} for r in rows]  # 0.98 - 0.014 < 0.97: too few to be sure
+    assert pick(few, 0.97)["visual_weight"] == 1.0
 
 
 def test_choice_on_planted_data_recognises_products_and_keeps_their_class():

@@ -23,6 +23,8 @@ def tiny_sets(tiny_image_backbone_dir, tiny_text_backbone_dir) -> list[str]:
             "photo_visual_dims=(16,)"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # trains through the CLI: two minutes on a busy 2-core machine
 def test_held_out_photos_find_their_product_through_the_api(sample_catalog, tiny_sets,
                                                             tmp_path):
     result = run_protocol(sample_catalog, tmp_path / "work", HELD_OUT, seed=0, sets=tiny_sets,
@@ -44,6 +46,8 @@ def test_held_out_photos_find_their_product_through_the_api(sample_catalog, tiny
     assert 0.0 <= chosen["visual_weight"] <= 1.0 and "rule" in chosen
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_planted_near_duplicates_are_listed_by_cli_and_api(sample_catalog, tiny_sets, tmp_path,
                                                           capsys):
     from fastapi.testclient import TestClient
