@@ -121,9 +121,10 @@ class Catalog:
         return public(records[0])
 
     async def put_many(
-        self, items: Sequence[ProductBulkItemCreate | BatchErrorPublic]
+        self, items: Sequence[ProductBulkItemCreate | BatchErrorPublic], ids: Sequence[str | None]
     ) -> ProductsBulkPublic:
-        """Upsert every valid item in one transaction; the others are reported, not written."""
+        """Upsert every valid item in one transaction; the others are reported, not written.
+        `ids`: each item's id as sent (reported for items that failed validation)."""
         seen: set[str] = set()
         jobs: list[Awaitable[Any]] = []
         for item in items:
@@ -135,8 +136,7 @@ class Catalog:
             with self.metrics.stage("write"):
                 _, written = await run_in_threadpool(self._write, ready)
         out = []
-        for item, result in zip(items, prepared, strict=True):
-            pid = getattr(item, "id", None)
+        for pid, result in zip(ids, prepared, strict=True):
             if isinstance(result, BatchErrorPublic):
                 out.append(BulkItemPublic(id=pid, status="error", **result.model_dump()))
             else:

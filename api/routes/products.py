@@ -71,8 +71,10 @@ async def list_products(
 async def bulk_upsert(request: Request, catalog: CatalogDep) -> ProductsBulkPublic:
     """Upsert up to 256 products (images as base64) in one durable transaction. Each item gets
     its status in its place: created, updated, or error (that item is not written)."""
-    _, items = await read_items(request, ProductBulkItemCreate, "items", MAX_BULK_ITEMS)
-    return await catalog.put_many(items)
+    raw, items = await read_items(request, ProductBulkItemCreate, "items", MAX_BULK_ITEMS)
+    ids = [r.get("id") if isinstance(r, dict) and isinstance(r.get("id"), str) else None
+           for r in raw]
+    return await catalog.put_many(items, ids)
 
 
 @router.put(
