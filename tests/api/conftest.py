@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,15 @@ from api.settings import Settings
 
 API_KEY = "test-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="session")
@@ -178,3 +188,18 @@ def live_url(model_dir) -> Iterator[str]:
     yield base
     server.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Headless Debian chromium through Playwright (the test skips where it is absent)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

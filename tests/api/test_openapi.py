@@ -7,8 +7,6 @@ import re
 
 import pytest
 
-from tests.api.test_web import CHROMIUM, CHROMIUM_ARGS
-
 _OPERATIONS = ("get", "put", "post", "delete")
 
 
@@ -102,14 +100,11 @@ def test_docs_pages_use_only_local_assets(reader):
             assert reader.get(src).status_code == 200, src
 
 
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")
-def test_docs_render_with_the_network_blocked(live_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_docs_render_with_the_network_blocked(chromium, live_url, tmp_path):
+    from playwright.sync_api import expect
 
-    outside: list[str] = []
+    outside: list[tuple[str, str]] = []
 
     def local_only(route):
         if route.request.url.startswith(live_url):
@@ -118,27 +113,22 @@ def test_docs_render_with_the_network_blocked(live_url, tmp_path):
             outside.append((route.request.resource_type, route.request.url))
             route.abort()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.route("**/*", local_only)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{live_url}/docs")
-            expect(page.locator(".swagger-ui .info .title")).to_contain_text("HUSE search")
-            expect(page.locator(".opblock-summary-path").first).to_be_visible()
-            paths = page.locator(".opblock-summary-path").all_inner_texts()
-            assert any("/v1/search:batch" in p for p in paths), paths
-            page.screenshot(path=str(tmp_path / "docs.png"))
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    context.route("**/*", local_only)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{live_url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("HUSE search")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/v1/search:batch" in p for p in paths), paths
+    page.screenshot(path=str(tmp_path / "docs.png"))
 
-            page.goto(f"{live_url}/redoc")
-            expect(page.locator("h1").first).to_contain_text("HUSE search")
-            expect(page.get_by_text("/v1/products:bulk").first).to_be_attached()
-            assert not errors, errors
-            # Only ReDoc's decorative "by Redocly" logo points outside; everything it needs
-            # to render (script, styles, fonts, the document) came from the server.
-            assert all(kind == "image" for kind, _ in outside), outside
-        finally:
-            browser.close()
+    page.goto(f"{live_url}/redoc")
+    expect(page.locator("h1").first).to_contain_text("HUSE search")
+    expect(page.get_by_text("/v1/products:bulk").first).to_be_attached()
+    assert not errors, errors
+    # Only ReDoc's decorative "by Redocly" logo points outside; everything it needs
+    # to render (script, styles, fonts, the document) came from the server.
+    assert all(kind == "image" for kind, _ in outside), outside
