@@ -47,6 +47,22 @@ def _title(value: str | None) -> str | None:
     return value or None
 
 
+def _json_object(value: Any, name: str) -> dict[str, str]:
+    """A {name: text} object; forms send it as JSON text, and scalar values keep their text."""
+    if isinstance(value, str):
+        if len(value) > MAX_ATTRIBUTES_CHARS:
+            raise ValueError(f"{name} have {len(value)} characters, limit {MAX_ATTRIBUTES_CHARS}")
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name} must be a JSON object: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+    if len(json.dumps(value)) > MAX_ATTRIBUTES_CHARS:
+        raise ValueError(f"{name} exceed {MAX_ATTRIBUTES_CHARS} characters as JSON")
+    return {str(key): str(item) for key, item in value.items()}
+
+
 def _decode_b64(value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
@@ -158,6 +174,11 @@ class SearchCreate(_QueryCreate):
     def _blank_category(cls, value: str | None) -> str | None:
         return (value or "").strip() or None
 
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _filters(cls, value: Any) -> Any:
+        return _json_object(value, "filters")
+
 
 class ClassifyCreate(_QueryCreate):
     """One classification: ranked labels per category level."""
@@ -245,20 +266,7 @@ class ProductCreate(_ImageCreate):
     @field_validator("attributes", mode="before")
     @classmethod
     def _attributes(cls, value: Any) -> Any:
-        """Forms send a JSON object as text; scalar values are kept as their text."""
-        if isinstance(value, str):
-            if len(value) > MAX_ATTRIBUTES_CHARS:
-                raise ValueError(f"attributes have {len(value)} characters, limit "
-                                 f"{MAX_ATTRIBUTES_CHARS}")
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as e:
-                raise ValueError(f"attributes must be a JSON object: {e}") from e
-        if not isinstance(value, dict):
-            raise ValueError(f"attributes must be a JSON object, got {type(value).__name__}")
-        if len(json.dumps(value)) > MAX_ATTRIBUTES_CHARS:
-            raise ValueError(f"attributes exceed {MAX_ATTRIBUTES_CHARS} characters as JSON")
-        return {str(key): str(item) for key, item in value.items()}
+        return _json_object(value, "attributes")
 
 
 class ProductBulkItemCreate(ProductCreate):

@@ -23,7 +23,10 @@ router = APIRouter(prefix="/v1", tags=["search"])
     "/search",
     response_model=SearchPublic,
     responses=errors(400, 404, 413, 415, 422),
-    openapi_extra=json_or_form(SearchCreate),
+    openapi_extra=json_or_form(
+        SearchCreate,
+        {"filters": {"type": "string", "description": 'JSON object, e.g. {"colour": "Red"}'}},
+    ),
 )
 async def search(request: Request, services: ServicesDep) -> SearchPublic:
     """Nearest products to a photo, a title, both (fused), or an indexed product ("more like

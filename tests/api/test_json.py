@@ -114,6 +114,10 @@ def test_attribute_filters_are_equality(client, auth, make_image):
         "/v1/search", json={"title": "plain shirt", "k": 10, "filters": {"colour": "Red"}}
     ).json()
     assert sorted(h["id"] for h in body["hits"]) == ["f-1", "f-3"]
+    form = client.post(
+        "/v1/search", data={"title": "plain shirt", "k": "10", "filters": '{"colour": "Red"}'}
+    ).json()
+    assert sorted(h["id"] for h in form["hits"]) == ["f-1", "f-3"]
     body = client.post(
         "/v1/search",
         json={"title": "shirt", "category": "test", "filters": {"colour": "Green"}},
