@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from huse_common.categories import join_path, split_path, top_level
 from index.metadata import ProductFilter
 
 # How many top-level categories a "matches nothing" notice names.
@@ -24,14 +25,14 @@ class ResolvedFilter:
 
 def matching_prefixes(category: str, categories: Sequence[str]) -> tuple[str, ...]:
     """The stored spellings of `category` as a whole-level prefix of `categories`, any case."""
-    wanted = [level.strip().casefold() for level in category.split(">")]
+    wanted = [level.casefold() for level in split_path(category)]
     found = set()
     for stored in categories:
-        levels = stored.split(" > ")
+        levels = split_path(stored)
         if len(levels) >= len(wanted) and all(
             a.casefold() == b for a, b in zip(levels, wanted, strict=False)
         ):
-            found.add(" > ".join(levels[: len(wanted)]))
+            found.add(join_path(levels[: len(wanted)]))
     return tuple(sorted(found))
 
 
@@ -47,7 +48,7 @@ def resolve_filter(
         known = categories()
         prefixes = matching_prefixes(category, known)
         if not prefixes:
-            tops = sorted({c.split(" > ")[0] for c in known})
+            tops = sorted({top_level(c) for c in known})
             shown = ", ".join(tops[:NOTICE_CATEGORIES])
             shown += ", ..." if len(tops) > NOTICE_CATEGORIES else ""
             return ResolvedFilter(

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from api.errors import ApiError
 from embedder.catalog import MAX_TITLE_CHARS
+from embedder.classify import METHODS
+from huse_common.categories import normalize_path
 
 # Bounds of one request (the service's settings may only be stricter, e.g. max_upload_bytes).
 DEFAULT_K = 5
@@ -30,7 +32,6 @@ MAX_PAGE_ITEMS = 500
 DEFAULT_PAGE_ITEMS = 100
 PRODUCT_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MAX_PRODUCT_ID_CHARS = 256
-METHODS = ("linear", "centroid")
 
 _PIXEL_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAF0lEQVR4nGO8I8VAEmAiTfmohlENQ0kDAJ"
@@ -193,7 +194,7 @@ class ClassifyCreate(_QueryCreate):
         },
     )
 
-    method: Literal["linear", "centroid"] = Field(
+    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
         "linear", description="linear heads (probabilities) or class centroids (cosines)"
     )
 
@@ -258,10 +259,7 @@ class ProductCreate(_ImageCreate):
     @field_validator("category")
     @classmethod
     def _category_levels(cls, value: str) -> str:
-        levels = [level.strip() for level in value.split(">") if level.strip()]
-        if not levels:
-            raise ValueError("category must name at least one level, e.g. 'Footwear > Shoes'")
-        return " > ".join(levels)
+        return normalize_path(value)
 
     @field_validator("attributes", mode="before")
     @classmethod

@@ -107,7 +107,7 @@ class Services:
     def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
         """Decode and preprocess here, in the request's thread: the batch only runs the model."""
         image = load_image(data, self.limits)
-        return image, self.bundle.backbone("image").preprocess_batch([image])[0]
+        return image, self.bundle.preprocess([image])[0]
 
     async def decode(self, image: bytes | None, title: str | None) -> Query:
         """A validated request's image decoded (ImageError on a bad one) beside its title."""
