@@ -106,6 +106,7 @@ def check_model(settings: Settings) -> None:
         if missing:
             raise UsageError(f"{kind} directory {directory} has no {', '.join(missing)}: it is "
                              f"not a trained model; pass {TRAIN_HINT} (or train again)")
+    check_backbones(bundle / CONFIG_FILE)
     try:
         built_for = json.loads((index / MANIFEST).read_bytes()).get("bundle_fingerprint")
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
@@ -115,6 +116,21 @@ def check_model(settings: Settings) -> None:
     if built_for != fingerprint(files):
         raise UsageError(f"index {index} was built from another bundle than {bundle}: serve "
                          "the pair one `huse-train --out DIR` wrote, or rebuild the index")
+
+
+def check_backbones(config_file: Path) -> None:
+    """Backbones the bundle names by local directory (`hf:/dir`) must be on this machine."""
+    try:
+        config = json.loads(config_file.read_bytes())
+        specs = {kind: config[f"{kind}_backbone"]["spec"] for kind in ("image", "text")}
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"{config_file} is not a bundle config ({e!r}): pass {TRAIN_HINT}") from e
+    for kind, spec in specs.items():
+        local = str(spec).removeprefix("hf:")
+        is_dir_spec = str(spec).startswith("hf:") and local.startswith(("/", "."))
+        if is_dir_spec and not Path(local).is_dir():
+            raise UsageError(f"the bundle's {kind} backbone {spec} is not on this machine: copy "
+                             "that directory here, or train with a packaged backbone")
 
 
 def check_engine(settings: Settings) -> None:

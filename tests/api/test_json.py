@@ -130,7 +130,7 @@ def test_search_batch_answers_each_query_in_order(reader, catalog_products):
     queries = [
         {"title": product.title, "k": 2},
         {"title": "x", "k": 0},
-        {"image_b64": _b64(product.image_path.read_bytes()), "k": 1},
+        {"image_b64": _b64(product.image_path.read_bytes()), "title": product.title, "k": 1},
         {},
         {"product_id": "missing"},
         {"product_id": product.id, "k": 3},

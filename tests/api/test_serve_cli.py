@@ -3,6 +3,7 @@ found before anything is served (no "open http://..."); --debug shows the traceb
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -66,6 +67,15 @@ def test_index_of_another_bundle(capsys, model_dir):
     labels.write_text(labels.read_text() + "\n")
     line = _error_line(capsys, ["--model", str(model_dir)])
     assert "another bundle" in line and "rebuild the index" in line
+
+
+def test_backbone_directory_not_on_this_machine(capsys, model_dir):
+    config_file = model_dir / "bundle" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["image_backbone"]["spec"] = "hf:/nowhere/tiny_vit"
+    config_file.write_text(json.dumps(config))
+    line = _error_line(capsys, ["--model", str(model_dir)])
+    assert "hf:/nowhere/tiny_vit" in line and "not on this machine" in line
 
 
 def test_bad_setting_value(capsys, model_dir):
