@@ -14,7 +14,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openapi import install_openapi
-from api.routes import classify, docs, ops, products, search, web
+from api.routes import classify, docs, facets, ops, products, search, web
 from api.schemas import MAX_ATTRIBUTES_CHARS, MAX_TITLE_CHARS
 from api.services import Services
 from api.settings import Settings
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    for module in (classify, search, products, ops, web, docs):
+    for module in (classify, search, facets, products, ops, web, docs):
         app.include_router(module.router)
     app.mount("/static", web.static_files, name="static")
     app.mount(docs.ASSETS_URL, docs.assets(), name="docs-assets")

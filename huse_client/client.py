@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -108,6 +109,11 @@ class _Call:
     json: Any = None
     params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def request(self) -> dict[str, Any]:
+        """httpx keyword arguments of this call."""
+        return {"json": self.json, "params": self.params or None}
+
 
 class _Calls:
     """Every API call, described once; subclasses only send."""
@@ -187,6 +193,19 @@ class _Base(_Calls):
             return min(float(after), MAX_RETRY_AFTER_S)
         return self.backoff * 2**attempt
 
+    def _settle(
+        self, call: _Call, attempt: int, answer: httpx.Response | httpx.TransportError
+    ) -> tuple[bool, Any]:
+        """(True, the parsed result) when `answer` is final, else (False, seconds to wait);
+        a final error raises."""
+        response = answer if isinstance(answer, httpx.Response) else None
+        delay = self._delay(attempt, response)
+        if delay is not None:
+            return False, delay
+        if response is None:
+            raise answer
+        return True, self._read(call, response)
+
     @staticmethod
     def _read(call: _Call, response: httpx.Response) -> Any:
         try:
@@ -220,21 +239,15 @@ class Client(_Base):
         self._http.close()
 
     def _send(self, call: _Call) -> Any:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
-                response = self._http.request(
-                    call.method, call.path, json=call.json, params=call.params or None
-                )
-            except httpx.TransportError:
-                if self._delay(attempt, None) is None:
-                    raise
-                response = None
-            delay = self._delay(attempt, response)
-            if response is not None and delay is None:
-                return self._read(call, response)
-            time.sleep(delay or 0)
-            attempt += 1
+                answer = self._http.request(call.method, call.path, **call.request)
+            except httpx.TransportError as e:
+                answer = e
+            done, value = self._settle(call, attempt, answer)
+            if done:
+                return value
+            time.sleep(value)
 
     def search(self, image: ImageInput | None = None, title: str | None = None,
                k: int | None = None, *, product_id: str | None = None,
@@ -313,21 +326,15 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def _send(self, call: _Call) -> Any:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
-                response = await self._http.request(
-                    call.method, call.path, json=call.json, params=call.params or None
-                )
-            except httpx.TransportError:
-                if self._delay(attempt, None) is None:
-                    raise
-                response = None
-            delay = self._delay(attempt, response)
-            if response is not None and delay is None:
-                return self._read(call, response)
-            await asyncio.sleep(delay or 0)
-            attempt += 1
+                answer = await self._http.request(call.method, call.path, **call.request)
+            except httpx.TransportError as e:
+                answer = e
+            done, value = self._settle(call, attempt, answer)
+            if done:
+                return value
+            await asyncio.sleep(value)
 
     async def search(self, image: ImageInput | None = None, title: str | None = None,
                      k: int | None = None, *, product_id: str | None = None,
