@@ -23,13 +23,12 @@ from api.errors import ApiError
 from api.filters import resolve_filter
 from api.media import ImageStore
 from api.metrics import ApiMetrics
+from api.requests import ProductBulkItemCreate, ProductCreate
 from api.results import answer_each
 from api.schemas import (
     BatchErrorPublic,
     BulkItemPublic,
     DeletedPublic,
-    ProductBulkItemCreate,
-    ProductCreate,
     ProductPublic,
     ProductsBulkPublic,
     ProductsPublic,

@@ -22,14 +22,13 @@ from api.catalog import Catalog, image_url
 from api.filters import empty_notice, resolve_filter
 from api.media import ImageStore
 from api.metrics import ApiMetrics
+from api.requests import ClassifyCreate, SearchCreate
 from api.results import answer_each
 from api.schemas import (
     BatchErrorPublic,
-    ClassifyCreate,
     ClassifyPublic,
     LabelScorePublic,
     LevelPredictionPublic,
-    SearchCreate,
     SearchHitPublic,
     SearchPublic,
 )
@@ -164,8 +163,8 @@ class Services:
     # ---- search -------------------------------------------------------------------------
 
     async def search(self, request: SearchCreate) -> SearchPublic:
-        if request.visual_weight is not None:
-            raise ValueError("visual_weight is not supported by this server yet")
+        """`request.visual_weight` is for the served space of issue 11 (its ranking lands
+        there); the rest of the request is applied here."""
         resolved = await run_in_threadpool(
             resolve_filter, request.category, request.filters, self.index.categories
         )

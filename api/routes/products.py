@@ -11,21 +11,18 @@ from fastapi.responses import FileResponse
 from api.deps import CatalogDep, ServicesDep, WriteAccess
 from api.media import MEDIA_TYPES
 from api.openapi import errors, json_body, json_or_form
-from api.routes.bodies import read_items, read_json_or_form
-from api.schemas import (
+from api.requests import (
     DEFAULT_PAGE_ITEMS,
     MAX_BULK_ITEMS,
     MAX_PAGE_ITEMS,
     MAX_PRODUCT_ID_CHARS,
     PRODUCT_ID_PATTERN,
-    DeletedPublic,
     ProductBulkItemCreate,
     ProductCreate,
-    ProductPublic,
     ProductsBulkCreate,
-    ProductsBulkPublic,
-    ProductsPublic,
 )
+from api.routes.bodies import read_items, read_json_or_form
+from api.schemas import DeletedPublic, ProductPublic, ProductsBulkPublic, ProductsPublic
 
 router = APIRouter(prefix="/v1", tags=["products"])
 

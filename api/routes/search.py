@@ -7,14 +7,9 @@ from fastapi import APIRouter, Request
 
 from api.deps import ServicesDep
 from api.openapi import errors, json_body, json_or_form
+from api.requests import MAX_BATCH_QUERIES, SearchBatchCreate, SearchCreate
 from api.routes.bodies import read_items, read_json_or_form
-from api.schemas import (
-    MAX_BATCH_QUERIES,
-    SearchBatchCreate,
-    SearchBatchPublic,
-    SearchCreate,
-    SearchPublic,
-)
+from api.schemas import SearchBatchPublic, SearchPublic
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
