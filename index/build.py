@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from huse_common.atomic import fsync_path
+from huse_common.atomic import rename
 from index.evaluation import exact_knn, perturbed_queries, recall_at_k
 from index.store import ProductIndex, ProductRecord
 from index.vectors import IndexPlan
@@ -80,9 +79,8 @@ def build_product_index(
         )
         retired = directory.with_name(directory.name + ".old")
         shutil.rmtree(retired, ignore_errors=True)
-        os.replace(directory, retired)
-        os.replace(staging, directory)
-        fsync_path(directory.parent)
+        rename(directory, retired)
+        rename(staging, directory)
         shutil.rmtree(retired)
         return manifest
     config = config or BuildConfig()

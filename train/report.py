@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from huse_common.atomic import write_atomic
+from huse_common.categories import last_level, levels_of
 from train.evaluate import INPUTS, METHODS, EvalArtifacts
 
 logger = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 def short_name(name: str, limit: int = LABEL_CHARS) -> str:
     """Last part of a category path, cut to ``limit`` characters with an ellipsis."""
-    tail = name.split(" > ")[-1].strip()
+    tail = last_level(name)
     return tail if len(tail) <= limit else tail[: limit - 1] + "…"
 
 
@@ -287,7 +288,7 @@ def _short_names(names: list[str]) -> list[str]:
     """Short names; where two collide, show their parents too ("Men > Shirts")."""
     short = [short_name(n) for n in names]
     dup = {s for s, c in Counter(short).items() if c > 1}
-    return [short_name(" / ".join(n.split(" > ")[-2:]), 2 * LABEL_CHARS) if s in dup else s
+    return [short_name(" / ".join(levels_of(n)[-2:]), 2 * LABEL_CHARS) if s in dup else s
             for s, n in zip(short, names, strict=True)]
 
 
