@@ -33,6 +33,18 @@ class IndexPlan:
     gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
 
 
+@dataclass(frozen=True)
+class BuildConfig:
+    """How recall is measured (and search effort tuned) at build time; lands in the manifest."""
+
+    n_eval_queries: int = 1000
+    query_noise: float = 0.1  # norm of the perturbation added to sampled database vectors
+    k: int = 10
+    seed: int = 0
+    target_recall: float = 0.95  # double nprobe / efSearch until recall@k reaches this
+    max_search_effort: int = 1024
+
+
 def _power_of_two(x: float) -> int:
     return 1 << max(0, round(math.log2(max(x, 1.0))))
 
