@@ -14,11 +14,10 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openapi import install_openapi
-from api.requests import MAX_ATTRIBUTES_CHARS
 from api.routes import classify, docs, facets, ops, products, search, web
 from api.services import Services
 from api.settings import Settings
-from embedder.catalog import MAX_TITLE_CHARS
+from huse_common.limits import MAX_ATTRIBUTES_CHARS, MAX_TITLE_CHARS
 
 logger = logging.getLogger(__name__)
 

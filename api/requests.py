@@ -16,16 +16,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from api.errors import ApiError
-from embedder.catalog import MAX_TITLE_CHARS
 from embedder.classify import METHODS
 from huse_common.categories import normalize_path
+from huse_common.limits import (
+    DEFAULT_K,
+    MAX_ATTRIBUTES_CHARS,
+    MAX_K,
+    MAX_TITLE_CHARS,
+    MAX_UPLOAD_BYTES,
+)
 
-# Bounds of one request (the service's settings may only be stricter, e.g. max_upload_bytes).
-DEFAULT_K = 5
-MAX_K = 100
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# Bounds of one request beside huse_common.limits (the settings may only lower
+# max_upload_bytes).
 MAX_IMAGE_B64_CHARS = 4 * -(-MAX_UPLOAD_BYTES // 3)
-MAX_ATTRIBUTES_CHARS = 10_000
 MAX_BATCH_QUERIES = 64
 MAX_BULK_ITEMS = 256
 MAX_PAGE_ITEMS = 500

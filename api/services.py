@@ -33,7 +33,7 @@ from api.schemas import (
     SearchPublic,
 )
 from api.settings import Settings
-from embedder.bundle import PATH_KEY
+from embedder.classify import PATH_KEY
 from embedder.images import ImageLimits, load_image
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.batching import IMAGE_BATCH_MAX
-from api.requests import MAX_UPLOAD_BYTES
+from huse_common.limits import MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):
