@@ -138,15 +138,13 @@ class Services:
 
     def _rank(self, method: str, emb: np.ndarray, k: int) -> list[LevelPredictionPublic]:
         """The whole-path prediction first, then one per head."""
-        ranked = self.bundle.classify_embeddings(emb[None, :], method=method, k=k)[0]
+        ranked = self.bundle.classify_embeddings(
+            emb[None, :], method=method, k=k, other_threshold=self.settings.other_threshold
+        )[0]
         levels = []
         for head in [PATH_KEY, *self.bundle.heads]:
             labels = [LabelScorePublic(label=lab, score=s) for lab, s in ranked[head]["labels"]]
-            other = (
-                ranked[head]["other"]  # the bundle's own flag, unless the settings override it
-                if self.settings.other_threshold is None
-                else labels[0].score < self.threshold
-            )
+            other = ranked[head]["other"]  # the bundle's own flag
             answer = "other" if other else labels[0].label
             levels.append(
                 LevelPredictionPublic(head=head, answer=answer, other=other, labels=labels)
