@@ -283,7 +283,7 @@ class Bundle:
             from embedder.backbones import load_backbone
 
             spec = self.config[f"{kind}_backbone"]["spec"]
-            engine = self.image_engine if kind == "image" else "torch"
+            engine = self.image_engine if kind == "image" else "auto"
             bb = load_backbone(spec, device=self.device, engine=engine)
             if bb.dim != self.config[f"{kind}_backbone"]["dim"]:
                 raise BundleError(f"{kind} backbone {spec} gives {bb.dim}-d features, bundle "
