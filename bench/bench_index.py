@@ -59,16 +59,18 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def around(n: int, centers: np.ndarray, noise: float, seed: int) -> np.ndarray:
-    """n unit vectors: a random center each plus gaussian noise of norm ~`noise`."""
+def around(n: int, centers: np.ndarray, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors, each a random center plus gaussian noise of norm ~`noise`, and the
+    index of its center."""
     rng = np.random.default_rng(seed)
     d = centers.shape[1]
+    which = rng.integers(0, centers.shape[0], n)
     out = np.empty((n, d), dtype=np.float32)
     for i0 in range(0, n, 100_000):
-        m = min(100_000, n - i0)
-        x = centers[rng.integers(0, centers.shape[0], m)]
-        out[i0 : i0 + m] = _unit(x + rng.normal(scale=noise / np.sqrt(d), size=(m, d)))
-    return out
+        rows = which[i0 : i0 + 100_000]
+        noise_rows = rng.normal(scale=noise / np.sqrt(d), size=(rows.shape[0], d))
+        out[i0 : i0 + rows.shape[0]] = _unit(centers[rows] + noise_rows)
+    return out, which
 
 
 def real_vectors(index_dir: Path) -> np.ndarray:
@@ -90,7 +92,7 @@ def median_nn_distance(x: np.ndarray) -> float:
 
 
 def dataset(name: str, n: int, n_queries: int, args: argparse.Namespace) -> tuple:
-    """(xb, xq, description) of a data set (see the module docstring)."""
+    """(xb, xq, description, center of each xb row) of a data set (see the module docstring)."""
     if name == "real":
         real = real_vectors(Path(args.real_index))
         noise = args.real_spread * median_nn_distance(real)
@@ -102,9 +104,9 @@ def dataset(name: str, n: int, n_queries: int, args: argparse.Namespace) -> tupl
         centers = _unit(rng.normal(size=(args.clusters, args.d)))
         noise = args.spread
         about = {"centers": args.clusters, "noise_norm": noise}
-    xb = around(n, centers, noise, args.seed + 1)
-    xq = around(n_queries, centers, noise, args.seed + 2)
-    return xb, xq, {**about, "d": int(centers.shape[1])}
+    xb, which = around(n, centers, noise, args.seed + 1)
+    xq, _ = around(n_queries, centers, noise, args.seed + 2)
+    return xb, xq, {**about, "d": int(centers.shape[1])}, which
 
 
 def build(factory: str, xb: np.ndarray, plan: IndexPlan) -> Any:
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     datasets: dict[str, Any] = {}
     for data in args.data.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
-            xb, xq, about = dataset(data, n, args.queries, args)
+            xb, xq, about, _ = dataset(data, n, args.queries, args)
             datasets[f"{data}/{n}"] = about
             t0 = time.perf_counter()
             ref = exact_knn(xq, xb, K)
