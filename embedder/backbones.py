@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from embedder.errors import BackboneError
+from huse_common.atomic import replacing
 
 logger = logging.getLogger(__name__)
 
@@ -402,8 +402,8 @@ def onnx_model_path(spec: str) -> Path:
 
 
 def _export_onnx(spec: str, target: Path) -> None:
-    """Export the torch model (with its pooling) to `target` atomically: a temp file in the
-    same directory, fsynced, then renamed, so a crash never leaves a half-written model."""
+    """Export the torch model (with its pooling) to `target` atomically (huse_common.atomic),
+    so a crash or a concurrent start never leaves a half-written model."""
     import warnings
 
     import torch
@@ -430,31 +430,21 @@ def _export_onnx(spec: str, target: Path) -> None:
         tokens = source.tokenizer(["a b", "c"], padding=True, return_tensors="pt")
         example = tuple(tokens[name] for name in _TEXT_INPUTS)
         inputs, axes = list(_TEXT_INPUTS), {name: {0: "n", 1: "t"} for name in _TEXT_INPUTS}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
     try:
-        with warnings.catch_warnings():  # the TorchScript exporter warns about constant folding
-            warnings.simplefilter("ignore")
+        with replacing(target) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter warns about folding
             torch.onnx.export(
                 module.eval(),
                 example,
-                tmp,
+                str(tmp),
                 input_names=inputs,
                 output_names=["features"],
                 dynamic_axes={**axes, "features": {0: "n"}},
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
     except (ImportError, RuntimeError, OSError) as e:
         raise BackboneError(f"cannot export {spec} to ONNX: {e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     logger.info("exported %s to %s", spec, target)
 
 

@@ -61,14 +61,10 @@ def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path
     """Read the catalog, extract (cached) features with the bundle's backbones, build the index.
     factory None = the bundle's training config `index_factory`."""
     from embedder.bundle import Bundle
-    from train.config import TrainConfig, apply_overrides
-    from train.huse import load_features
+    from train.data import config_from_bundle, load_features
 
     bundle = Bundle.load(bundle_dir)
-    cfg = apply_overrides(TrainConfig(), bundle.config["train_config"])
-    cfg.show_progress = show_progress
-    if cache_dir is not None:
-        cfg.cache_dir = cache_dir
+    cfg = config_from_bundle(bundle, show_progress=show_progress, cache_dir=cache_dir)
     feats = load_features(catalog, cfg)
     index_products(bundle, feats.products, feats.image, feats.text, out_dir,
                    factory=factory or cfg.index_factory, modality=modality)
