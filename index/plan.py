@@ -33,7 +33,7 @@ class IndexPlan:
     gpu_max_k: int = 2048  # FAISS GPU k-selection limit; larger k searches on CPU
     gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
     # Candidates measured side by side (bench.bench_index) to pick the numbers above.
-    candidate_lists_per_sqrt_n: tuple[float, ...] = (2.0, 8.0)
+    candidate_lists_per_sqrt_n: tuple[float, ...] = (2.0, 4.0)  # 8+: k-means too slow here
     candidate_hnsw_m: tuple[int, ...] = (16, 32)
     candidate_efforts: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
     fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
