@@ -319,6 +319,23 @@ class MetadataStore:
         ).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
 
+    def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """Live products per category path and per (attribute, value): what a shop's filter
+        menus offer. Values are counted as text; nested ones (objects, arrays) are skipped."""
+        categories = dict(
+            self._reader.execute(
+                "SELECT category, COUNT(*) FROM products WHERE deleted = 0 GROUP BY category"
+            ).fetchall()
+        )
+        attributes: dict[str, dict[str, int]] = {}
+        for name, value, count in self._reader.execute(
+            "SELECT j.key, CAST(j.value AS TEXT), COUNT(*) FROM products, json_each(attributes) j"
+            " WHERE deleted = 0 AND j.type NOT IN ('object', 'array', 'null')"
+            " GROUP BY j.key, CAST(j.value AS TEXT)"
+        ):
+            attributes.setdefault(name, {})[value] = count
+        return categories, attributes
+
     def changes_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows changed after `generation`: (upserted keys, their vectors, deleted keys)."""
         rows = self._reader.execute(

@@ -362,6 +362,12 @@ class ProductIndex:
             self._check_open()
             return self._meta.image_in_use(image)
 
+    def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """(products per category path, {attribute: {value: products}}) over live products."""
+        with self._lock.read():
+            self._check_open()
+            return self._meta.facet_counts()
+
     def vector(self, product_id: str) -> np.ndarray:
         with self._lock.read():
             self._check_open()
