@@ -225,27 +225,21 @@ class TextBackbone(Backbone):
         self.config = config
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        if self.engine == "onnx":  # the exported graph pools over the mask itself
-            batch = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.config.max_length,
-                return_tensors="np",
-            )
-            feeds = {name: batch[name].astype(np.int64, copy=False) for name in _TEXT_INPUTS}
-            return self.model.run(None, feeds)[0]
-        import torch
-
         batch = self.tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.config.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+            return_tensors="np",
+        )
+        if self.engine == "onnx":  # the exported graph pools over the mask itself
+            feeds = {name: batch[name].astype(np.int64, copy=False) for name in _TEXT_INPUTS}
+            return self.model.run(None, feeds)[0]
+        import torch
+
+        tensors = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
         with torch.inference_mode(), self._autocast():
-            pooled = _mean_pooled(self.model, batch)
+            pooled = _mean_pooled(self.model, tensors)
         return pooled.float().cpu().numpy().astype(np.float32, copy=False)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
