@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine_info, print_table, write_results
+from huse_common.vectors import l2_normalize
 from index.evaluation import exact_knn, recall_at_k
 from index.plan import Candidate, IndexPlan, candidates, choose_factory, pick
 
@@ -56,7 +57,7 @@ def _rss_bytes() -> int:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return l2_normalize(x).astype(np.float32, copy=False)
 
 
 def around(n: int, centers: np.ndarray, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

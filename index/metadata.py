@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.categories import below, normalize_path
 from index.errors import CorruptIndexError, IndexMismatchError, ProductNotFound
 
 logger = logging.getLogger(__name__)
@@ -48,10 +49,7 @@ def normalize_category(category: str) -> str:
     """'A>B >  C' -> 'A > B > C'; empty levels are an error."""
     if not isinstance(category, str):
         raise TypeError(f"category must be a str, got {type(category).__name__}")
-    levels = [level.strip() for level in category.split(">")]
-    if not all(levels):
-        raise ValueError(f"category {category!r} has an empty level")
-    return " > ".join(levels)
+    return normalize_path(category)
 
 
 @dataclass(frozen=True)
@@ -315,7 +313,7 @@ class MetadataStore:
         rows = self._reader.execute(
             "SELECT key FROM products WHERE deleted = 0 AND"
             " (category = ? OR (category >= ? AND category < ?)) ORDER BY key",
-            (prefix, prefix + " > ", prefix + " >!"),
+            (prefix, *below(prefix)),
         ).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from typing import Any
 
+from huse_common.limits import MAX_INDEX_K
+
 
 @dataclass(frozen=True)
 class IndexPlan:
@@ -29,7 +31,7 @@ class IndexPlan:
     tombstone_rebuild_fraction: float = 0.2
     exact_subset_max: int = 20_000  # filters this selective are searched exactly
     overfetch_growth: int = 4
-    max_k: int = 10_000
+    max_k: int = MAX_INDEX_K  # results one search may return (huse_common.limits)
     gpu_max_k: int = 2048  # FAISS GPU k-selection limit; larger k searches on CPU
     gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
     # Candidates measured side by side (bench.bench_index) to pick the numbers above.
@@ -38,6 +40,23 @@ class IndexPlan:
     candidate_efforts: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
     fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
     fastscan_refine_factor: int = 8  # k * factor fast-scan candidates re-ranked exactly in RAM
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How recall is measured (and search effort tuned) at build time; lands in the manifest."""
+
+    n_eval_queries: int = 1000
+    query_noise: float = 0.1  # norm of the perturbation added to sampled database vectors
+    k: int = 10
+    seed: int = 0
+    target_recall: float = 0.95  # double nprobe / efSearch until recall@k reaches this
+    # Tuning starts this low, so the lowest effort that reaches the target is kept: on real-like
+    # data at 1M, nprobe 4 already gave recall@10 0.99 at 5x the q/s of nprobe 32
+    # (bench/results/bench_index.json).
+    min_search_effort: int = 4
+    max_search_effort: int = 1024
+    timed_queries: int = 200  # searched one at a time per tuning point: the q/s in the curve
 
 
 def _power_of_two(x: float) -> int:
