@@ -28,14 +28,14 @@ from huse_common.atomic import replacing, sha256_file, write_atomic
 from huse_common.vectors import row_norms
 from index.arrays import as_matrix
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
-from index.metadata import MetadataStore, ProductRecord
+from index.metadata import MetadataStore, ProductFilter, ProductRecord
 from index.plan import IndexPlan
 from index.rwlock import RWLock
 from index.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Hit", "ProductIndex", "ProductRecord"]
+__all__ = ["Hit", "ProductFilter", "ProductIndex", "ProductRecord"]
 
 FORMAT = "huse-index"
 FORMAT_VERSION = 1
@@ -381,8 +381,11 @@ class ProductIndex:
         k: int,
         category_prefix: str | None = None,
         exclude_ids: Sequence[str] | None = None,
+        where: ProductFilter | None = None,
     ) -> list[list[Hit]]:
-        """k nearest products per query row, best first; fewer only if fewer match."""
+        """k nearest products per query row, best first; fewer only if fewer match.
+
+        `category_prefix` and `where` (categories, attribute equality) both restrict hits."""
         xq = as_matrix(xq, self._vi.d, "xq")
         excluded_ids = self._check_ids(exclude_ids) if exclude_ids is not None else None
         with self._lock.read():
@@ -390,6 +393,9 @@ class ProductIndex:
             allowed = None
             if category_prefix is not None:
                 allowed = self._meta.keys_with_category_prefix(category_prefix)
+            if where is not None:
+                matching = self._meta.keys_matching(where)
+                allowed = matching if allowed is None else np.intersect1d(allowed, matching)
             excluded = None
             if excluded_ids:
                 excluded = np.asarray(
@@ -405,6 +411,22 @@ class ProductIndex:
             ]
             for D_row, I_row in zip(D, I, strict=True)
         ]
+
+    def page(
+        self, after: int, limit: int, where: ProductFilter | None = None
+    ) -> list[tuple[int, ProductRecord]]:
+        """Live (key, record) pairs after key `after`, in key order (a stable cursor)."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        with self._lock.read():
+            self._check_open()
+            return self._meta.page(after, limit, where or ProductFilter())
+
+    def categories(self) -> list[str]:
+        """Distinct categories of live products, sorted."""
+        with self._lock.read():
+            self._check_open()
+            return self._meta.categories()
 
     # ------------------------------------------------------------------ persistence
     def record_build(self, info: dict[str, Any]) -> None:
