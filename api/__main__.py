@@ -20,7 +20,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", type=Path, help="directory with bundle/ and index/")
     p.add_argument("--bundle", type=Path, help="bundle directory (instead of --model)")
-    p.add_argument("--index", type=Path, help="index directory (instead of --model)")
+    p.add_argument(
+        "--index",
+        help="index directory (instead of --model's), or a Milvus collection: "
+        "milvus://host:port/name (extra 'scale')",
+    )
     p.add_argument("--uploads", type=Path, help="where uploaded images go (default DIR/uploads)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -46,7 +50,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
     overrides = {
         "model_dir": args.model,
         "bundle_dir": args.bundle,
-        "index_dir": args.index,
+        "index_dir": Path(args.index) if args.index and "://" not in args.index else None,
+        "index_uri": args.index if args.index and "://" in args.index else None,
         "uploads_dir": args.uploads,
         "api_key": args.api_key,
         "batch_max_size": args.batch_max_size,

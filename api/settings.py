@@ -15,8 +15,10 @@ class Settings(BaseSettings):
     """Everything `create_app` needs; `python -m api` fills it from flags and the environment.
 
     `model_dir` is a directory written by `python -m train.huse --out D` (D/bundle + D/index);
-    `bundle_dir`/`index_dir` name the two parts explicitly instead. Uploaded product images go
-    to `uploads_dir` (default: beside the index, `<model_dir>/uploads`).
+    `bundle_dir`/`index_dir` name the two parts explicitly instead; `index_uri` (a Milvus
+    collection, `milvus://host:port/name`, extra 'scale') replaces the index directory.
+    Uploaded product images go to `uploads_dir` (default: beside the index,
+    `<model_dir>/uploads`).
     """
 
     model_config = SettingsConfigDict(env_prefix="HUSE_", extra="ignore")
@@ -24,6 +26,7 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     bundle_dir: Path | None = None
     index_dir: Path | None = None
+    index_uri: str | None = None
     uploads_dir: Path | None = None
     # Bearer key for writes (HUSE_API_KEY); None refuses every write.
     api_key: SecretStr | None = None
@@ -55,19 +58,26 @@ class Settings(BaseSettings):
     def _resolve_dirs(self) -> Settings:
         if self.model_dir is not None:
             self.bundle_dir = self.bundle_dir or self.model_dir / "bundle"
-            self.index_dir = self.index_dir or self.model_dir / "index"
-        if self.bundle_dir is None or self.index_dir is None:
+            if self.index_uri is None:
+                self.index_dir = self.index_dir or self.model_dir / "index"
+        if self.bundle_dir is None or self.index_target is None:
             raise ValueError(
                 f"need model_dir or both bundle_dir and index_dir, got model_dir={self.model_dir}, "
                 f"bundle_dir={self.bundle_dir}, index_dir={self.index_dir}"
             )
         if self.uploads_dir is None:
-            self.uploads_dir = (self.model_dir or self.index_dir.parent) / "uploads"
+            beside = self.index_dir.parent if self.index_dir else self.bundle_dir.parent
+            self.uploads_dir = (self.model_dir or beside) / "uploads"
         if self.default_k > self.max_k:
             raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None
         return self
+
+    @property
+    def index_target(self) -> str | Path | None:
+        """What index.stores.open_product_index opens: the Milvus URI, else the directory."""
+        return self.index_uri or self.index_dir
 
     @property
     def media_root(self) -> Path:

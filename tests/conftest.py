@@ -137,3 +137,12 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path} (set HUSE_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Milvus Lite file per session (its in-process server starts once); a collection per
+    test keeps the tests apart."""
+    pytest.importorskip("pymilvus", reason="Milvus tests need the 'scale' extra")
+    pytest.importorskip("milvus_lite", reason="Milvus tests need the 'scale' extra")
+    return tmp_path_factory.mktemp("milvus") / "lite.db"
