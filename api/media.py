@@ -18,7 +18,7 @@ from PIL import Image
 
 from api.errors import ApiError
 from embedder.images import sha256_bytes
-from index.atomic import write_atomic
+from huse_common.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 

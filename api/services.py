@@ -359,9 +359,9 @@ class Services:
                 "fingerprint": self.bundle.fingerprint,
                 "dim": int(self.bundle.dim),
                 "heads": list(self.bundle.heads),
-                "image_backbone": config.get("image_backbone", {}).get("spec"),
+                "image_backbone": config.image_backbone.spec,
                 "image_engine": self.bundle.backbone("image").engine,
-                "text_backbone": config.get("text_backbone", {}).get("spec"),
+                "text_backbone": config.text_backbone.spec,
                 "other_threshold": self.threshold,
             },
             index={

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from embedder.errors import CatalogError, ImageError
+from embedder.errors import CatalogError, ImageError, MissingColumnsError
 from embedder.images import DEFAULT_LIMITS, ImageLimits, load_image, read_image_bytes, sha256_bytes
 
 logger = logging.getLogger(__name__)
@@ -221,9 +221,12 @@ def _iter_csv(path: Path, columns: ColumnMap) -> Any:
         tap = _LineTap(iter(f))
         reader = csv.DictReader(tap)
         header = reader.fieldnames or []
+        if not header:
+            raise CatalogError(f"{path} is empty: expected a header row with the columns "
+                               f"{list(columns.required())}")
         missing = [c for c in columns.required() if c not in header]
         if missing:
-            raise CatalogError(f"{path}: missing column(s) {missing}; header is {header}")
+            raise MissingColumnsError(f"{path}: missing column(s) {missing}; header is {header}")
         i = 0
         while True:
             tap.lines.clear()

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from embedder.errors import FeatureCacheError
+from huse_common.atomic import replacing, write_atomic
 
 FORMAT = "huse-feature-shards"
 FORMAT_VERSION = 1
@@ -78,21 +77,6 @@ def plan_shards(
     return specs
 
 
-def _write_replacing(path: Path, write: Any) -> None:
-    """write(tmp_path) then fsync + rename over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(name)
-        with open(name, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
 def _vectors(x: np.ndarray) -> Any:
     import pyarrow as pa
 
@@ -120,7 +104,8 @@ def write_shard(path: Path, data: ShardData) -> None:
             "text": _vectors(data.text),
         }
     )
-    _write_replacing(Path(path), lambda tmp: pq.write_table(table, tmp))
+    with replacing(Path(path)) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _matrix(column: Any) -> np.ndarray:
@@ -148,7 +133,7 @@ def read_shard(path: Path) -> ShardData:
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     path = Path(directory) / MANIFEST
     body = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, indent=2)
-    _write_replacing(path, lambda tmp: Path(tmp).write_text(body))
+    write_atomic(path, body.encode())
     return path
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from index.atomic import fsync_path
+from huse_common.atomic import fsync_path
 from index.evaluation import exact_knn, perturbed_queries, recall_at_k
 from index.store import ProductIndex, ProductRecord
 from index.vectors import IndexPlan

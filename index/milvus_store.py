@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from huse_common.categories import join_path, split_path
 from index.arrays import as_matrix
 from index.errors import IndexMismatchError, IndexStoreError, ProductNotFound
 from index.metadata import ProductRecord, normalize_category
@@ -137,9 +138,9 @@ def _quotable(value: str) -> bool:
 
 
 def category_paths(category: str) -> list[str]:
-    """Every whole-level prefix of a normalised category: 'A > B' -> ['A', 'A > B']."""
-    levels = category.split(" > ")
-    return [" > ".join(levels[: i + 1]) for i in range(len(levels))]
+    """Every whole-level prefix of a category: 'A > B' -> ['A', 'A > B']."""
+    levels = split_path(category)
+    return [join_path(levels[: i + 1]) for i in range(len(levels))]
 
 
 def milvus_index(factory: str, n: int, plan: MilvusPlan) -> tuple[str, dict[str, int]]:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.atomic import replacing, sha256_file, write_atomic
 from index.arrays import as_matrix
-from index.atomic import replacing, sha256_file, write_atomic
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
 from index.metadata import MetadataStore, ProductRecord
 from index.plan import IndexPlan

@@ -140,6 +140,26 @@ def shared_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def pipeline_run(sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir,
+                 tmp_path_factory):
+    """(config, OUT) of the session's one end-to-end `train.pipeline.run` on the sample catalog
+    with tiny backbones, shared by the train and API tests. Read-only: copy OUT to write."""
+    from train.config import TrainConfig
+    from train.pipeline import run
+
+    out = tmp_path_factory.mktemp("pipeline_run")
+    cfg = TrainConfig(catalog=str(sample_catalog), out=str(out / "model"),
+                      cache_dir=str(out / "cache"),
+                      image_backbone=f"hf:{tiny_image_backbone_dir}",
+                      text_backbone=f"hf:{tiny_text_backbone_dir}",
+                      embed_dim=16, image_tower=(32,), text_tower=(32,), batch_size=32,
+                      max_epochs=3, min_per_class=1, attribute_heads=("gender",),
+                      tfidf_max_features=200, num_workers=0, device="cpu",
+                      index_factory="Flat")
+    return cfg, run(cfg)
+
+
+@pytest.fixture(scope="session")
 def milvus_lite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One Milvus Lite file per session (its in-process server starts once); a collection per
     test keeps the tests apart."""

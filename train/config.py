@@ -21,6 +21,16 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+COLUMN_ROLES = ("id", "title", "image", "category")  # catalog columns --column can map
+
+
+class ConfigError(ValueError):
+    """A configuration the user can fix: the message names the key and what it accepts."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A value of the wrong type for its key."""
+
 
 @dataclass
 class TrainConfig:
@@ -64,6 +74,8 @@ class TrainConfig:
     # leans on the stronger modality. A float fixes w.
     fusion_image_weight: float | None = None
     fusion_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    # catalog column names by role when they differ, e.g. {"id": "sku", "title": "name"}
+    catalog_columns: dict[str, str] = field(default_factory=dict)
     # --- index ---
     index_factory: str = "auto"  # FAISS factory string or "auto" (chosen by index size)
     # --- runtime ---
@@ -72,6 +84,7 @@ class TrainConfig:
     num_workers: int = 2  # image decoding workers during feature extraction
     feature_batch_size: int = 32  # backbone batch size during feature extraction
     resume: bool = False  # continue from OUT/checkpoints/last.pt
+    overwrite: bool = False  # replace a model already in OUT (otherwise refused)
     show_progress: bool = False  # tqdm bars (the CLI turns them on)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, saved as is
 
@@ -79,35 +92,40 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> TrainConfig:
-        """Raise ValueError naming the bad value; return self for chaining."""
+        """Raise ConfigError naming the bad value; return self for chaining."""
         if self.embed_dim <= 0:
-            raise ValueError(f"embed_dim must be > 0, got {self.embed_dim}")
+            raise ConfigError(f"embed_dim must be > 0, got {self.embed_dim}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.val_frac < 0 or self.test_frac < 0 or self.val_frac + self.test_frac >= 1:
-            raise ValueError(f"need val_frac, test_frac >= 0 and val_frac + test_frac < 1, "
+            raise ConfigError(f"need val_frac, test_frac >= 0 and val_frac + test_frac < 1, "
                              f"got {self.val_frac}, {self.test_frac}")
         if self.min_per_class < 1:
-            raise ValueError(f"min_per_class must be >= 1, got {self.min_per_class}")
+            raise ConfigError(f"min_per_class must be >= 1, got {self.min_per_class}")
         if self.oversample_percentile is not None and not 0 < self.oversample_percentile <= 100:
-            raise ValueError(f"oversample_percentile must be in (0, 100] or None, "
+            raise ConfigError(f"oversample_percentile must be in (0, 100] or None, "
                              f"got {self.oversample_percentile}")
         if min(self.w_cls, self.w_graph, self.w_gap) < 0:
-            raise ValueError(f"loss weights must be >= 0, got w_cls={self.w_cls}, "
+            raise ConfigError(f"loss weights must be >= 0, got w_cls={self.w_cls}, "
                              f"w_graph={self.w_graph}, w_gap={self.w_gap}")
         if self.logit_scale <= 0:
-            raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
+            raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
         weights = (*self.fusion_grid, *(() if self.fusion_image_weight is None
                                          else (self.fusion_image_weight,)))
         if not self.fusion_grid or not all(0.0 <= w <= 1.0 for w in weights):
-            raise ValueError(f"fusion weights must be in [0, 1] (and the grid non-empty), got "
+            raise ConfigError(f"fusion weights must be in [0, 1] (and the grid non-empty), got "
                              f"fusion_image_weight={self.fusion_image_weight}, "
                              f"fusion_grid={self.fusion_grid}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto|cpu|cuda, got {self.device!r}")
+            raise ConfigError(f"device must be auto|cpu|cuda, got {self.device!r}")
         for name in ("batch_size", "max_epochs", "patience", "tfidf_max_features"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        unknown_roles = sorted(set(self.catalog_columns) - set(COLUMN_ROLES))
+        if unknown_roles or not all(isinstance(v, str) and v for v in
+                                    self.catalog_columns.values()):
+            raise ConfigError(f"catalog_columns maps the roles {COLUMN_ROLES} to non-empty column "
+                             f"names, got {self.catalog_columns}")
         return self
 
 
@@ -118,9 +136,9 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         for option in typing.get_args(hint):
             try:
                 return _check_type(key, value, option)
-            except TypeError:
+            except ConfigTypeError:
                 continue
-        raise TypeError(f"{key}: {value!r} ({type(value).__name__}) does not match {hint}")
+        raise ConfigTypeError(f"{key}: {value!r} ({type(value).__name__}) does not match {hint}")
     if hint is type(None):
         if value is None:
             return None
@@ -139,18 +157,35 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             return value
     elif isinstance(value, hint):
         return value
-    raise TypeError(f"{key}: {value!r} ({type(value).__name__}) does not match {hint}")
+    raise ConfigTypeError(f"{key}: {value!r} ({type(value).__name__}) does not match {hint}")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
-    """Return a copy of cfg with overrides applied; unknown keys -> ValueError."""
-    hints = typing.get_type_hints(TrainConfig)
-    known = {f.name for f in fields(TrainConfig)}
+    """Return a copy of cfg with overrides applied; unknown keys -> ConfigError."""
+    hints = typing.get_type_hints(type(cfg))
+    known = {f.name for f in fields(cfg)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
     checked = {k: _check_type(k, v, hints[k]) for k, v in overrides.items()}
     return dataclasses.replace(cfg, **checked)
+
+
+def lenient_overrides(cfg: TrainConfig,
+                      overrides: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """Apply the overrides that are known and type-check; return the rest (e.g. a saved
+    bundle's keys renamed or retyped since) instead of raising."""
+    hints = typing.get_type_hints(type(cfg))
+    known = {f.name for f in fields(cfg)}
+    applied, ignored = {}, {}
+    for key, value in overrides.items():
+        try:
+            if key not in known:
+                raise ConfigError(key)
+            applied[key] = _check_type(key, value, hints[key])
+        except ConfigError:
+            ignored[key] = value
+    return dataclasses.replace(cfg, **applied), ignored
 
 
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
@@ -158,13 +193,27 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
             out[key.strip()] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             out[key.strip()] = raw
     return out
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """A JSON preset file as a dict; ConfigError when it is missing or not a JSON object."""
+    try:
+        preset = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config {path}: not a readable JSON file ({e})") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object, got "
+                          f"{type(preset).__name__}")
+    return preset
 
 
 def resolve_config(
@@ -175,10 +224,7 @@ def resolve_config(
     """Defaults, then the JSON preset, then `--set` items, then explicit keyword values."""
     cfg = TrainConfig()
     if config_file:
-        preset = json.loads(Path(config_file).read_text())
-        if not isinstance(preset, dict):
-            raise ValueError(f"{config_file}: expected a JSON object, got {type(preset).__name__}")
-        cfg = apply_overrides(cfg, preset)
+        cfg = apply_overrides(cfg, read_preset(config_file))
     cfg = apply_overrides(cfg, parse_set(sets))
     cfg = apply_overrides(cfg, {k: v for k, v in explicit.items() if v is not None})
     return cfg.validate()

@@ -25,7 +25,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from train.huse import timed  # the pipeline's phase timer (logs, optionally records, seconds)
+from embedder.classify import METHODS
+from huse_common.categories import top_level
+from huse_common.vectors import l2_normalize
+from train.data import LabeledFeatures
 from train.metrics import (
     class_recall_at_k,
     confusion_matrix_top,
@@ -33,11 +36,11 @@ from train.metrics import (
     macro_f1,
     topk_accuracy,
 )
+from train.timing import timed
 
 logger = logging.getLogger(__name__)
 
 INPUTS = ("image", "text", "fused")
-METHODS = ("linear", "centroid")
 RETRIEVAL_PAIRS = (  # (name, query input, database input, exclude the query itself)
     ("image->image", "image", "image", True),
     ("image->text", "image", "text", False),
@@ -63,33 +66,6 @@ class EvalBundle(Protocol):
                        titles: Any = None) -> np.ndarray: ...
     def head_probs(self, emb: np.ndarray) -> dict[str, np.ndarray]: ...
     def centroid_scores(self, emb: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-@dataclass
-class LabeledFeatures:
-    """One split, row-aligned: frozen backbone features and per-head label indices."""
-
-    product_ids: list[str]
-    titles: list[str]
-    image: np.ndarray  # (n, Di) frozen image-backbone features
-    text: np.ndarray  # (n, Dt) frozen text-backbone features
-    labels: dict[str, np.ndarray]  # head -> int64 (n,), -1 = not in the head's label space
-    # Full category path per row ("A > B > C"). Optional: retrieval then knows the leaf class of
-    # rare products too; without it, rows with leaf label -1 are skipped as queries.
-    categories: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.product_ids)
-        sizes = {"titles": len(self.titles), "image": len(self.image), "text": len(self.text),
-                 **{f"labels[{h}]": len(y) for h, y in self.labels.items()}}
-        if self.categories is not None:
-            sizes["categories"] = len(self.categories)
-        bad = {k: v for k, v in sizes.items() if v != n}
-        if bad:
-            raise ValueError(f"LabeledFeatures rows must all be {n} (product_ids), got {bad}")
-
-    def __len__(self) -> int:
-        return len(self.product_ids)
 
 
 @dataclass
@@ -132,11 +108,6 @@ class EvalArtifacts:
     seed: int = 0
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _classification(scores: np.ndarray, y: np.ndarray, topk: tuple[int, ...],
                     threshold: float | None) -> dict[str, float]:
     out = {f"top{k}": topk_accuracy(scores, y, k) for k in topk}
@@ -157,7 +128,7 @@ def _retrieval_classes(split: LabeledFeatures, leaf_head: str) -> np.ndarray:
 
 def _top_groups(split: LabeledFeatures, bundle: EvalBundle) -> list[str]:
     if split.categories is not None:
-        return [c.split(" > ")[0].strip() for c in split.categories]
+        return [top_level(c) for c in split.categories]
     head = bundle.heads[0]
     names = bundle.labels[head]
     return [names[i] if i >= 0 else RARE_GROUP for i in split.labels[head]]
@@ -232,8 +203,8 @@ def knn_baseline(train: LabeledFeatures, test: LabeledFeatures, head: str, n_cla
                  cfg: EvalConfig, retrieval_classes: np.ndarray) -> dict[str, Any]:
     """Baseline (b): cosine k-NN on frozen image features (classification + retrieval)."""
     tr = _labelled(train, head)
-    xb = _l2n(train.image[tr])
-    xq = _l2n(test.image)
+    xb = l2_normalize(np.asarray(train.image[tr], np.float32))
+    xq = l2_normalize(np.asarray(test.image, np.float32))
     k = min(cfg.knn_k, len(tr))
     D, I = knn_search(xq, xb, k)  # noqa: E741 (faiss naming)
     votes = np.zeros((len(xq), n_classes), dtype=np.float64)

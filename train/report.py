@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from index.atomic import write_atomic
+from huse_common.atomic import write_atomic
 from train.evaluate import INPUTS, METHODS, EvalArtifacts
 
 logger = logging.getLogger(__name__)

@@ -32,17 +32,22 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def products(tmp_path_factory):
+def catalog(tmp_path_factory):
     from train.sample_catalog import write_sample_catalog
 
-    catalog = write_sample_catalog(tmp_path_factory.mktemp("ray_catalog"), N_PRODUCTS, seed=3)
+    return write_sample_catalog(tmp_path_factory.mktemp("ray_catalog"), N_PRODUCTS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def products(catalog):
     return read_catalog(catalog).products
 
 
 def test_ray_features_equal_local_resume_and_fill_the_cache(
-    ray_cluster, products, tiny_image_backbone, tiny_text_backbone, tmp_path, monkeypatch
+    ray_cluster, catalog, products, tiny_image_backbone, tiny_text_backbone, tmp_path, monkeypatch
 ):
     from embedder.ray_features import RayFeaturesConfig, extract_features_ray
+    from train.huse import main
 
     titles = [p.title for p in products]
     with FeatureCache(tmp_path / "local_cache") as cache:
@@ -51,6 +56,29 @@ def test_ray_features_equal_local_resume_and_fill_the_cache(
 
     out, config = tmp_path / "shards", RayFeaturesConfig(shard_size=64)
     specs = (tiny_image_backbone.spec, tiny_text_backbone.spec)
+    cli = [
+        "features",
+        "--catalog",
+        str(catalog),
+        "--engine",
+        "ray",
+        "--no-progress",
+        "--out-shards",
+        str(tmp_path / "cli_shards"),
+        "--cache-dir",
+        str(tmp_path / "cli"),
+        "--set",
+        f"image_backbone={specs[0]!r}",
+        "--set",
+        f"text_backbone={specs[1]!r}",
+        "--set",
+        "device='cpu'",
+    ]
+    assert main(cli) == 0
+    by_cli = FeatureShards(tmp_path / "cli_shards").arrays()
+    np.testing.assert_allclose(by_cli.image, image, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(by_cli.text, text, atol=1e-5, rtol=0)
+
     with FeatureCache(tmp_path / "ray_cache") as cache:
         shards = extract_features_ray(products, *specs, out, cache, config)
     got = shards.arrays()
