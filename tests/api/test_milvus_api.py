@@ -44,10 +44,13 @@ def test_api_over_milvus_answers_as_over_faiss(
             ):
                 assert _ids(mc, k="10", **query) == _ids(fc, k="10", **query)
         data = {"title": "green canvas sneaker", "category": "Footwear > Sneakers"}
-        files = {"image": ("shoe.png", make_image((30, 160, 60)))}
-        assert mc.put("/v1/products/new-1", data=data, files=files, headers=auth).status_code == 200
+        photo = make_image((30, 160, 60))
+        r = mc.put("/v1/products/new-1", data=data, files={"image": ("s.png", photo)}, headers=auth)
+        assert r.status_code == 200, r.text
         assert mc.get("/v1/products/new-1").json()["title"] == "green canvas sneaker"
-        assert _ids(mc, title="green canvas sneaker", k="1", category="Footwear") == ["new-1"]
+        query = {"title": "green canvas sneaker", "k": "1", "category": "Footwear"}
+        r = mc.post("/v1/search", data=query, files={"image": ("q.png", photo)})
+        assert [h["id"] for h in r.json()["hits"]] == ["new-1"]  # its own photo and title
         assert mc.delete("/v1/products/new-1", headers=auth).status_code == 200
         assert mc.get("/v1/products/new-1").status_code == 404
         assert mc.get("/healthz").json()["index"]["size"] == len(ids)
