@@ -151,8 +151,15 @@ def _train(args: argparse.Namespace) -> None:
     cfg = _config_from_args(args, catalog=args.catalog, out=args.out,
                             resume=True if args.resume else None,
                             overwrite=True if args.overwrite else None)
-    out = run(cfg)
-    print((out / BUNDLE_DIR / "report.md").read_text())
+    from train import distributed
+
+    rank = distributed.init_from_env()  # under torchrun: join its job (else one process)
+    try:
+        out = run(cfg)
+    finally:
+        distributed.shutdown()
+    if rank.main:
+        print((out / BUNDLE_DIR / "report.md").read_text())
 
 
 COMMANDS: dict[str | None, Callable[[argparse.Namespace], None]] = {
