@@ -174,7 +174,7 @@ def _versions() -> dict[str, str]:
 
 def _unimplemented_rpc(record: logging.LogRecord) -> bool:
     """Milvus Lite logs a traceback for each RPC it lacks that pymilvus then works around."""
-    return "Method not implemented" not in str(record.args)
+    return "Method not implemented" not in record.getMessage()
 
 
 def _connect(target: MilvusTarget) -> Any:

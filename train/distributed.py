@@ -87,8 +87,11 @@ def init_from_env() -> Rank:
         return current()
     if int(os.environ["WORLD_SIZE"]) < 2:
         return Rank()
+    import torch
     import torch.distributed as dist
 
+    if torch.cuda.is_available():  # "cuda" then means this rank's own GPU, in every stage
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(_backend(), init_method="env://")
     rank = current()
     logger.info("rank %d of %d (local rank %d)", rank.rank, rank.world, rank.local_rank)
