@@ -37,12 +37,11 @@ from api.schemas import (
     SearchPublic,
 )
 from api.settings import Settings
-from embedder.bundle import PATH_KEY
+from embedder.classify import METHODS, PATH_KEY
 from embedder.images import ImageLimits, load_image
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("linear", "centroid")
 _VERSIONED = ("huse-search", "fastapi", "torch", "transformers", "faiss-cpu", "numpy", "pillow")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.categories import below, normalize_path
 from index.errors import CorruptIndexError, IndexMismatchError, ProductNotFound
 
 logger = logging.getLogger(__name__)
@@ -48,10 +49,7 @@ def normalize_category(category: str) -> str:
     """'A>B >  C' -> 'A > B > C'; empty levels are an error."""
     if not isinstance(category, str):
         raise TypeError(f"category must be a str, got {type(category).__name__}")
-    levels = [level.strip() for level in category.split(">")]
-    if not all(levels):
-        raise ValueError(f"category {category!r} has an empty level")
-    return " > ".join(levels)
+    return normalize_path(category)
 
 
 @dataclass(frozen=True)
@@ -315,9 +313,26 @@ class MetadataStore:
         rows = self._reader.execute(
             "SELECT key FROM products WHERE deleted = 0 AND"
             " (category = ? OR (category >= ? AND category < ?)) ORDER BY key",
-            (prefix, prefix + " > ", prefix + " >!"),
+            (prefix, *below(prefix)),
         ).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """Live products per category path and per (attribute, value): what a shop's filter
+        menus offer. Values are counted as text; nested ones (objects, arrays) are skipped."""
+        categories = dict(
+            self._reader.execute(
+                "SELECT category, COUNT(*) FROM products WHERE deleted = 0 GROUP BY category"
+            ).fetchall()
+        )
+        attributes: dict[str, dict[str, int]] = {}
+        for name, value, count in self._reader.execute(
+            "SELECT j.key, CAST(j.value AS TEXT), COUNT(*) FROM products, json_each(attributes) j"
+            " WHERE deleted = 0 AND j.type NOT IN ('object', 'array', 'null')"
+            " GROUP BY j.key, CAST(j.value AS TEXT)"
+        ):
+            attributes.setdefault(name, {})[value] = count
+        return categories, attributes
 
     def changes_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows changed after `generation`: (upserted keys, their vectors, deleted keys)."""

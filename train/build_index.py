@@ -31,7 +31,7 @@ def product_records(products: Sequence[Any]) -> list[Any]:
 
 def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray,
                    text_feats: np.ndarray, out_dir: str | Path, factory: str = "auto",
-                   modality: str = "fused") -> dict:
+                   modality: str = "fused", plan: Any = None, build: Any = None) -> dict:
     """Embed products from their frozen features with `bundle`, build the index at out_dir;
     returns the index manifest (recall@10 vs exact included)."""
     from index.build import build_product_index
@@ -52,7 +52,7 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
     out = out_dir if is_milvus_uri(out_dir) else Path(out_dir)
     # overwrite: a rebuild is built beside the old index and swapped in only once saved.
     manifest = build_product_index(out, product_records(products), xb, bundle.fingerprint,
-                                   factory=factory, overwrite=True)
+                                   factory=factory, plan=plan, config=build, overwrite=True)
     logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
     return manifest
 
@@ -73,5 +73,5 @@ def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path
     milvus = is_milvus_uri(out_dir)
     index_products(bundle, feats.products, feats.image, feats.text, out_dir,
                    factory=factory or ("auto" if milvus else cfg.index_factory),
-                   modality=modality)
+                   modality=modality, plan=cfg.index_plan, build=cfg.index_build)
     return out_dir if milvus else Path(out_dir)

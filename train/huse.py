@@ -13,11 +13,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from train.config import COLUMN_ROLES, ConfigError, TrainConfig, resolve_config
+from train.config import COLUMN_ROLES, ConfigError, TrainConfig, config_keys, resolve_config
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +25,8 @@ COLUMN_HINT = "name your columns with --column ROLE=COLUMN (roles: " + ", ".join
 
 
 def _set_help() -> str:
-    """Every TrainConfig key with its default, for `--help`."""
-    default = TrainConfig()
-    return "\n".join(f"  {f.name} = {getattr(default, f.name)!r}" for f in fields(TrainConfig))
+    """Every config key (nested ones dotted) with its default, for `--help`."""
+    return "\n".join(f"  {k} = {v!r}" for k, v in config_keys(TrainConfig()).items())
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

@@ -51,8 +51,6 @@ def run(cfg: TrainConfig) -> Path:
     the feature cache; its semantic graph is broadcast) and fits; rank 0 alone writes the
     rejects, checkpoints, bundle, report and index.
     """
-    from train.evaluate import EvalConfig
-
     rank = distributed.current()
     cfg = cfg.validate()
     out = check_out(cfg)
@@ -70,9 +68,8 @@ def run(cfg: TrainConfig) -> Path:
         return out
     assembled = stages.assemble(prep, fitted)
     bundle_dir = assembled.bundle.save(out / BUNDLE_DIR)
-    evaluated = stages.evaluate(prep.data, assembled.bundle, EvalConfig(seed=cfg.seed), timings)
-    manifest = stages.index(prep.data.feats, assembled.bundle, out / INDEX_DIR,
-                            cfg.index_factory, timings)
+    evaluated = stages.evaluate(prep.data, assembled.bundle, cfg.eval_config(), timings)
+    manifest = stages.index(prep.data.feats, assembled.bundle, out / INDEX_DIR, cfg, timings)
     timings["total"] = round(time.perf_counter() - t_start, 2)
     stages.report(bundle_dir, prep, fitted, assembled, evaluated, manifest, out / INDEX_DIR,
                   timings)
@@ -86,12 +83,11 @@ def evaluate_bundle(bundle_dir: str | Path, catalog: str | Path,
     training config, so an unchanged catalog gives the same test split); rewrites the report,
     keeping its training history and data notes."""
     from embedder.bundle import Bundle
-    from train.evaluate import EvalConfig
     from train.report import write_report
 
     bundle = Bundle.load(bundle_dir)
     cfg, data = bundle_data(bundle, catalog, cache_dir=cache_dir)
-    evaluated = stages.evaluate(data, bundle, EvalConfig(seed=cfg.seed))
+    evaluated = stages.evaluate(data, bundle, cfg.eval_config())
     previous = Path(bundle_dir) / "report.json"
     report = json.loads(previous.read_text()) if previous.exists() else {}
     history = report.pop("history", [])
