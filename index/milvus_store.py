@@ -2,8 +2,9 @@
 
 For catalogs past one machine: Milvus shards a collection over query nodes, so the serving index
 is no longer bounded by one host's memory. Same calls as `index.store.ProductIndex` (upsert,
-delete, get, vector, image_in_use, search with a category-prefix filter and excluded ids,
-batched queries, bundle-fingerprint check on open), so `api` and `index.build` use either.
+delete, get, vector, image_in_use, search with category / attribute filters and excluded ids,
+batched queries, page, categories, facet_counts, bundle-fingerprint check on open), so `api`
+and `index.build` use either.
 
 Targets are URIs: `milvus://host:port/name` (a server; token from $HUSE_MILVUS_TOKEN) or
 `milvus-lite:///path/to/file.db?collection=name` (Milvus Lite, a local in-process server on
@@ -11,16 +12,20 @@ Targets are URIs: `milvus://host:port/name` (a server; token from $HUSE_MILVUS_T
 collection `name__<stamp>`: a rebuild fills a new collection and then moves the alias (as the
 FAISS store swaps its directory), so a half-built index is never served.
 
-One row per product: id (primary key), vector, title, category, image, attributes (JSON) and
-`paths`, every whole-level prefix of the category, which the category filter matches exactly
-(`array_contains`). Collection properties carry the contract facts (format, d, bundle
-fingerprint, index type, build facts). Writes flush before returning; the collection uses
-Strong consistency, so a read sees every write that has returned. Index types: FLAT and
-IVF_FLAT (filtered HNSW search measured recall 0.23 in Milvus Lite, so it is not offered).
+One row per product: id (primary key), vector, title, category, image, attributes (JSON),
+`paths` (every whole-level prefix of the category, which category filters match exactly) and
+`key` (a stable int64 from the id: the cursor of `page`). Listings (`page`, `categories`,
+`facet_counts`) are scans within Milvus' query window of 16,384 rows: larger collections
+refuse them with a clear error (a separate facet store would lift this). Collection
+properties carry the contract facts (format, d, bundle fingerprint, index type, build facts).
+Writes flush before returning; the collection uses Strong consistency, so a read sees every
+write that has returned. Index types: FLAT and IVF_FLAT (filtered HNSW search measured recall
+0.23 in Milvus Lite, so it is not offered).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -38,7 +43,7 @@ import numpy as np
 from huse_common.categories import join_path, split_path
 from index.arrays import as_matrix
 from index.errors import IndexMismatchError, IndexStoreError, ProductNotFound
-from index.metadata import ProductRecord, normalize_category
+from index.metadata import ProductFilter, ProductRecord, normalize_category
 from index.plan import IndexPlan
 from index.store import Hit, check_ids, validate_batch
 
@@ -52,6 +57,7 @@ SCHEMES = ("milvus", "milvus-lite")
 TOKEN_ENV = "HUSE_MILVUS_TOKEN"
 DEFAULT_COLLECTION = "products"
 META_FIELDS = ["id", "title", "category", "image", "attributes"]
+KEY_BITS = 63  # cursor keys are non-negative int64
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
 # Milvus string literals accept \" \\ \n \t \r escapes only (json.dumps' \uXXXX is refused).
 _UNQUOTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -135,6 +141,25 @@ def _literal(value: str) -> str:
 
 def _quotable(value: str) -> bool:
     return _UNQUOTABLE.search(value) is None
+
+
+def row_key(product_id: str) -> int:
+    """A stable non-negative int64 for an id (sha256 prefix): the page cursor's order."""
+    digest = hashlib.sha256(product_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - KEY_BITS)
+
+
+def where_filter(where: ProductFilter) -> str | None:
+    """A Milvus expression for a ProductFilter; None when nothing can match (no categories)."""
+    parts = []
+    if where.categories is not None:
+        if not where.categories:
+            return None
+        prefixes = ", ".join(_literal(normalize_category(c)) for c in where.categories)
+        parts.append(f"array_contains_any(paths, [{prefixes}])")
+    for name, value in where.attributes:
+        parts.append(f"attributes[{_literal(name)}] == {_literal(str(value))}")
+    return " and ".join(parts)
 
 
 def category_paths(category: str) -> list[str]:
@@ -293,6 +318,7 @@ class MilvusProductIndex:
 
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=plan.id_max_bytes)
+        schema.add_field("key", DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=d)
         for name in ("title", "category", "image"):
             schema.add_field(name, DataType.VARCHAR, max_length=plan.text_max_bytes)
@@ -406,6 +432,7 @@ class MilvusProductIndex:
             raise ValueError(f"category of {record.id!r} has over {plan.max_levels} levels")
         return {
             "id": record.id,
+            "key": row_key(record.id),
             "vector": x.tolist(),
             "title": record.title,
             "category": record.category,
@@ -523,8 +550,11 @@ class MilvusProductIndex:
         k: int,
         category_prefix: str | None = None,
         exclude_ids: Sequence[str] | None = None,
+        where: ProductFilter | None = None,
     ) -> list[list[Hit]]:
-        """k nearest products per query row, best first; fewer only if fewer match."""
+        """k nearest products per query row, best first; fewer only if fewer match.
+
+        `category_prefix` and `where` (categories, attribute equality) both restrict hits."""
         xq = as_matrix(xq, self.d, "xq")
         if (
             isinstance(k, bool)
@@ -539,9 +569,16 @@ class MilvusProductIndex:
             filters.append(f"array_contains(paths, {prefix})")
         if excluded:
             filters.append(self._id_filter(excluded, negate=True))
+        if where is not None:
+            matching = where_filter(where)
+            if matching is None:
+                return [[] for _ in xq]
+            filters.append(matching)
+        filters = [f for f in filters if f]
         params: dict[str, Any] = {"metric_type": "IP"}
         if self.search_effort is not None:
-            factor = self.plan.filtered_effort_factor if category_prefix is not None else 1
+            filtered = category_prefix is not None or where is not None
+            factor = self.plan.filtered_effort_factor if filtered else 1
             nprobe = min(self.search_effort * factor, int(self._index_params["nlist"]))
             params["params"] = {"nprobe": nprobe}
         self._check_open()
@@ -562,6 +599,50 @@ class MilvusProductIndex:
                 ]
                 out.append(sorted(hits, key=lambda h: -h.score))
         return out
+
+    def _scan(self, fields: list[str], expr: str = "") -> list[dict[str, Any]]:
+        """Every live row matching `expr`, within Milvus' query window (refused past it)."""
+        self._check_open()
+        rows = self._client.query(
+            self.collection, filter=expr, output_fields=fields, limit=self.plan.max_k
+        )
+        if len(rows) >= self.plan.max_k:
+            raise IndexStoreError(
+                f"{self.target.uri}: listing over {self.plan.max_k} products is not supported "
+                "on Milvus yet (search is)"
+            )
+        return rows
+
+    def page(
+        self, after: int, limit: int, where: ProductFilter | None = None
+    ) -> list[tuple[int, ProductRecord]]:
+        """Live (key, record) pairs after key `after`, in key order (a stable cursor)."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        matching = where_filter(where) if where is not None else ""
+        if matching is None:
+            return []
+        expr = " and ".join(e for e in (f"key > {int(after)}", matching) if e)
+        rows = sorted(self._scan(["key", *META_FIELDS], expr), key=lambda r: r["key"])
+        return [(int(r["key"]), self._record(r)) for r in rows[:limit]]
+
+    def categories(self) -> list[str]:
+        """Distinct categories of live products, sorted."""
+        return sorted({r["category"] for r in self._scan(["category"])})
+
+    def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """(products per category path, {attribute: {value: products}}) over live products;
+        nested attribute values (objects, arrays) and nulls are not counted."""
+        categories: dict[str, int] = {}
+        attributes: dict[str, dict[str, int]] = {}
+        for row in self._scan(["category", "attributes"]):
+            categories[row["category"]] = categories.get(row["category"], 0) + 1
+            for name, value in (row["attributes"] or {}).items():
+                if value is None or isinstance(value, dict | list):
+                    continue
+                counts = attributes.setdefault(name, {})
+                counts[str(value)] = counts.get(str(value), 0) + 1
+        return categories, attributes
 
     # ------------------------------------------------------------------ persistence
     def record_build(self, info: dict[str, Any]) -> None:

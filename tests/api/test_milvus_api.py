@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from api.__main__ import build_settings, parse_args
+from api.__main__ import build_parser, build_settings
 from api.app import create_app
 from api.settings import Settings
 from index.build import build_product_index
@@ -57,8 +57,12 @@ def test_api_over_milvus_answers_as_over_faiss(
 
 
 def test_index_flag_takes_a_milvus_uri(tmp_path):
-    milvus = build_settings(parse_args(["--model", str(tmp_path), "--index", "milvus://h:1/c"]))
+    milvus = build_settings(
+        build_parser().parse_args(["--model", str(tmp_path), "--index", "milvus://h:1/c"])
+    )
     assert milvus.index_uri == "milvus://h:1/c" and milvus.index_dir is None
     assert milvus.index_target == "milvus://h:1/c" and milvus.uploads_dir == tmp_path / "uploads"
-    plain = build_settings(parse_args(["--bundle", str(tmp_path / "b"), "--index", str(tmp_path)]))
+    plain = build_settings(
+        build_parser().parse_args(["--bundle", str(tmp_path / "b"), "--index", str(tmp_path)])
+    )
     assert plain.index_uri is None and plain.index_target == tmp_path

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_testdata import D, brute_force, make_records, make_vectors
+from index_testdata import CATEGORIES, D, brute_force, make_records, make_vectors
 
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError, ProductNotFound
+from index.metadata import ProductFilter
 from index.plan import IndexPlan
 from index.store import ProductIndex, ProductRecord
 
@@ -91,6 +92,23 @@ def test_category_prefix_on_whole_levels_returns_k(store, xq):
     winter = store.search(xq, 200, category_prefix=" Footwear>Boots ")
     assert all(len(row) == N // 4 for row in winter)  # fewer match than k: all of them
     assert store.search(xq, 5, category_prefix="Garden") == [[] for _ in xq]
+
+
+def test_where_page_categories_and_facets(store, xq):
+    where = ProductFilter(("Footwear",), (("i", "5"),))
+    assert [[h.id for h in row] for row in store.search(xq[:2], 5, where=where)] == [["p5"]] * 2
+    assert store.search(xq[:1], 5, where=ProductFilter(())) == [[]]
+    assert store.categories() == sorted(set(CATEGORIES))
+    categories, attributes = store.facet_counts()
+    assert categories == {c: N // len(CATEGORIES) for c in CATEGORIES}
+    assert attributes == {"i": {str(i): 1 for i in range(N)}}
+    seen, after = [], -1
+    while page := store.page(after, 64, ProductFilter(("Apparel",))):
+        keys = [key for key, _ in page]
+        assert keys == sorted(keys) and keys[0] > after
+        seen += [record.id for _, record in page]
+        after = keys[-1]
+    assert sorted(seen) == sorted(f"p{i}" for i in range(3, N, 4))  # every Apparel once
 
 
 def test_exclude_ids(store, xq):
