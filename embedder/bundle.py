@@ -184,7 +184,7 @@ class Bundle:
             from embedder.backbones import load_backbone
 
             info: BackboneInfo = getattr(self.config, f"{kind}_backbone")
-            engine = self.image_engine if kind == "image" else "torch"
+            engine = self.image_engine if kind == "image" else "auto"
             bb = load_backbone(info.spec, device=self.device, engine=engine)
             if bb.dim != info.dim:
                 raise BundleError(f"{kind} backbone {info.spec} gives {bb.dim}-d features, "

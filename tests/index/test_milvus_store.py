@@ -12,6 +12,7 @@ from index.build import build_product_index
 from index.errors import IndexMismatchError, IndexStoreError, ProductNotFound
 from index.evaluation import perturbed_queries, recall_at_k
 from index.milvus_store import MilvusPlan, MilvusProductIndex, milvus_index, parse_milvus_uri
+from index.plan import BuildConfig
 from index.store import ProductIndex, ProductRecord
 from index.stores import open_product_index
 
@@ -73,7 +74,8 @@ def test_milvus_build_matches_faiss_and_swaps_on_rebuild(milvus_lite_db, tmp_pat
     xb, records = clustered(n), make_records(n)
     build_product_index(tmp_path / "ix", records, xb, "fp-1", factory="Flat")
     uri = lite_uri(milvus_lite_db, "built")
-    manifest = build_product_index(uri, records, xb, "fp-1", factory="IVF_FLAT")
+    tuned = BuildConfig(target_recall=0.99, timed_queries=20)  # Lite is slow per query
+    manifest = build_product_index(uri, records, xb, "fp-1", factory="IVF_FLAT", config=tuned)
     assert manifest["factory"] == "IVF_FLAT" and manifest["ntotal"] == n
     assert manifest["build"]["recall_at_10"] >= 0.95
     xq = perturbed_queries(xb, 200, noise=0.6, seed=1)  # near products, as real queries
