@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     setting("--model", "model_dir", type=Path, metavar="DIR")
     setting("--bundle", "bundle_dir", type=Path, metavar="DIR")
-    setting("--index", "index_dir", type=Path, metavar="DIR")
+    setting("--index", "index_dir", metavar="DIR|URI",
+            help="index directory (instead of --model's), or a Milvus collection "
+                 "milvus://host:port/name (extra 'scale')")
     setting("--uploads", "uploads_dir", type=Path, metavar="DIR")
     setting("--api-key", "api_key", metavar="KEY")
     setting("--cors-origin", "cors_origins", action="append", metavar="ORIGIN",
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from every flag that names a field (and was given), over HUSE_* variables."""
     given = {f: v for f in Settings.model_fields if (v := getattr(args, f, None)) is not None}
+    if "://" in str(given.get("index_dir", "")):  # --index milvus://...: not a directory
+        given["index_uri"] = given.pop("index_dir")
     try:
         return Settings(**given)
     except ValidationError as e:
@@ -91,14 +95,14 @@ def check_model(settings: Settings) -> None:
     from embedder.bundle_io import CONFIG_FILE, LABELS_FILE, MODEL_FILES, WEIGHTS_FILE, fingerprint
     from index.store import MANIFEST, METADATA
 
-    assert settings.bundle_dir is not None and settings.index_dir is not None
+    assert settings.bundle_dir is not None and settings.index_target is not None
     if settings.model_dir is not None and not settings.model_dir.is_dir():
         raise UsageError(f"--model {settings.model_dir} does not exist: pass {TRAIN_HINT}")
     bundle, index = settings.bundle_dir, settings.index_dir
-    for kind, directory, needed in (
-        ("bundle", bundle, (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE)),
-        ("index", index, (MANIFEST, METADATA)),
-    ):
+    parts = [("bundle", bundle, (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE))]
+    if index is not None:  # a Milvus index (index_uri) checks the bundle when it opens
+        parts.append(("index", index, (MANIFEST, METADATA)))
+    for kind, directory, needed in parts:
         if not directory.is_dir():
             raise UsageError(f"{kind} directory {directory} does not exist: pass --model with "
                              f"{TRAIN_HINT}")
@@ -107,6 +111,8 @@ def check_model(settings: Settings) -> None:
             raise UsageError(f"{kind} directory {directory} has no {', '.join(missing)}: it is "
                              f"not a trained model; pass {TRAIN_HINT} (or train again)")
     check_backbones(bundle / CONFIG_FILE)
+    if index is None:
+        return
     try:
         built_for = json.loads((index / MANIFEST).read_bytes()).get("bundle_fingerprint")
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
