@@ -68,7 +68,8 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, code, detail, headers)
 
 
-def _validation_detail(exc: RequestValidationError) -> str:
+def validation_detail(exc: RequestValidationError) -> str:
+    """'field: message; ...' for each invalid field."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
@@ -77,7 +78,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 async def _handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(422, "invalid_request", _validation_detail(exc))
+    return error_response(422, "invalid_request", validation_detail(exc))
 
 
 async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
@@ -12,39 +14,44 @@ class _TooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    """Refuses a request body over `max_bytes` with 413: from Content-Length when the client
-    sends one, else by counting chunks as they arrive (chunked uploads), so a 1 GB upload is
-    never read into memory or onto disk."""
+    """Refuses a request body over `max_bytes` (or its path's entry in `path_limits`) with 413:
+    from Content-Length when the client sends one, else by counting chunks as they arrive
+    (chunked uploads), so a 1 GB upload is never read into memory or onto disk."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
+        limits = {"": max_bytes, **(path_limits or {})}
+        if min(limits.values()) <= 0:
+            raise ValueError(f"body limits must be positive, got {limits}")
         self.app = app
         self.max_bytes = max_bytes
-
-    def _refuse(self, size: str) -> object:
-        return error_response(
-            413,
-            "too_many_bytes",
-            f"request body of {size} bytes exceeds the limit of {self.max_bytes}",
-        )
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
+
+        def refuse(size: str) -> object:
+            return error_response(
+                413,
+                "too_many_bytes",
+                f"request body of {size} bytes exceeds the limit of {max_bytes}",
+            )
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_large = int(declared) > self.max_bytes
+                too_large = int(declared) > max_bytes
             except ValueError:
                 await error_response(400, "bad_request", "invalid Content-Length")(
                     scope, receive, send
                 )
                 return
             if too_large:
-                await self._refuse(declared.decode())(scope, receive, send)
+                await refuse(declared.decode())(scope, receive, send)
                 return
         received = 0
         overflow = False
@@ -55,7 +62,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     overflow = True
                     raise _TooLarge
             return message
@@ -67,7 +74,7 @@ class BodyLimitMiddleware:
                 await send(message)
             elif not replaced:
                 replaced = True
-                await self._refuse(f"more than {self.max_bytes}")(scope, receive, send)
+                await refuse(f"more than {max_bytes}")(scope, receive, send)
 
         try:
             await self.app(scope, limited_receive, replacing_send)

@@ -1,74 +1,57 @@
-"""What the routes call: one loaded bundle + index + batcher and the operations over them.
+"""What the search and classify routes call: one loaded bundle + index + batcher.
 
-Routes stay thin (parse the form, call one method here, return its `*Public` schema). Every
-model, FAISS, SQLite or file call runs off the event loop: model calls through the batcher's
-futures, the rest in the threadpool.
+Routes stay thin (validate a `*Create` schema, call one method here, return its `*Public`).
+Every model, FAISS, SQLite or file call runs off the event loop: model calls through the
+batcher's futures, the rest in the threadpool. Product writes and reads live in
+`api.catalog.Catalog` (`services.catalog`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
-import platform
-import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from api.batching import BatchConfig, EmbedBatcher
-from api.errors import ApiError
+from api.catalog import Catalog, image_url
+from api.filters import empty_notice, resolve_filter
 from api.media import ImageStore
 from api.metrics import ApiMetrics
+from api.requests import ClassifyCreate, SearchCreate
+from api.results import answer_each
 from api.schemas import (
+    BatchErrorPublic,
     ClassifyPublic,
-    DeletedPublic,
-    HealthPublic,
     LabelScorePublic,
     LevelPredictionPublic,
-    ProductPublic,
     SearchHitPublic,
     SearchPublic,
 )
 from api.settings import Settings
-from embedder.bundle import PATH_KEY
+from embedder.classify import PATH_KEY
 from embedder.images import ImageLimits, load_image
 from embedder.visual import DEFAULT_NEIGHBOURS, near_duplicates_of
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("linear", "centroid")
-_VERSIONED = ("huse-search", "fastapi", "torch", "transformers", "faiss-cpu", "numpy", "pillow")
-
 
 @dataclass
 class Query:
-    """Decoded, validated inputs of one classify/search request."""
+    """Decoded inputs of one request: what goes to the model."""
 
     image: Any | None = None  # PIL RGB image
     title: str | None = None
     pixels: np.ndarray | None = None  # the image as the backbone's (3, H, W) input
 
-    @property
-    def kind(self) -> str:
-        if self.image is not None and self.title is not None:
-            return "fused"
-        return "image" if self.image is not None else "text"
 
-
-def image_url(product_id: str, recorded_image: str) -> str | None:
-    return f"/v1/products/{quote(product_id, safe='')}/image" if recorded_image else None
-
-
-def search_public(hits: list[Any], kind: str) -> SearchPublic:
-    """index.store.Hit list -> the search response."""
-    public = [
+def hits_public(hits: Sequence[Any]) -> list[SearchHitPublic]:
+    """index.store.Hit list -> the response's hits."""
+    return [
         SearchHitPublic(
             id=h.id,
             score=float(h.score),
@@ -78,7 +61,6 @@ def search_public(hits: list[Any], kind: str) -> SearchPublic:
         )
         for h in hits
     ]
-    return SearchPublic(hits=public, count=len(public), query=kind)
 
 
 class Services:
@@ -94,37 +76,26 @@ class Services:
             max_pixels=settings.max_pixels,
             min_side=settings.min_image_side,
         )
-        assert settings.uploads_dir is not None
-        self.images = ImageStore(settings.uploads_dir, settings.media_root)
-        # Held from storing an upload through the index write, and from a write through deleting
-        # the uploads it left unreferenced, so no upload is deleted while a write still needs it.
-        self._uploads_lock = threading.Lock()
         self.threshold = (
             settings.other_threshold
             if settings.other_threshold is not None
             else float(bundle.other_threshold)
         )
         self.batcher = EmbedBatcher(
-            self._embed,
-            BatchConfig(
-                enabled=settings.batching,
-                max_batch=settings.batch_max_size,
-                max_wait_ms=settings.batch_max_wait_ms,
-                workers=settings.batch_workers,
-                unbatched_workers=settings.unbatched_workers,
-                image_max=settings.image_batch_max,
-            ),
-            on_batch=metrics.observe_batch,
+            self._embed, BatchConfig.from_settings(settings), on_batch=metrics.observe_batch
         )
+        assert settings.uploads_dir is not None
+        images = ImageStore(settings.uploads_dir, settings.media_root)
+        self.catalog = Catalog(index, images, metrics, self.decode, self.index_row)
 
     @classmethod
     def open(cls, settings: Settings, metrics: ApiMetrics) -> Services:
         """Load the bundle, then the index built from it (a mismatched pair is refused)."""
         from embedder.bundle import Bundle
-        from index.store import ProductIndex
+        from index.stores import open_product_index
 
         bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
-        index = ProductIndex.open(settings.index_dir, expected_fingerprint=bundle.fingerprint)
+        index = open_product_index(settings.index_target, expected_fingerprint=bundle.fingerprint)
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
         logger.info(
@@ -132,7 +103,7 @@ class Services:
             settings.bundle_dir,
             bundle.fingerprint[:12],
             bundle.backbone("image").engine,
-            settings.index_dir,
+            settings.index_target,
             len(index),
         )
         return cls(settings, bundle, index, metrics)
@@ -145,263 +116,142 @@ class Services:
         finally:
             self.index.close()
 
-    # ---- inputs -------------------------------------------------------------------------
-
-    def check_k(self, k: int) -> int:
-        if not 1 <= k <= self.settings.max_k:
-            raise ValueError(f"k must be in [1, {self.settings.max_k}], got {k}")
-        return k
-
-    def check_title(self, title: str | None) -> str | None:
-        if title is None:
-            return None
-        title = title.strip()
-        if len(title) > self.settings.max_title_chars:
-            raise ValueError(
-                f"title has {len(title)} characters, limit {self.settings.max_title_chars}"
-            )
-        return title or None
+    # ---- model --------------------------------------------------------------------------
 
     def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
         """Decode and preprocess here, in the request's thread: the batch only runs the model."""
         image = load_image(data, self.limits)
-        return image, self.bundle.backbone("image").preprocess_batch([image])[0]
+        return image, self.bundle.preprocess([image])[0]
 
-    async def parse_query(self, image_bytes: bytes | None, title: str | None) -> Query:
-        query = Query(title=self.check_title(title))
-        if image_bytes is not None:
+    async def decode(self, image: bytes | None, title: str | None) -> Query:
+        """A validated request's image decoded (ImageError on a bad one) beside its title."""
+        query = Query(title=title)
+        if image is not None:
             with self.metrics.stage("decode"):
-                query.image, query.pixels = await run_in_threadpool(self._decode, image_bytes)
-        if query.image is None and query.title is None:
-            raise ApiError(422, "empty_request", "send an image, a title, or both")
+                query.image, query.pixels = await run_in_threadpool(self._decode, image)
         return query
-
-    # ---- model --------------------------------------------------------------------------
 
     def _embed(self, pixels: list[np.ndarray] | None, texts: list[str] | None) -> np.ndarray:
         """One model call over a batch of preprocessed images and/or titles: the HUSE embedding
-        and the visual block side by side (see Bundle.embed_parts)."""
+        beside the image's visual block (Bundle.embed_parts)."""
         stacked = np.stack(pixels) if pixels is not None else None
         return self.bundle.embed_parts(texts=texts, pixels=stacked)
 
     async def embed(self, query: Query) -> np.ndarray:
-        """The query's (d [+ r],) HUSE embedding [+ visual block], computed in a micro-batch
-        with other requests."""
+        """The query's (index_dim,) parts, computed in a micro-batch with other requests."""
         with self.metrics.stage("embed"):
             future = self.batcher.submit(image=query.pixels, text=query.title)
             return await asyncio.wrap_future(future)
 
+    async def index_row(self, query: Query) -> np.ndarray:
+        """The (index_dim,) row the index stores for a product (catalog writes)."""
+        parts = await self.embed(query)
+        return self.bundle.served_stored(parts[None, :], query.image is not None)[0]
+
+    async def _vector(self, request: SearchCreate | ClassifyCreate) -> tuple[np.ndarray, str]:
+        """(the request's query vector, its kind): a product's stored vector or an embedding."""
+        kind = request.check_inputs()
+        if kind == "product":
+            return await run_in_threadpool(self.index.vector, request.product_id), kind
+        return await self.embed(await self.decode(request.image, request.title)), kind
+
+    # ---- classify -----------------------------------------------------------------------
+
     def _rank(self, method: str, emb: np.ndarray, k: int) -> list[LevelPredictionPublic]:
         """The whole-path prediction first, then one per head."""
-        ranked = self.bundle.classify_embeddings(emb[None, :], method=method, k=k)[0]
+        ranked = self.bundle.classify_embeddings(
+            emb[None, :], method=method, k=k, other_threshold=self.settings.other_threshold
+        )[0]
         levels = []
         for head in [PATH_KEY, *self.bundle.heads]:
             labels = [LabelScorePublic(label=lab, score=s) for lab, s in ranked[head]["labels"]]
-            other = labels[0].score < self.threshold  # the settings may override the bundle's
+            other = ranked[head]["other"]  # the bundle's own flag
             answer = "other" if other else labels[0].label
             levels.append(
                 LevelPredictionPublic(head=head, answer=answer, other=other, labels=labels)
             )
         return levels
 
-    async def classify(
-        self, image_bytes: bytes | None, title: str | None, k: int, method: str
-    ) -> ClassifyPublic:
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        k = self.check_k(k)
-        emb = await self.embed(await self.parse_query(image_bytes, title))
+    async def classify(self, request: ClassifyCreate) -> ClassifyPublic:
+        emb, _ = await self._vector(request)
         emb = emb[: self.bundle.dim]  # the HUSE embedding; the visual block only ranks products
-        path, *levels = await run_in_threadpool(self._rank, method, emb, k)
-        return ClassifyPublic(method=method, threshold=self.threshold, path=path, levels=levels)
+        path, *levels = await run_in_threadpool(self._rank, request.method, emb, request.k)
+        return ClassifyPublic(
+            method=request.method, threshold=self.threshold, path=path, levels=levels
+        )
 
     # ---- search -------------------------------------------------------------------------
 
-    async def search(
-        self,
-        image_bytes: bytes | None,
-        title: str | None,
-        product_id: str | None,
-        k: int,
-        category: str | None,
-        visual_weight: float | None = None,
-    ) -> SearchPublic:
-        """visual_weight in [0, 1]: 0 ranks by the universal (class) space, 1 by look-alike;
-        None: the bundle's validated default; title-only queries rank by the universal space."""
-        k = self.check_k(k)
-        if visual_weight is not None and not 0.0 <= visual_weight <= 1.0:
-            raise ValueError(f"visual_weight must be in [0, 1], got {visual_weight}")
-        category = (category or "").strip() or None
-        if product_id:
-            if image_bytes is not None or self.check_title(title):
-                raise ValueError("send either product_id or an image/title, not both")
-            stored = await run_in_threadpool(self.index.vector, product_id)
-            xq = self.bundle.served_requery(stored[None, :], visual_weight)
-            with self.metrics.stage("search"):
-                hits = await run_in_threadpool(
-                    self.index.search, xq, k, category_prefix=category, exclude_ids=[product_id]
-                )
-            return search_public(hits[0], "product")
-        query = await self.parse_query(image_bytes, title)
-        parts = await self.embed(query)
+    async def search(self, request: SearchCreate) -> SearchPublic:
+        """`request.visual_weight` in [0, 1] (None: the bundle's validated value) weighs the
+        visual block against the universal space (embedder.visual.served_search); the rest of
+        the request is applied here."""
+        resolved = await run_in_threadpool(
+            resolve_filter, request.category, request.filters, self.index.categories
+        )
+        if resolved.notice is not None:  # nothing can match: no need to embed
+            kind = request.check_inputs()
+            return SearchPublic(hits=[], count=0, query=kind, notice=resolved.notice)
+        kind = request.check_inputs()
         with self.metrics.stage("search"):
-            hits, _ = await run_in_threadpool(
-                self.bundle.served_search,
-                self.index,
-                parts,
-                query.image is not None,
-                k,
-                visual_weight,
-                category,
-            )
-        return search_public(hits, query.kind)
+            if kind == "product":
+                stored = await run_in_threadpool(self.index.vector, request.product_id)
+                xq = self.bundle.served_requery(stored[None, :], request.visual_weight)
+                found = await run_in_threadpool(
+                    self.index.search,
+                    xq,
+                    request.k,
+                    exclude_ids=[request.product_id],
+                    where=resolved.where,
+                )
+                hits = found[0]
+            else:
+                query = await self.decode(request.image, request.title)
+                parts = await self.embed(query)
+                hits, _ = await run_in_threadpool(
+                    self.bundle.served_search,
+                    self.index,
+                    parts,
+                    query.image is not None,
+                    request.k,
+                    request.visual_weight,
+                    where=resolved.where,
+                )
+        public = hits_public(hits)
+        notice = None if public else empty_notice(request.category, request.filters)
+        return SearchPublic(hits=public, count=len(public), query=kind, notice=notice)
 
     async def near_duplicates(
         self, product_id: str, threshold: float | None, k: int | None
     ) -> SearchPublic:
         """Indexed products whose photo is this product's item (visual cosine >= threshold,
         default: the bundle's validated one), best first."""
-        k = self.check_k(k if k is not None else DEFAULT_NEIGHBOURS)
+        k = k if k is not None else DEFAULT_NEIGHBOURS
+        if not 1 <= k <= self.settings.max_k:
+            raise ValueError(f"k must be in [1, {self.settings.max_k}], got {k}")
         threshold = self.bundle.near_duplicate_threshold if threshold is None else threshold
         found = await run_in_threadpool(
             near_duplicates_of, self.index, product_id, self.bundle.dim, threshold, k
         )
-        return search_public(found, "near-duplicates")
+        public = hits_public(found)
+        return SearchPublic(hits=public, count=len(public), query="near-duplicates")
 
-    # ---- products -----------------------------------------------------------------------
+    # ---- batches ------------------------------------------------------------------------
 
-    @staticmethod
-    def _public(record: Any) -> ProductPublic:
-        return ProductPublic(
-            id=record.id,
-            title=record.title,
-            category=record.category,
-            attributes=dict(record.attributes or {}),
-            image_url=image_url(record.id, record.image),
-        )
+    async def search_each(
+        self, requests: Sequence[SearchCreate | BatchErrorPublic]
+    ) -> list[SearchPublic | BatchErrorPublic]:
+        return await answer_each([_run(self.search, r) for r in requests])
 
-    def _parse_attributes(self, attributes: str | None) -> dict[str, str]:
-        if not attributes:
-            return {}
-        if len(attributes) > self.settings.max_attributes_chars:
-            raise ValueError(
-                f"attributes have {len(attributes)} characters, "
-                f"limit {self.settings.max_attributes_chars}"
-            )
-        try:
-            parsed = json.loads(attributes)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"attributes must be a JSON object: {e}") from e
-        if not isinstance(parsed, dict):
-            raise ValueError(f"attributes must be a JSON object, got {type(parsed).__name__}")
-        return {str(key): str(value) for key, value in parsed.items()}
+    async def classify_each(
+        self, requests: Sequence[ClassifyCreate | BatchErrorPublic]
+    ) -> list[ClassifyPublic | BatchErrorPublic]:
+        return await answer_each([_run(self.classify, r) for r in requests])
 
-    async def put_product(
-        self,
-        product_id: str,
-        image_bytes: bytes | None,
-        title: str,
-        category: str,
-        attributes: str | None,
-    ) -> ProductPublic:
-        """Embed the product and upsert it; durable (SQLite commit) when this returns."""
-        from index.store import ProductRecord
 
-        category = " > ".join(p.strip() for p in category.split(">") if p.strip())
-        if not category:
-            raise ValueError("category must name at least one level, e.g. 'Footwear > Shoes'")
-        attrs = self._parse_attributes(attributes)
-        query = await self.parse_query(image_bytes, title)
-        if query.title is None:
-            raise ValueError("title must not be empty")
-        parts = await self.embed(query)
-        record = ProductRecord(
-            id=product_id, title=query.title, category=category, image="", attributes=attrs
-        )
-        xb = self.bundle.served_stored(parts[None, :], query.image is not None)
-        with self.metrics.stage("write"):
-            record = await run_in_threadpool(
-                self._write_product, record, xb, image_bytes, query.image
-            )
-        return self._public(record)
+async def _run(method: Any, request: Any) -> Any:
+    """`method(request)`, or the request itself when it is already an error."""
+    if isinstance(request, BatchErrorPublic):
+        return request
+    return await method(request)
 
-    def _write_product(
-        self, record: Any, xb: np.ndarray, image_bytes: bytes | None, decoded: Any
-    ) -> Any:
-        """Store the upload, upsert (durable on return), then drop the replaced upload if unused."""
-        with self._uploads_lock:
-            if image_bytes is not None:
-                record = dataclasses.replace(record, image=self.images.save(image_bytes, decoded))
-            old = self._current_image(record.id)
-            self.index.upsert([record], xb)  # takes the index's lock
-            if old != record.image:
-                self._collect_upload(old)
-        return record
-
-    async def delete_product(self, product_id: str) -> DeletedPublic:
-        with self.metrics.stage("write"):
-            await run_in_threadpool(self._delete_product, product_id)  # ProductNotFound -> 404
-        return DeletedPublic(id=product_id, deleted=True)
-
-    def _delete_product(self, product_id: str) -> None:
-        with self._uploads_lock:
-            old = self.index.get(product_id).image
-            self.index.delete([product_id])
-            self._collect_upload(old)
-
-    def _current_image(self, product_id: str) -> str:
-        from index.errors import ProductNotFound
-
-        try:
-            return self.index.get(product_id).image
-        except ProductNotFound:
-            return ""
-
-    def _collect_upload(self, recorded: str) -> None:
-        """Delete a stored upload no live product records any more (call after the write
-        committed, under the uploads lock: a crash before this leaves an orphan file, never a
-        dangling record). Catalog images and other files outside the uploads dir are kept."""
-        if recorded and not self.index.image_in_use(recorded):
-            self.images.discard(recorded)
-
-    async def get_product(self, product_id: str) -> ProductPublic:
-        return self._public(await run_in_threadpool(self.index.get, product_id))
-
-    async def product_image(self, product_id: str) -> Path:
-        record = await run_in_threadpool(self.index.get, product_id)
-        path = await run_in_threadpool(self.images.resolve, record.image)
-        if path is None:
-            raise ApiError(404, "image_not_found", f"product {product_id!r} has no stored image")
-        return path
-
-    # ---- health -------------------------------------------------------------------------
-
-    def health(self) -> HealthPublic:
-        versions = {"python": platform.python_version()}
-        for name in _VERSIONED:
-            try:
-                versions[name] = metadata.version(name)
-            except metadata.PackageNotFoundError:
-                continue
-        config = self.bundle.config
-        return HealthPublic(
-            status="ok",
-            model={
-                "bundle_dir": str(self.settings.bundle_dir),
-                "fingerprint": self.bundle.fingerprint,
-                "dim": int(self.bundle.dim),
-                "heads": list(self.bundle.heads),
-                "image_backbone": config.image_backbone.spec,
-                "image_engine": self.bundle.backbone("image").engine,
-                "text_backbone": config.text_backbone.spec,
-                "other_threshold": self.threshold,
-            },
-            index={"index_dir": str(self.settings.index_dir), "size": len(self.index)},
-            batching={
-                "enabled": self.settings.batching,
-                "max_batch": self.settings.batch_max_size,
-                "max_wait_ms": self.settings.batch_max_wait_ms,
-                "image_max": self.settings.image_batch_max,
-            },
-            versions=versions,
-        )

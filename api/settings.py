@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.batching import IMAGE_BATCH_MAX
+from huse_common.limits import MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):
@@ -21,53 +22,80 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUSE_", extra="ignore")
 
-    model_dir: Path | None = None
-    bundle_dir: Path | None = None
-    index_dir: Path | None = None
-    uploads_dir: Path | None = None
-    # Bearer key for writes (HUSE_API_KEY); None refuses every write.
-    api_key: SecretStr | None = None
-    # Upload limits: bytes of one image, decoded pixels, smallest side, title length.
-    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    model_dir: Path | None = Field(None, description="directory with bundle/ and index/")
+    bundle_dir: Path | None = Field(None, description="bundle directory (instead of model_dir)")
+    index_dir: Path | None = Field(None, description="index directory (instead of model_dir)")
+    index_uri: str | None = Field(
+        None, description="a Milvus collection instead of index_dir: milvus://host:port/name"
+    )
+    uploads_dir: Path | None = Field(
+        None, description="where uploaded images go (default <model_dir>/uploads)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="bearer key for writes (HUSE_API_KEY); none refuses every write"
+    )
+    # Upload limits: bytes of one image, decoded pixels, smallest side. Request fields (k,
+    # title, attributes, batch sizes) are bounded by the schemas in api/schemas.py.
+    max_upload_bytes: int = Field(
+        default=MAX_UPLOAD_BYTES, ge=1024, le=MAX_UPLOAD_BYTES, description="bytes of one image"
+    )
     max_pixels: int = Field(default=40_000_000, ge=1)
     min_image_side: int = Field(default=16, ge=1)
-    max_title_chars: int = Field(default=1000, ge=1)
-    max_attributes_chars: int = Field(default=10_000, ge=2)
-    # k bounds for classify/search.
-    default_k: int = Field(default=5, ge=1)
-    max_k: int = Field(default=100, ge=1)
+    max_batch_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="request body limit of the :batch and :bulk routes",
+    )
+    cors_origins: list[str] = Field(
+        default=["*"],
+        description='origins allowed to call from a browser (HUSE_CORS_ORIGINS=\'["https://a"]\'); '
+        "writes still need the bearer key, and no cookies are used",
+    )
     # Micro-batching of model calls across concurrent requests.
-    batching: bool = True
-    batch_max_size: int = Field(default=32, ge=1)
-    batch_max_wait_ms: float = Field(default=3.0, ge=0.0)
-    batch_workers: int = Field(default=2, ge=1)
+    batching: bool = Field(True, description="micro-batch model calls across requests")
+    batch_max_size: int = Field(default=32, ge=1, description="most requests per model call")
+    batch_max_wait_ms: float = Field(
+        default=3.0, ge=0.0, description="how long a batch waits to fill"
+    )
+    batch_workers: int = Field(default=2, ge=1, description="threads forming and running batches")
     # Most image (or fused) requests in one model call: per-image CPU cost does not fall with
     # batch size, so a big image batch only makes everyone in it wait (text batches stay big).
-    image_batch_max: int = Field(default=IMAGE_BATCH_MAX, ge=1)
-    # How the image backbone runs: "torch", or "onnx" (ONNX Runtime, CPU, needs extra 'onnx').
-    image_engine: Literal["torch", "onnx", "auto"] = "auto"
+    image_batch_max: int = Field(
+        default=IMAGE_BATCH_MAX, ge=1, description="most image requests per model call"
+    )
+    image_engine: Literal["torch", "onnx", "auto"] = Field(
+        "auto",
+        description="image backbone runtime: torch, onnx (ONNX Runtime, extra 'onnx'), or auto "
+        "(onnx where installed and it applies)",
+    )
     # Threads that run model calls when micro-batching is off (one request per call).
     unbatched_workers: int = Field(default=8, ge=1)
-    # Overrides the bundle's "other" threshold for classification when set.
-    other_threshold: float | None = None
+    other_threshold: float | None = Field(
+        None, description="overrides the bundle's 'other' threshold for classification"
+    )
 
     @model_validator(mode="after")
     def _resolve_dirs(self) -> Settings:
         if self.model_dir is not None:
             self.bundle_dir = self.bundle_dir or self.model_dir / "bundle"
-            self.index_dir = self.index_dir or self.model_dir / "index"
-        if self.bundle_dir is None or self.index_dir is None:
+            if self.index_uri is None:
+                self.index_dir = self.index_dir or self.model_dir / "index"
+        if self.bundle_dir is None or self.index_target is None:
             raise ValueError(
                 f"need model_dir or both bundle_dir and index_dir, got model_dir={self.model_dir}, "
                 f"bundle_dir={self.bundle_dir}, index_dir={self.index_dir}"
             )
         if self.uploads_dir is None:
-            self.uploads_dir = (self.model_dir or self.index_dir.parent) / "uploads"
-        if self.default_k > self.max_k:
-            raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")
+            beside = self.index_dir.parent if self.index_dir else self.bundle_dir.parent
+            self.uploads_dir = (self.model_dir or beside) / "uploads"
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None
         return self
+
+    @property
+    def index_target(self) -> str | Path | None:
+        """What index.stores.open_product_index opens: the Milvus URI, else the directory."""
+        return self.index_uri or self.index_dir
 
     @property
     def media_root(self) -> Path:

@@ -193,7 +193,7 @@ class Bundle:
             from embedder.backbones import load_backbone
 
             info: BackboneInfo = getattr(self.config, f"{kind}_backbone")
-            engine = self.image_engine if kind == "image" else "torch"
+            engine = self.image_engine if kind == "image" else "auto"
             bb = load_backbone(info.spec, device=self.device, engine=engine)
             if bb.dim != info.dim:
                 raise BundleError(f"{kind} backbone {info.spec} gives {bb.dim}-d features, "
@@ -278,14 +278,15 @@ class Bundle:
 
     def served_search(self, index: Any, parts: np.ndarray, has_image: bool, k: int,
                       visual_weight: float | None = None,
-                      category_prefix: str | None = None) -> tuple[list[Any], str | None]:
+                      **filters: Any) -> tuple[list[Any], str | None]:
         """(hits, recognised product id or None) of one `embed_parts` row against the index
-        (embedder.visual.served_search); without a visual block, a plain HUSE search."""
+        (embedder.visual.served_search; `filters` go to index.search); without a visual block,
+        a plain HUSE search."""
         if self.served is None:
-            return index.search(parts[None, :], k, category_prefix=category_prefix)[0], None
+            return index.search(parts[None, :], k, **filters)[0], None
         return served_search(index, self.served, parts[:self.dim],
                              parts[self.dim:] if has_image else None, k, visual_weight,
-                             category_prefix)
+                             **filters)
 
     def served_requery(self, stored: np.ndarray, visual_weight: float | None = None
                        ) -> np.ndarray:
@@ -315,16 +316,18 @@ class Bundle:
             self._ancestors = ancestor_columns(self.labels, self.levels, self.leaf_head)
         return path_scores(scores, self.levels, self._ancestors, method)
 
-    def classify_embeddings(self, emb: np.ndarray, method: str = "linear",
-                            k: int = 5) -> list[dict[str, dict]]:
+    def classify_embeddings(self, emb: np.ndarray, method: str = "linear", k: int = 5,
+                            other_threshold: float | None = None) -> list[dict[str, dict]]:
         """Per row: {head: {"labels": [(label, score)] * k, "other": top score < threshold}},
         plus "path": the best whole category paths (see `path_scores`). Scores are
-        probabilities (linear) or cosine similarities (centroid)."""
+        probabilities (linear) or cosine similarities (centroid). The threshold is the
+        bundle's unless `other_threshold` overrides it (a deployment's setting)."""
         check_method(method)
         scores = self.head_probs(emb) if method == "linear" else self.centroid_scores(emb)
         ranked_by = {**scores, PATH_KEY: self.path_scores(scores, method)}
         names = {**self.labels, PATH_KEY: self.labels[self.leaf_head]}
-        return rank_labels(ranked_by, names, k, self.other_threshold)
+        threshold = self.other_threshold if other_threshold is None else other_threshold
+        return rank_labels(ranked_by, names, k, threshold)
 
     def classify(self, images: Sequence[Any] | None = None, texts: Sequence[str] | None = None,
                  method: str = "linear", k: int = 5) -> list[dict[str, dict]]:

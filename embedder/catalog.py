@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,9 @@ from typing import Any, BinaryIO
 
 from embedder.errors import CatalogError, ImageError, MissingColumnsError
 from embedder.images import DEFAULT_LIMITS, ImageLimits, load_image, read_image_bytes, sha256_bytes
+from huse_common.atomic import replacing
+from huse_common.categories import SEPARATOR, join_path, split_path
+from huse_common.limits import MAX_TITLE_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 REJECTS_HEADER = ("row", "id", "reason", "detail")
 # The one default for the longest title; api.settings may import it to keep both in step.
-MAX_TITLE_CHARS = 1000
 _CSV_FIELD_LIMIT_ERROR = "field larger than field limit"
 _CHUNK_BYTES = 1024 * 1024
 
@@ -72,7 +73,7 @@ class ColumnMap:
     title: str = "title"
     image: str = "image"
     category: str = "category"
-    category_sep: str = " > "
+    category_sep: str = SEPARATOR
 
     def required(self) -> tuple[str, ...]:
         return (self.id, self.title, self.image, self.category)
@@ -90,7 +91,7 @@ class Product:
     @property
     def category_path(self) -> str:
         """Category levels joined with ' > ' (the form the index stores)."""
-        return " > ".join(self.category)
+        return join_path(self.category)
 
 
 @dataclass(frozen=True)
@@ -121,17 +122,14 @@ class CatalogReport:
         }
 
     def write_rejects(self, path: Path | str) -> Path:
-        """Write rejects as CSV (row,id,reason,detail), atomically (temp file + rename)."""
+        """Write rejects as CSV (row,id,reason,detail), atomically (huse_common.atomic)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                          errors="backslashreplace") as f:
             writer = csv.writer(f)
             writer.writerow(REJECTS_HEADER)
             for r in self.rejects:
                 writer.writerow([r.row, r.id or "", r.reason, r.detail])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return path
 
 
@@ -310,11 +308,12 @@ def _parse(
         detail = f"title has {len(title)} chars > limit {row_limits.max_title_chars}"
         return Reject(row, pid, "title_too_long", detail)
     raw_category = cells.get(columns.category, "")
-    levels = tuple(level.strip() for level in raw_category.split(columns.category_sep))
-    if not any(levels):
+    if not raw_category.strip():
         return Reject(row, pid, "empty_category", f"empty {columns.category!r}")
-    if not all(levels):
-        return Reject(row, pid, "empty_category", f"empty level in {' > '.join(levels)!r}")
+    try:
+        levels = split_path(raw_category, columns.category_sep)
+    except ValueError as e:
+        return Reject(row, pid, "empty_category", str(e))
     image = cells.get(columns.image, "")
     if not image:
         return Reject(row, pid, "missing_image", f"empty {columns.image!r}")

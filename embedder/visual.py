@@ -188,7 +188,7 @@ def near_duplicates_of(index: Any, product_id: str, huse_dim: int, threshold: fl
 
 def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.ndarray | None,
                   k: int, visual_weight: float | None = None,
-                  category_prefix: str | None = None) -> tuple[list[Any], str | None]:
+                  **filters: Any) -> tuple[list[Any], str | None]:
     """(hits, id of the recognised product or None) for one query against the served index.
 
     A photo query (visual block given, weight > 0) first looks for the product itself: its
@@ -196,19 +196,19 @@ def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.
     threshold, is recognised and comes first (score: that cosine); the other k - 1 hits are then
     that product's neighbours under the weight (its stored HUSE vector knows its title too, so
     they share its class far more often than the photo's own neighbours do). Otherwise, and for
-    titles or weight 0, one weighted search: (1 - w) * cos(HUSE) + w * cos(visual)."""
+    titles or weight 0, one weighted search: (1 - w) * cos(HUSE) + w * cos(visual). `filters`
+    (category_prefix=, where=) go to every index search."""
     w = served.visual_weight if visual_weight is None else visual_weight
     if visual is not None and w > 0:
         probe = query_vectors(np.zeros((1, len(huse)), np.float32), visual[None, :], 1.0,
                               served.visual_dim)
-        top = index.search(probe, 1, category_prefix=category_prefix)[0]
+        top = index.search(probe, 1, **filters)[0]
         if top and top[0].score >= served.near_duplicate_threshold:
             found = top[0]
             rest: list[Any] = []
             if k > 1:
                 xq = served.requery(index.vector(found.id)[None, :], w)
-                rest = index.search(xq, k - 1, category_prefix=category_prefix,
-                                    exclude_ids=[found.id])[0]
+                rest = index.search(xq, k - 1, exclude_ids=[found.id], **filters)[0]
             return [found, *rest], found.id
     xq = served.query(huse[None, :], None if visual is None else visual[None, :], w)
-    return index.search(xq, k, category_prefix=category_prefix)[0], None
+    return index.search(xq, k, **filters)[0], None

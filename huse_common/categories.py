@@ -9,10 +9,15 @@ SEPARATOR = " > "
 SPLIT_ON = ">"  # levels are split on the bare character, so "A>B" and "A > B" are one path
 
 
+def levels_of(path: str, separator: str = SPLIT_ON) -> tuple[str, ...]:
+    """The stripped levels of a path, unchecked (for display; `split_path` validates)."""
+    return tuple(level.strip() for level in str(path).split(separator.strip() or separator))
+
+
 def split_path(path: str, separator: str = SPLIT_ON) -> tuple[str, ...]:
     """('A', 'B', 'C') from 'A > B > C'; ValueError naming the path on an empty level."""
-    levels = tuple(level.strip() for level in str(path).split(separator.strip() or separator))
-    if not levels or any(not level for level in levels):
+    levels = levels_of(path, separator)
+    if any(not level for level in levels):
         raise ValueError(f"category {path!r} has an empty level (levels are separated by "
                          f"{SEPARATOR.strip()!r})")
     return levels
@@ -36,8 +41,14 @@ def prefix(path: str, depth: int) -> str:
 
 
 def top_level(path: str) -> str:
-    return split_path(path)[0]
+    return levels_of(path)[0]
 
 
 def last_level(path: str) -> str:
-    return split_path(path)[-1]
+    return levels_of(path)[-1]
+
+
+def below(prefix: str) -> tuple[str, str]:
+    """[low, high) text range holding exactly the paths strictly below `prefix` (whole
+    levels), for range queries over sorted paths."""
+    return prefix + SEPARATOR, prefix + SEPARATOR[:-1] + chr(ord(SEPARATOR[-1]) + 1)

@@ -14,13 +14,18 @@ PLAIN_SUM = 0.5  # the HUSE paper's fusion: image and text weigh the same
 T = TypeVar("T")
 
 
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """L2 norm of each row of a (n, d) array."""
+    return np.linalg.norm(x, axis=1)
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows of a (n, d) array scaled to unit L2 norm (all-zero rows stay zero), computed in the
     input's float precision (integers become float64)."""
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPS)
+    return x / np.maximum(row_norms(x)[:, None], EPS)
 
 
 def fuse(e_img: T, e_txt: T, image_weight: float = PLAIN_SUM,

@@ -3,42 +3,129 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from huse_common.atomic import fsync_path
+from huse_common.atomic import rename
 from index.evaluation import exact_knn, perturbed_queries, recall_at_k
+from index.plan import BuildConfig, IndexPlan
 from index.store import ProductIndex, ProductRecord
-from index.vectors import IndexPlan
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BuildConfig:
-    """How recall is measured (and search effort tuned) at build time; lands in the manifest."""
-
-    n_eval_queries: int = 1000
-    query_noise: float = 0.1  # norm of the perturbation added to sampled database vectors
-    k: int = 10
-    seed: int = 0
-    target_recall: float = 0.95  # double nprobe / efSearch until recall@k reaches this
-    max_search_effort: int = 1024
-
-
 def _measure(
-    store: ProductIndex, xq: np.ndarray, ref: np.ndarray, positions: dict[str, int], k: int
-) -> float:
+    store: ProductIndex,
+    xq: np.ndarray,
+    ref: np.ndarray,
+    positions: dict[str, int],
+    k: int,
+    timed: int,
+) -> dict[str, float]:
+    """recall@k of xq against `ref`, and q/s searching xq[:timed] one query at a time."""
     hits = store.search(xq, k)
     found = np.asarray([[positions[h.id] for h in row] + [-1] * (k - len(row)) for row in hits])
-    return recall_at_k(found, ref, k)
+    timed = min(timed, xq.shape[0])
+    t0 = time.perf_counter()
+    for i in range(timed):
+        store.search(xq[i : i + 1], k)
+    seconds = time.perf_counter() - t0
+    return {
+        f"recall_at_{k}": recall_at_k(found, ref, k),
+        "qps_batch1": round(timed / seconds, 1) if seconds > 0 else 0.0,
+    }
+
+
+def _fill_and_measure(
+    store: Any, records: Sequence[ProductRecord], xb: np.ndarray, config: BuildConfig, t0: float
+) -> dict[str, Any]:
+    """Upsert everything, tune the search effort to the target recall, save; -> manifest.
+
+    `store` is either implementation (index.store.ProductIndex, MilvusProductIndex).
+    """
+    store.upsert(records, xb)
+    build_s = time.perf_counter() - t0
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    xq = perturbed_queries(xb, config.n_eval_queries, config.query_noise, config.seed)
+    k = min(config.k, len(records))
+    ref = exact_knn(xq, xb, k)
+    positions = {r.id: i for i, r in enumerate(records)}
+    effort = store.search_effort
+    if effort is not None:
+        effort = store.set_search_effort(config.min_search_effort)
+    point = _measure(store, xq, ref, positions, k, config.timed_queries)
+    curve = [{"search_effort": effort, **point}]
+    while (
+        effort is not None
+        and point[f"recall_at_{k}"] < config.target_recall
+        and effort < config.max_search_effort
+    ):
+        new = store.set_search_effort(min(2 * effort, config.max_search_effort))
+        if new == effort:  # IVF: every list is probed already
+            break
+        effort, point = new, _measure(store, xq, ref, positions, k, config.timed_queries)
+        curve.append({"search_effort": effort, **point})
+    recall = point[f"recall_at_{k}"]
+    logger.info(
+        "built %s over %d products in %.1f s, recall@%d %.4f (effort %s)",
+        store.factory,
+        len(records),
+        build_s,
+        k,
+        recall,
+        effort,
+    )
+    store.record_build(
+        {
+            f"recall_at_{k}": recall,
+            "recall_method": "perturbed database vectors vs exact inner product",
+            "search_effort": effort,
+            "tuning": curve,  # recall and batch-1 q/s at each effort tried
+            "eval": asdict(config),
+            "build_seconds": round(build_s, 3),
+        }
+    )
+    return store.save()
+
+
+def build_milvus_index(
+    uri: str,
+    records: Sequence[ProductRecord],
+    xb: np.ndarray,
+    bundle_fingerprint: str,
+    factory: str = "auto",
+    config: BuildConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """build_product_index for a Milvus URI: a new collection is filled, measured, flushed,
+    and only then served under the URI's name (the one it replaces is dropped)."""
+    from index.milvus_store import MilvusProductIndex
+
+    t0 = time.perf_counter()
+    store = MilvusProductIndex.create(
+        uri,
+        d=int(np.asarray(xb).shape[-1]),
+        bundle_fingerprint=bundle_fingerprint,
+        factory=factory,
+        n_hint=len(records),
+        replace=overwrite,
+        staged=True,
+    )
+    try:
+        manifest = _fill_and_measure(store, records, xb, config or BuildConfig(), t0)
+        store.publish()
+        return manifest
+    except BaseException:
+        store.discard()
+        raise
+    finally:
+        store.close()
 
 
 def build_product_index(
@@ -62,7 +149,14 @@ def build_product_index(
 
     overwrite=True replaces an index already in `directory`: the new one is built beside it
     and swapped in only once saved, so a failed build leaves the old index serving.
+    A Milvus URI as `directory` builds there instead (build_milvus_index).
     """
+    from index.milvus_store import is_milvus_uri
+
+    if is_milvus_uri(directory):
+        return build_milvus_index(
+            str(directory), records, xb, bundle_fingerprint, factory, config, overwrite
+        )
     directory = Path(directory)
     if overwrite and directory.exists():
         staging = directory.with_name(directory.name + ".building")
@@ -80,9 +174,8 @@ def build_product_index(
         )
         retired = directory.with_name(directory.name + ".old")
         shutil.rmtree(retired, ignore_errors=True)
-        os.replace(directory, retired)
-        os.replace(staging, directory)
-        fsync_path(directory.parent)
+        rename(directory, retired)
+        rename(staging, directory)
         shutil.rmtree(retired)
         return manifest
     config = config or BuildConfig()
@@ -97,45 +190,6 @@ def build_product_index(
         plan=plan,
     )
     try:
-        store.upsert(records, xb)
-        build_s = time.perf_counter() - t0
-        xb = np.ascontiguousarray(xb, dtype=np.float32)
-        xq = perturbed_queries(xb, config.n_eval_queries, config.query_noise, config.seed)
-        k = min(config.k, len(records))
-        ref = exact_knn(xq, xb, k)
-        positions = {r.id: i for i, r in enumerate(records)}
-        effort = store.search_effort
-        recall = _measure(store, xq, ref, positions, k)
-        curve = [{"search_effort": effort, f"recall_at_{k}": recall}]
-        while (
-            effort is not None
-            and recall < config.target_recall
-            and effort < config.max_search_effort
-        ):
-            new = store.set_search_effort(min(2 * effort, config.max_search_effort))
-            if new == effort:  # IVF: every list is probed already
-                break
-            effort, recall = new, _measure(store, xq, ref, positions, k)
-            curve.append({"search_effort": effort, f"recall_at_{k}": recall})
-        logger.info(
-            "built %s over %d products in %.1f s, recall@%d %.4f (effort %s)",
-            store.factory,
-            len(records),
-            build_s,
-            k,
-            recall,
-            effort,
-        )
-        store.record_build(
-            {
-                f"recall_at_{k}": recall,
-                "recall_method": "perturbed database vectors vs exact inner product",
-                "search_effort": effort,
-                "tuning": curve,
-                "eval": asdict(config),
-                "build_seconds": round(build_s, 3),
-            }
-        )
-        return store.save()
+        return _fill_and_measure(store, records, xb, config, t0)
     finally:
         store.close()

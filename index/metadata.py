@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.categories import below, normalize_path
 from index.errors import CorruptIndexError, IndexMismatchError, ProductNotFound
 
 logger = logging.getLogger(__name__)
@@ -48,10 +49,7 @@ def normalize_category(category: str) -> str:
     """'A>B >  C' -> 'A > B > C'; empty levels are an error."""
     if not isinstance(category, str):
         raise TypeError(f"category must be a str, got {type(category).__name__}")
-    levels = [level.strip() for level in category.split(">")]
-    if not all(levels):
-        raise ValueError(f"category {category!r} has an empty level")
-    return " > ".join(levels)
+    return normalize_path(category)
 
 
 @dataclass(frozen=True)
@@ -80,6 +78,32 @@ class ProductRecord:
         return ProductRecord(
             self.id, self.title, normalize_category(self.category), self.image, self.attributes
         )
+
+
+@dataclass(frozen=True)
+class ProductFilter:
+    """Which live products a search or a listing may return.
+
+    `categories`: whole-level category subtrees, any of them (exact spelling, as stored);
+    None allows every category. `attributes`: (name, value) pairs that must all be equal.
+    """
+
+    categories: tuple[str, ...] | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """A WHERE clause over `products` (live rows only) and its parameters."""
+        clauses, params = ["deleted = 0"], []
+        if self.categories is not None:
+            subtrees = []
+            for prefix in map(normalize_category, self.categories):
+                subtrees.append("category = ? OR (category >= ? AND category < ?)")
+                params += [prefix, *below(prefix)]
+            clauses.append("(" + " OR ".join(subtrees or ["0"]) + ")")
+        for name, value in self.attributes:
+            clauses.append("json_extract(attributes, ?) = ?")
+            params += ['$."' + name.replace('"', '""') + '"', value]
+        return " AND ".join(clauses), params
 
 
 def _record(row: Sequence[Any]) -> ProductRecord:
@@ -311,13 +335,35 @@ class MetadataStore:
 
     def keys_with_category_prefix(self, prefix: str) -> np.ndarray:
         """Sorted live keys whose category is `prefix` or lies below it (whole levels)."""
-        prefix = normalize_category(prefix)
+        return self.keys_matching(ProductFilter(categories=(prefix,)))
+
+    def keys_matching(self, where: ProductFilter) -> np.ndarray:
+        """Sorted live keys that pass `where`."""
+        clause, params = where.sql()
         rows = self._reader.execute(
-            "SELECT key FROM products WHERE deleted = 0 AND"
-            " (category = ? OR (category >= ? AND category < ?)) ORDER BY key",
-            (prefix, prefix + " > ", prefix + " >!"),
+            f"SELECT key FROM products WHERE {clause} ORDER BY key", params
         ).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    def page(
+        self, after: int, limit: int, where: ProductFilter
+    ) -> list[tuple[int, ProductRecord]]:
+        """Up to `limit` live (key, record) pairs with key > `after`, in key order: keys are
+        never reused and an upsert keeps its key, so paging by key is stable under writes."""
+        clause, params = where.sql()
+        rows = self._reader.execute(
+            f"SELECT key, id, title, category, image, attributes FROM products"
+            f" WHERE key > ? AND {clause} ORDER BY key LIMIT ?",
+            [after, *params, limit],
+        ).fetchall()
+        return [(row[0], _record(row[1:])) for row in rows]
+
+    def categories(self) -> list[str]:
+        """The distinct categories of live products, sorted."""
+        rows = self._reader.execute(
+            "SELECT DISTINCT category FROM products WHERE deleted = 0 ORDER BY category"
+        ).fetchall()
+        return [r[0] for r in rows]
 
     def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
         """Live products per category path and per (attribute, value): what a shop's filter

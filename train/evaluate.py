@@ -20,7 +20,7 @@ Protocol (also written into report.json's "evaluation.protocol"):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +28,7 @@ import numpy as np
 from embedder.classify import METHODS
 from huse_common.categories import top_level
 from huse_common.vectors import l2_normalize
+from train.config import EvalConfig
 from train.data import LabeledFeatures
 from train.metrics import (
     class_recall_at_k,
@@ -66,34 +67,6 @@ class EvalBundle(Protocol):
                        titles: Any = None) -> np.ndarray: ...
     def head_probs(self, emb: np.ndarray) -> dict[str, np.ndarray]: ...
     def centroid_scores(self, emb: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-@dataclass
-class EvalConfig:
-    ks: tuple[int, ...] = (1, 5, 10)  # retrieval recall@k
-    topk: tuple[int, ...] = (1, 5)  # classification top-k accuracies
-    other_threshold: float | None = None  # None = the bundle's own threshold
-    knn_k: int = 10  # neighbours voting in baseline (b)
-    max_confusion_classes: int = 20  # the confusion plot shows the largest leaf classes
-    n_hardest: int = 10  # leaf classes with the lowest fused linear recall listed in the report
-    seed: int = 0  # hold-out for baseline C selection, map subsample, t-SNE
-    # Inverse L2 strengths tried for (a); on the fashion catalog val top-1 was flat over 0.1-10
-    # (95.4-95.9 %) and 0.01 cost 5x the lbfgs time for a worse score, hence this grid.
-    logreg_cs: tuple[float, ...] = (0.1, 1.0, 10.0)
-    logreg_max_iter: int = 500  # lbfgs iterations (enough to converge on standardised feats)
-    holdout_frac: float = 0.15  # training share held out to pick C when there is no val split
-    map_max_points: int = 2000  # embedding-map points (t-SNE cost grows with n^2)
-
-    def __post_init__(self) -> None:
-        if not self.ks or min(self.ks) < 1 or not self.topk or min(self.topk) < 1:
-            raise ValueError(f"ks and topk must be positive, got ks={self.ks} topk={self.topk}")
-        if self.knn_k < 1 or self.max_confusion_classes < 1 or self.map_max_points < 2:
-            raise ValueError(f"knn_k={self.knn_k}, max_confusion_classes="
-                             f"{self.max_confusion_classes}, map_max_points="
-                             f"{self.map_max_points} are out of range")
-        if not self.logreg_cs or min(self.logreg_cs) <= 0 or not 0 < self.holdout_frac < 1:
-            raise ValueError(f"logreg_cs must be > 0 and holdout_frac in (0, 1), got "
-                             f"{self.logreg_cs}, {self.holdout_frac}")
 
 
 @dataclass
@@ -226,6 +199,8 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
     is only used to pick baseline (a)'s regularisation strength.
     """
     cfg = cfg or EvalConfig()
+    if cfg.seed is None:  # called alone, not from a training run
+        cfg = replace(cfg, seed=0)
     threshold = bundle.other_threshold if cfg.other_threshold is None else cfg.other_threshold
     leaf = bundle.leaf_head
     missing = [h for h in bundle.heads if h not in test.labels or h not in train.labels]

@@ -7,13 +7,14 @@ vectors.faiss, meta.sqlite).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from train import stages
+from train import distributed, stages
 from train.config import ConfigError, TrainConfig
 from train.data import bundle_data
 
@@ -44,23 +45,32 @@ def check_out(cfg: TrainConfig) -> Path:
 
 
 def run(cfg: TrainConfig) -> Path:
-    """prepare -> fit -> assemble -> evaluate -> index -> report; returns OUT."""
-    from train.evaluate import EvalConfig
+    """prepare -> fit -> assemble -> evaluate -> index -> report; returns OUT.
 
+    In a torch.distributed job (train.distributed) every rank prepares (rank 0 first, filling
+    the feature cache; its semantic graph is broadcast) and fits; rank 0 alone writes the
+    rejects, checkpoints, bundle, report and index.
+    """
+    rank = distributed.current()
     cfg = cfg.validate()
     out = check_out(cfg)
     logger.info("resolved config: %s", cfg.to_dict())
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    prep = stages.prepare(cfg, rejects_path=out / REJECTS_FILE, timings=timings)
+    with distributed.rank_zero_first():
+        prep = stages.prepare(cfg, rejects_path=out / REJECTS_FILE if rank.main else None,
+                              timings=timings)
+    if rank.parallel:
+        prep = dataclasses.replace(prep, graph=distributed.broadcast(prep.graph))
     fitted = stages.fit(prep, out / CHECKPOINT_DIR, timings)
+    if not rank.main:
+        return out
     assembled = stages.assemble(prep, fitted)
     bundle_dir = assembled.bundle.save(out / BUNDLE_DIR)
-    evaluated = stages.evaluate(prep.data, assembled.bundle, EvalConfig(seed=cfg.seed), timings,
+    evaluated = stages.evaluate(prep.data, assembled.bundle, cfg.eval_config(), timings,
                                 cache_dir=cfg.cache_dir or None)
-    manifest = stages.index(prep.data.feats, assembled.bundle, out / INDEX_DIR,
-                            cfg.index_factory, timings)
+    manifest = stages.index(prep.data.feats, assembled.bundle, out / INDEX_DIR, cfg, timings)
     timings["total"] = round(time.perf_counter() - t_start, 2)
     stages.report(bundle_dir, prep, fitted, assembled, evaluated, manifest, out / INDEX_DIR,
                   timings)
@@ -74,13 +84,11 @@ def evaluate_bundle(bundle_dir: str | Path, catalog: str | Path,
     training config, so an unchanged catalog gives the same test split); rewrites the report,
     keeping its training history and data notes."""
     from embedder.bundle import Bundle
-    from train.evaluate import EvalConfig
     from train.report import write_report
 
     bundle = Bundle.load(bundle_dir)
     cfg, data = bundle_data(bundle, catalog, cache_dir=cache_dir)
-    evaluated = stages.evaluate(data, bundle, EvalConfig(seed=cfg.seed),
-                                cache_dir=cfg.cache_dir or None)
+    evaluated = stages.evaluate(data, bundle, cfg.eval_config(), cache_dir=cfg.cache_dir or None)
     previous = Path(bundle_dir) / "report.json"
     report = json.loads(previous.read_text()) if previous.exists() else {}
     history = report.pop("history", [])

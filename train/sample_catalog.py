@@ -27,6 +27,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from huse_common.categories import join_path, split_path
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 40),
     "crimson": (150, 20, 50),
@@ -135,7 +137,7 @@ def leaves() -> list[Leaf]:
     """Every leaf with its inherited recipe (usual scene from the top, pattern from the middle)."""
     out = []
     for path, shape, palette, nouns in LEAF_RECIPES:
-        top, sub, leaf = path.split(" > ")
+        top, sub, leaf = split_path(path)
         scene, pattern = TOP_SCENES[top], SUB_PATTERNS[sub]
         out.append(
             Leaf(
@@ -435,7 +437,7 @@ def write_sample_catalog(
             img.save(out_dir / name, format="JPEG", quality=rng.randint(80, 95))
         gender = "Unisex" if leaf.path[0] == "Home" else rng.choice(GENDERS)
         title = _title(rng, colour, leaf, gender, config)
-        rows.append([pid, title, name, " > ".join(leaf.path), colour, look.pattern, gender])
+        rows.append([pid, title, name, join_path(leaf.path), colour, look.pattern, gender])
     catalog = out_dir / "catalog.csv"
     with open(catalog, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

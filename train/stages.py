@@ -232,14 +232,15 @@ def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
     return Evaluated(evaluation, artifacts)
 
 
-def index(feats: CatalogFeatures, bundle: Any, out_dir: Path, factory: str,
+def index(feats: CatalogFeatures, bundle: Any, out_dir: Path, cfg: TrainConfig,
           timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Every valid product embedded (fused) into a FAISS index; returns its manifest."""
     from train.build_index import index_products
 
     with timed("index build", timings):
         return index_products(bundle, feats.products, feats.image, feats.text, out_dir,
-                              factory=factory)
+                              factory=cfg.index_factory, plan=cfg.index_plan,
+                              build=cfg.index_build)
 
 
 def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assembled,

@@ -8,22 +8,14 @@ from fastapi import APIRouter, Query
 
 from api.deps import ServicesDep
 from api.facets import FacetsPublic, facets
+from api.openapi import errors
 
 router = APIRouter(prefix="/v1", tags=["search"])
-
-_ERROR_EXAMPLES = {
-    422: ("`limit` out of range", {"error": "invalid_request", "detail": "limit: ..."}),
-    503: ("the index cannot be read", {"error": "unavailable", "detail": "..."}),
-}
-
 
 @router.get(
     "/facets",
     response_model=FacetsPublic,
-    responses={
-        status: {"description": text, "content": {"application/json": {"example": body}}}
-        for status, (text, body) in _ERROR_EXAMPLES.items()
-    },
+    responses=errors(422),
 )
 def get_facets(
     services: ServicesDep,

@@ -245,9 +245,9 @@ function renderHits(result, heading, ms) {
   $("empty").hidden = n > 0;
   $("empty-clear").hidden = true;
   if (!n) {
-    const [title, detail] = explainEmpty(result);
+    const [title, detail] = explainEmpty(result);  // the server's notice says more, if any
     $("empty-title").replaceChildren(el("strong", {}, title));
-    $("empty-detail").textContent = detail;
+    $("empty-detail").textContent = result.notice ? `${result.notice}.` : detail;
     $("empty-clear").hidden = filterWords().length === 0;
   }
   $("grid").replaceChildren(...result.hits.map(card));

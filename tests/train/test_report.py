@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from train.evaluate import EvalConfig, evaluate
-from train.report import render_markdown, short_name, write_report
+from train.plots import short_name
+from train.report import render_markdown, write_report
 
 PLOTS = ("loss_curves.png", "confusion_matrix.png", "embedding_map.png")
 
