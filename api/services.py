@@ -227,8 +227,6 @@ class Services:
         """Indexed products whose photo is this product's item (visual cosine >= threshold,
         default: the bundle's validated one), best first."""
         k = k if k is not None else DEFAULT_NEIGHBOURS
-        if not 1 <= k <= self.settings.max_k:
-            raise ValueError(f"k must be in [1, {self.settings.max_k}], got {k}")
         threshold = self.bundle.near_duplicate_threshold if threshold is None else threshold
         found = await run_in_threadpool(
             near_duplicates_of, self.index, product_id, self.bundle.dim, threshold, k

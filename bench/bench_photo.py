@@ -181,8 +181,7 @@ def run_protocol(catalog: Path, work: Path, n_held: int, seed: int, sets: Sequen
     spaces: dict[str, Any] = {}
     photo, title = frozen_baseline(split, queries, bundle_config, cache_dir, k + 1)
     spaces["frozen backbone (cosine)"] = score(query_ids, photo, title, table, k)
-    settings = Settings(model_dir=model_dir, api_key=API_KEY, uploads_dir=work / "uploads",
-                        max_k=max(100, k + 1))
+    settings = Settings(model_dir=model_dir, api_key=API_KEY, uploads_dir=work / "uploads")
     with TestClient(create_app(settings)) as client:
         add_products(client, split.held)
         for name, form in (("universal space alone (visual_weight=0)", {"visual_weight": "0"}),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from api.deps import ServicesDep
 from api.routes.products import ProductId
 from api.schemas import SearchPublic
+from huse_common.limits import MAX_K
 
 router = APIRouter(prefix="/v1/products", tags=["products"])
 
@@ -21,6 +22,8 @@ async def near_duplicates(
         float | None,
         Query(ge=-1.0, le=1.0, description="visual cosine (default: the bundle's validated one)"),
     ] = None,
-    k: Annotated[int | None, Query(description="most candidates looked at (default 10)")] = None,
+    k: Annotated[
+        int | None, Query(ge=1, le=MAX_K, description="most candidates looked at (default 10)")
+    ] = None,
 ) -> SearchPublic:
     return await services.near_duplicates(product_id, threshold, k)
