@@ -85,8 +85,9 @@ class TrainConfig:
     graph_margin: float = 0.5  # only class pairs with A_ij < margin are constrained
     # symmetric InfoNCE between the image and text embeddings of the batch's products (pushes
     # other products apart, which L_gap never does; same-class products are not negatives);
-    # 0 turns it off
-    w_nce: float = 0.5
+    # 0 = off. On fashion-products 0.5 lifted image->text / text->image R@1 from 74.8 / 82.7 to
+    # 77.0 / 84.1 with fused top-1 unchanged; off by default until its weight is validated.
+    w_nce: float = 0.0
     nce_temperature: float = 0.1  # softmax temperature of L_nce (configured, not learned)
     # --- optimisation ---
     lr: float = 1e-3  # AdamW learning rate (constant; early stopping ends the run)

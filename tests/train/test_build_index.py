@@ -25,7 +25,7 @@ def test_build_index_from_bundle_and_catalog(trained_run, tmp_path):
     try:
         assert len(image_only) == len(fused) > 0
         # the same product: image-only and fused vectors differ, records agree
-        ids = [h.id for h in fused.search(np.ones((1, bundle.dim), np.float32), 5)[0]]
+        ids = [h.id for h in fused.search(np.ones((1, bundle.index_dim), np.float32), 5)[0]]
         for i in ids:
             assert image_only.get(i) == fused.get(i)
             assert not np.allclose(image_only.vector(i), fused.vector(i))

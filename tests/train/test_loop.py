@@ -24,7 +24,7 @@ def test_training_learns_and_logs_parseable_lines(synthetic_data, tiny_cfg, tmp_
     hist = result.history
     assert [h["epoch"] for h in hist] == list(range(1, len(hist) + 1))
     assert set(hist[0]) == {"epoch", "step", "train_loss", "val_loss", "train_cls",
-                            "train_graph", "train_gap", "val_top1"}
+                            "train_graph", "train_gap", "train_nce", "val_top1"}
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert max(h["val_top1"] for h in hist) >= 0.9
     assert result.best_epoch == max(hist, key=lambda h: (h["val_top1"], -h["val_loss"]))["epoch"]
