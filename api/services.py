@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.batching import BatchConfig, EmbedBatcher
 from api.catalog import Catalog, image_url
+from api.embed_cache import EmbedCache
 from api.filters import empty_notice, resolve_filter
 from api.media import ImageStore
 from api.metrics import ApiMetrics
@@ -69,6 +70,7 @@ class Services:
         self.batcher = EmbedBatcher(
             self._embed, BatchConfig.from_settings(settings), on_batch=metrics.observe_batch
         )
+        self.embed_cache = EmbedCache()
         assert settings.uploads_dir is not None
         images = ImageStore(settings.uploads_dir, settings.media_root)
         self.catalog = Catalog(index, images, metrics, self.decode, self.embed)
@@ -122,10 +124,17 @@ class Services:
         return self.bundle.embed(texts=texts, pixels=stacked)
 
     async def embed(self, query: Query) -> np.ndarray:
-        """The query's (d,) embedding, computed in a micro-batch with other requests."""
+        """The query's (d,) embedding: from the LRU cache for a repeated title or image, else
+        computed in a micro-batch with other requests."""
+        key = self.embed_cache.key(query.title, query.pixels)
+        cached = self.embed_cache.get(key)
+        if cached is not None:
+            return cached
         with self.metrics.stage("embed"):
             future = self.batcher.submit(image=query.pixels, text=query.title)
-            return await asyncio.wrap_future(future)
+            vec = await asyncio.wrap_future(future)
+        self.embed_cache.put(key, vec)
+        return vec
 
     async def _vector(self, request: SearchCreate | ClassifyCreate) -> tuple[np.ndarray, str]:
         """(the request's query vector, its kind): a product's stored vector or an embedding."""
