@@ -158,8 +158,30 @@ def check_port(host: str, port: int) -> None:
                              "--port (or --host)") from e
 
 
+class StartupFailure(logging.Filter):
+    """Keeps why the app's startup (loading the bundle or the index) failed, for a one-line
+    error, and drops uvicorn's traceback and its closing line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            self.reason = f"{type(error).__name__}: {error}"
+            return False
+        message = record.getMessage()
+        if "Traceback (most recent call last)" in message:  # Starlette's startup.failed text
+            self.reason = message.strip().splitlines()[-1]
+            return False
+        return not (self.reason is not None and "startup failed" in message)
+
+
 def serve(settings: Settings, args: argparse.Namespace) -> None:
-    """Run uvicorn; "open http://..." is printed once the model is loaded and the port bound."""
+    """Run uvicorn; "open http://..." is printed once the model is loaded and the port bound.
+    A model or index that fails to load (a check above cannot foresee every damaged file) is
+    a UsageError unless --debug."""
     import uvicorn
 
     from api.app import create_app
@@ -173,7 +195,22 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
                             log_level=args.log_level)
-    Server(config).run()
+    failure = StartupFailure()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not args.debug:  # after Config, which sets up uvicorn's loggers
+        uvicorn_log.addFilter(failure)
+    server = Server(config)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 3 when the startup fails
+        if args.debug:
+            raise
+    finally:
+        uvicorn_log.removeFilter(failure)
+    if not server.started:
+        reason = failure.reason or "see the log above"
+        raise UsageError(f"the model could not be loaded ({reason}); retrain or rebuild it, "
+                         "or run with --debug for the traceback")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,7 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     if settings.api_key is None:
         print("no API key configured (--api-key or HUSE_API_KEY): writes are refused", flush=True)
-    serve(settings, args)
+    try:
+        serve(settings, args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
     return 0
 
 
