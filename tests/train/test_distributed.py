@@ -25,8 +25,9 @@ from train.pipeline import BUNDLE_DIR, CHECKPOINT_DIR, run
 
 WORLD = 2
 WEIGHTS = "towers.safetensors"
-# 1 rank vs 2 ranks with dropout on the 80-product sample catalog, 3 epochs: fused leaf top-1
-# and the final train loss moved by up to these over seeds 0-4 (measured, notes of issue 10).
+# 1 rank vs 2 ranks with dropout on this config (80-product sample, 3 epochs), seeds 0-3: test
+# fused leaf top-1 moved by at most 0.045 (1 of 22 test products) and the final train loss by at
+# most 2.7% (notes of issue 10). The bounds allow about 3x and 2x that.
 TOP1_TOLERANCE = 0.15
 LOSS_TOLERANCE = 0.05
 
