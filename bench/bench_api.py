@@ -154,6 +154,20 @@ def _request(client: httpx.Client, scenario: str, query: tuple[str, bytes], k: i
         raise RuntimeError(f"{scenario}: HTTP {r.status_code}: {r.text[:200]}")
 
 
+def _record(client: httpx.Client, scenario: str, query: tuple[str, bytes], k: int, since: float,
+            latencies: list[float], errors: list[str], lock: threading.Lock) -> bool:
+    """Send one request; record its latency from `since` (or its error). True on success."""
+    try:
+        _request(client, scenario, query, k)
+    except Exception as e:  # counted and reported, never hidden
+        with lock:
+            errors.append(str(e))
+        return False
+    with lock:
+        latencies.append(time.perf_counter() - since)
+    return True
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -191,15 +205,10 @@ def run_open_loop(url: str, scenario: str, rate: float, queries, cfg: BenchConfi
         if client is None:
             client = local.client = httpx.Client(base_url=url, timeout=120)
         start = time.perf_counter()
-        try:
-            _request(client, scenario, queries[i % len(queries)], cfg.k)
-        except Exception as e:  # counted and reported, never hidden
+        query = queries[i % len(queries)]
+        if _record(client, scenario, query, cfg.k, due, latencies, errors, lock):
             with lock:
-                errors.append(str(e))
-            return
-        with lock:
-            latencies.append(time.perf_counter() - due)
-            late.append(start - due)
+                late.append(start - due)
 
     cpu0, start = _cpu_seconds(), time.perf_counter()
     with ThreadPoolExecutor(cfg.open_threads) as pool:
@@ -233,15 +242,9 @@ def run_cell(url: str, scenario: str, n_clients: int, queries, cfg: BenchConfig)
                     i = next(counter, None)
                 if i is None:
                     return
-                t0 = time.perf_counter()
-                try:
-                    _request(client, scenario, queries[i % len(queries)], cfg.k)
-                except Exception as e:  # counted and reported, never hidden
-                    with lock:
-                        errors.append(str(e))
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
+                query = queries[i % len(queries)]
+                _record(client, scenario, query, cfg.k, time.perf_counter(), latencies, errors,
+                        lock)
 
     threads = [threading.Thread(target=client_loop) for _ in range(n_clients)]
     cpu0 = _cpu_seconds()
