@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=ENGINES,
         help="image backbone runtime (default auto: onnx where installed and it applies)",
     )
+    p.add_argument(
+        "--read-timeout", type=float, help="seconds a request has to arrive whole (default 30)"
+    )
+    p.add_argument("--max-connections", type=int, help="connections served at once (default 1000)")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -54,6 +58,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
         "batch_workers": args.batch_workers,
         "image_batch_max": args.image_batch_max,
         "image_engine": args.image_engine,
+        "request_read_timeout_s": args.read_timeout,
+        "max_connections": args.max_connections,
     }
     if args.no_batching:
         overrides["batching"] = False
@@ -77,14 +83,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"--image-engine onnx needs {', '.join(missing)}: "
                 "pip install 'huse-search[onnx]' (or use --image-engine torch)"
             )
-    import uvicorn
-
-    from api.app import create_app
+    from api.server import serve
 
     print(f"HUSE search: open http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
     if settings.api_key is None:
         print("no API key configured (--api-key or HUSE_API_KEY): writes are refused", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    serve(settings, host=args.host, port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":

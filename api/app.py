@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import install_error_handlers
-from api.limits import BodyLimitMiddleware
+from api.errors import RequestIdMiddleware, error_responses, install_error_handlers
+from api.limits import BodyLimitMiddleware, JsonDepthMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import classify, ops, products, search, web
 from api.services import Services
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Classify products and find similar ones from an image and/or a title.",
         version="1",
         lifespan=lifespan,
+        responses=error_responses(500),
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", web.static_files, name="static")
     install_error_handlers(app)
+    # Outermost last: the request id exists before anything can fail; sizes before JSON depth.
+    app.add_middleware(JsonDepthMiddleware, max_depth=settings.max_json_depth)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,27 +1,68 @@
-"""One place that turns errors into JSON responses `{"error": code, "detail": reason}`.
+"""One place that turns errors into JSON responses `{"error", "detail", "request_id"}`.
 
-Client mistakes (bad image, bad argument, unknown product, wrong key, too large) are 4xx with
-a reason; a broken bundle or index on the server side is 503; nothing reaches the client as a
-bare 500 page, and no error stops the server.
+Only genuine client mistakes (bad image, bad argument, unknown product, wrong key, too large)
+are 4xx, and the service raises those on purpose (`ApiError`, `InvalidInput`, `ImageError`,
+`ProductNotFound`, `CatalogError`). A broken bundle or index is 503. Anything else - a
+`ValueError` or `TypeError` from inside the service included - is a bug: a 500 whose body
+carries the request id, logged with its traceback under the same id. No error stops the server.
+
+The request id comes from a valid incoming `X-Request-ID` header or is generated, is kept on
+`request.state.request_id`, and is echoed in the `X-Request-ID` response header.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedder.errors import CatalogError, HuseError, ImageError
 from index.errors import IndexStoreError, ProductNotFound
 
 logger = logging.getLogger(__name__)
 
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's request id is echoed only when it is short and plain (no log or header injection).
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # ImageError reasons that mean "too big" rather than "not a usable image".
 _TOO_LARGE_REASONS = {"too_many_bytes", "too_many_pixels"}
+
+
+class ErrorPublic(BaseModel):
+    """The body of every error response."""
+
+    error: str = Field(description="short machine-readable code, e.g. product_not_found")
+    detail: str = Field(description="what went wrong, for a human")
+    request_id: str = Field(description="this request's id (also in the X-Request-ID header)")
+
+
+# What each documented error status means, for the OpenAPI schema.
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request (body not parseable)",
+    401: "Missing or wrong API key",
+    403: "Writes are disabled (no API key configured)",
+    404: "Unknown product, or the product has no image",
+    405: "Method not allowed (the Allow header lists those that are)",
+    413: "Request, image or decoded pixels over a limit",
+    422: "Invalid input",
+    500: "Internal error (a bug); quote the request id",
+    503: "Model or index unavailable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries documenting error statuses with the ErrorPublic body."""
+    return {s: {"model": ErrorPublic, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 class ApiError(Exception):
@@ -35,10 +76,37 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class InvalidInput(ApiError):
+    """A request argument the service refuses (422); raised on purpose, unlike a ValueError."""
+
+    def __init__(self, detail: str, code: str = "invalid_input") -> None:
+        super().__init__(422, code, detail)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_of(scope: Scope) -> str:
+    """The id RequestIdMiddleware gave this request (a fresh one outside the middleware)."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        state["request_id"] = new_request_id()
+    return state["request_id"]
+
+
 def error_response(
-    status: int, code: str, detail: str, headers: dict | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict | None = None,
+    request_id: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    request_id = request_id or new_request_id()
+    body = {"error": code, "detail": detail, "request_id": request_id}
+    # Set here too: a 500 is sent by Starlette's outermost middleware, past RequestIdMiddleware.
+    headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def classify_exception(exc: Exception) -> tuple[int, str, str]:
@@ -53,19 +121,25 @@ def classify_exception(exc: Exception) -> tuple[int, str, str]:
         return 404, "product_not_found", str(exc)
     if isinstance(exc, CatalogError):
         return 422, "invalid_product", str(exc)
-    if isinstance(exc, (ValueError, TypeError)):
-        return 422, "invalid_input", str(exc)
     if isinstance(exc, (HuseError, IndexStoreError)):
         return 503, "unavailable", f"{type(exc).__name__}: {exc}"
-    return 500, "internal", "internal error"
+    return 500, "internal", "internal error; the server log has its traceback under this id"
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
     status, code, detail = classify_exception(exc)
+    request_id = request_id_of(request.scope)
     if status >= 500:
-        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        logger.error(
+            "request %s: %s %s failed with %d",
+            request_id,
+            request.method,
+            request.url.path,
+            status,
+            exc_info=exc,
+        )
     headers = exc.headers if isinstance(exc, ApiError) else None
-    return error_response(status, code, detail, headers)
+    return error_response(status, code, detail, headers, request_id)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -77,7 +151,19 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 async def _handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(422, "invalid_request", _validation_detail(exc))
+    return error_response(
+        422, "invalid_request", _validation_detail(exc), request_id=request_id_of(request.scope)
+    )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (not only the first partial match's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -85,11 +171,43 @@ async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONRes
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
     except ValueError:
         code = "http_error"
-    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    methods = allowed_methods(request) if exc.status_code == 405 else None
+    if methods:
+        headers["Allow"] = ", ".join(methods)
+    return error_response(
+        exc.status_code, code, str(exc.detail), headers or None, request_id_of(request.scope)
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    for exc_type in (ApiError, HuseError, IndexStoreError, ValueError, TypeError, Exception):
+    for exc_type in (ApiError, HuseError, IndexStoreError, Exception):
         app.add_exception_handler(exc_type, _handle)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id (the client's valid X-Request-ID, else a fresh uuid4 hex),
+    stores it on `request.state.request_id` and echoes it as the X-Request-ID response header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode(), b"")
+        text = incoming.decode("latin-1")
+        request_id = text if REQUEST_ID_PATTERN.fullmatch(text) else new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != header[0]]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

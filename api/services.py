@@ -12,10 +12,8 @@ import dataclasses
 import json
 import logging
 import platform
-import threading
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -23,8 +21,9 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from api.batching import BatchConfig, EmbedBatcher
-from api.errors import ApiError
-from api.media import ImageStore
+from api.errors import ApiError, InvalidInput
+from api.limits import loads_limited
+from api.media import ImageStore, StoredImageResponse
 from api.metrics import ApiMetrics
 from api.schemas import (
     ClassifyPublic,
@@ -38,7 +37,9 @@ from api.schemas import (
 )
 from api.settings import Settings
 from embedder.bundle import PATH_KEY
-from embedder.images import ImageLimits, load_image
+from embedder.images import ImageLimits, MemoryBudget, load_image
+from index.errors import IndexMismatchError
+from index.rwlock import RWLock
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,15 @@ def image_url(product_id: str, recorded_image: str) -> str | None:
     return f"/v1/products/{quote(product_id, safe='')}/image" if recorded_image else None
 
 
+def attribute_values(parsed: dict[str, Any]) -> dict[str, str]:
+    """Attribute values as text: a string as it is, any other JSON value as its JSON text
+    (`{"b": [1, 2]}`, never Python's repr `{'b': [1, 2]}`)."""
+    return {
+        str(key): value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        for key, value in parsed.items()
+    }
+
+
 class Services:
     """The loaded model and index, shared by every request of one app."""
 
@@ -77,12 +87,16 @@ class Services:
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_pixels,
             min_side=settings.min_image_side,
+            max_work_bytes=settings.max_decode_bytes,
         )
+        # Concurrent decodes share this many bytes of working memory (see embedder.images).
+        self.decode_budget = MemoryBudget(settings.decode_budget_bytes)
         assert settings.uploads_dir is not None
         self.images = ImageStore(settings.uploads_dir, settings.media_root)
-        # Held from storing an upload through the index write, and from a write through deleting
-        # the uploads it left unreferenced, so no upload is deleted while a write still needs it.
-        self._uploads_lock = threading.Lock()
+        # Written from storing an upload through the index write, and from a write through
+        # deleting the uploads it left unreferenced, so no upload is deleted while a write still
+        # needs it; read while an image GET looks up its record and opens the file.
+        self._uploads_lock = RWLock()
         self.threshold = (
             settings.other_threshold
             if settings.other_threshold is not None
@@ -109,6 +123,12 @@ class Services:
 
         bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
         index = ProductIndex.open(settings.index_dir, expected_fingerprint=bundle.fingerprint)
+        if index.d != bundle.dim:
+            index.close()
+            raise IndexMismatchError(
+                f"index {settings.index_dir} holds {index.d}-d vectors but bundle "
+                f"{settings.bundle_dir} embeds {bundle.dim}-d: rebuild the index with this bundle"
+            )
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
         logger.info(
@@ -133,7 +153,7 @@ class Services:
 
     def check_k(self, k: int) -> int:
         if not 1 <= k <= self.settings.max_k:
-            raise ValueError(f"k must be in [1, {self.settings.max_k}], got {k}")
+            raise InvalidInput(f"k must be in [1, {self.settings.max_k}], got {k}")
         return k
 
     def check_title(self, title: str | None) -> str | None:
@@ -141,14 +161,14 @@ class Services:
             return None
         title = title.strip()
         if len(title) > self.settings.max_title_chars:
-            raise ValueError(
+            raise InvalidInput(
                 f"title has {len(title)} characters, limit {self.settings.max_title_chars}"
             )
         return title or None
 
     def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
         """Decode and preprocess here, in the request's thread: the batch only runs the model."""
-        image = load_image(data, self.limits)
+        image = load_image(data, self.limits, self.decode_budget)
         return image, self.bundle.backbone("image").preprocess_batch([image])[0]
 
     async def parse_query(self, image_bytes: bytes | None, title: str | None) -> Query:
@@ -190,7 +210,7 @@ class Services:
         self, image_bytes: bytes | None, title: str | None, k: int, method: str
     ) -> ClassifyPublic:
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise InvalidInput(f"method must be one of {METHODS}, got {method!r}")
         k = self.check_k(k)
         emb = await self.embed(await self.parse_query(image_bytes, title))
         path, *levels = await run_in_threadpool(self._rank, method, emb, k)
@@ -210,7 +230,7 @@ class Services:
         category = (category or "").strip() or None
         if product_id:
             if image_bytes is not None or self.check_title(title):
-                raise ValueError("send either product_id or an image/title, not both")
+                raise InvalidInput("send either product_id or an image/title, not both")
             xq = await run_in_threadpool(self.index.vector, product_id)
             exclude, kind = [product_id], "product"
         else:
@@ -252,17 +272,17 @@ class Services:
         if not attributes:
             return {}
         if len(attributes) > self.settings.max_attributes_chars:
-            raise ValueError(
+            raise InvalidInput(
                 f"attributes have {len(attributes)} characters, "
                 f"limit {self.settings.max_attributes_chars}"
             )
         try:
-            parsed = json.loads(attributes)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"attributes must be a JSON object: {e}") from e
+            parsed = loads_limited(attributes, self.settings.max_json_depth)
+        except ValueError as e:  # JSONDecodeError, too deep, NaN/Infinity
+            raise InvalidInput(f"attributes must be a JSON object: {e}") from e
         if not isinstance(parsed, dict):
-            raise ValueError(f"attributes must be a JSON object, got {type(parsed).__name__}")
-        return {str(key): str(value) for key, value in parsed.items()}
+            raise InvalidInput(f"attributes must be a JSON object, got {type(parsed).__name__}")
+        return attribute_values(parsed)
 
     async def put_product(
         self,
@@ -277,11 +297,11 @@ class Services:
 
         category = " > ".join(p.strip() for p in category.split(">") if p.strip())
         if not category:
-            raise ValueError("category must name at least one level, e.g. 'Footwear > Shoes'")
+            raise InvalidInput("category must name at least one level, e.g. 'Footwear > Shoes'")
         attrs = self._parse_attributes(attributes)
         query = await self.parse_query(image_bytes, title)
         if query.title is None:
-            raise ValueError("title must not be empty")
+            raise InvalidInput("title must not be empty")
         emb = await self.embed(query)
         record = ProductRecord(
             id=product_id, title=query.title, category=category, image="", attributes=attrs
@@ -297,7 +317,7 @@ class Services:
         self, record: Any, xb: np.ndarray, image_bytes: bytes | None, decoded: Any
     ) -> Any:
         """Store the upload, upsert (durable on return), then drop the replaced upload if unused."""
-        with self._uploads_lock:
+        with self._uploads_lock.write():
             if image_bytes is not None:
                 record = dataclasses.replace(record, image=self.images.save(image_bytes, decoded))
             old = self._current_image(record.id)
@@ -312,7 +332,7 @@ class Services:
         return DeletedPublic(id=product_id, deleted=True)
 
     def _delete_product(self, product_id: str) -> None:
-        with self._uploads_lock:
+        with self._uploads_lock.write():
             old = self.index.get(product_id).image
             self.index.delete([product_id])
             self._collect_upload(old)
@@ -335,12 +355,16 @@ class Services:
     async def get_product(self, product_id: str) -> ProductPublic:
         return self._public(await run_in_threadpool(self.index.get, product_id))
 
-    async def product_image(self, product_id: str) -> Path:
-        record = await run_in_threadpool(self.index.get, product_id)
-        path = await run_in_threadpool(self.images.resolve, record.image)
-        if path is None:
+    async def product_image(self, product_id: str) -> StoredImageResponse:
+        return await run_in_threadpool(self._open_image, product_id)
+
+    def _open_image(self, product_id: str) -> StoredImageResponse:
+        """Look up the record and open its file together, so no write can delete it between."""
+        with self._uploads_lock.read():
+            response = self.images.open(self.index.get(product_id).image)
+        if response is None:
             raise ApiError(404, "image_not_found", f"product {product_id!r} has no stored image")
-        return path
+        return response
 
     # ---- health -------------------------------------------------------------------------
 

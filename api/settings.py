@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     unbatched_workers: int = Field(default=8, ge=1)
     # Overrides the bundle's "other" threshold for classification when set.
     other_threshold: float | None = None
+    # Hostile-input bounds (#13): working memory of one image decode, of all concurrent
+    # decodes together, and the nesting of JSON (request bodies and the attributes field).
+    max_decode_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    decode_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    max_json_depth: int = Field(default=32, ge=1)
+    # Connection bounds (#13): seconds a client has to send a request's headers and body, and
+    # the most connections served at once (more get 503) - see README "Behind a reverse proxy".
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
 
     @model_validator(mode="after")
     def _resolve_dirs(self) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,33 @@ CREATE INDEX IF NOT EXISTS products_category ON products (category) WHERE delete
 """
 
 
+# The product id grammar: 1 to 256 characters, none of them a control character, "/" or "\\",
+# and at least one that is neither "." nor whitespace. Ids travel as one URL path segment
+# (/v1/products/{id}); an id of dots only ("." or "..") is a dot-segment that clients
+# normalise away, turning its image_url into another route.
+PRODUCT_ID_MAX_CHARS = 256
+PRODUCT_ID_PATTERN = (
+    r"^[^\x00-\x1f\x7f/\\]*[^\x00-\x1f\x7f/\\.\s][^\x00-\x1f\x7f/\\]*$"
+)
+_PRODUCT_ID = re.compile(PRODUCT_ID_PATTERN)
+
+
+def check_product_id(product_id: object) -> str:
+    """`product_id` if it fits the id grammar above; ValueError saying why it does not."""
+    if not isinstance(product_id, str):
+        raise TypeError(f"product id must be a str, got {type(product_id).__name__}")
+    if not 1 <= len(product_id) <= PRODUCT_ID_MAX_CHARS:
+        raise ValueError(
+            f"product id must have 1 to {PRODUCT_ID_MAX_CHARS} characters, got {len(product_id)}"
+        )
+    if not _PRODUCT_ID.fullmatch(product_id):
+        raise ValueError(
+            f"product id {product_id!r:.80} is not valid: no control characters, '/' or '\\', "
+            "and not only dots and spaces"
+        )
+    return product_id
+
+
 def normalize_category(category: str) -> str:
     """'A>B >  C' -> 'A > B > C'; empty levels are an error."""
     if not isinstance(category, str):
@@ -66,15 +94,14 @@ class ProductRecord:
 
     def validated(self) -> ProductRecord:
         """This record with its category normalised; ValueError/TypeError naming bad fields."""
-        if not isinstance(self.id, str) or not self.id.strip():
-            raise ValueError(f"product id must be a non-empty str, got {self.id!r}")
+        check_product_id(self.id)
         for name in ("title", "image"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} of {self.id!r} must be a str, got {getattr(self, name)!r}")
         if not isinstance(self.attributes, dict):
             raise TypeError(f"attributes of {self.id!r} must be a dict, got {self.attributes!r}")
         try:
-            json.dumps(self.attributes)
+            json.dumps(self.attributes, allow_nan=False)  # NaN/Infinity are not JSON
         except (TypeError, ValueError) as e:
             raise ValueError(f"attributes of {self.id!r} are not JSON: {e}") from e
         return ProductRecord(
@@ -222,7 +249,7 @@ class MetadataStore:
                         r.title,
                         r.category,
                         r.image,
-                        json.dumps(r.attributes),
+                        json.dumps(r.attributes, allow_nan=False),
                         x.tobytes(),
                         gen,
                     ),

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form
 
 from api.deps import ServicesDep
+from api.errors import error_responses
 from api.media import read_upload
 from api.routes.forms import ImageField, KField, TitleField
 from api.schemas import ClassifyPublic
@@ -14,7 +15,9 @@ from api.schemas import ClassifyPublic
 router = APIRouter(prefix="/v1", tags=["classify"])
 
 
-@router.post("/classify", response_model=ClassifyPublic)
+@router.post(
+    "/classify", response_model=ClassifyPublic, responses=error_responses(400, 413, 422, 503)
+)
 async def classify(
     services: ServicesDep,
     image: ImageField = None,

@@ -5,19 +5,39 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Path
-from fastapi.responses import FileResponse
 
 from api.deps import ServicesDep, WriteAccess
-from api.media import MEDIA_TYPES, read_upload
+from api.errors import error_responses
+from api.media import MEDIA_TYPES, StoredImageResponse, read_upload
 from api.routes.forms import ImageField
 from api.schemas import DeletedPublic, ProductPublic
+from index.metadata import PRODUCT_ID_MAX_CHARS, PRODUCT_ID_PATTERN
 
 router = APIRouter(prefix="/v1/products", tags=["products"])
 
-ProductId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ProductId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=PRODUCT_ID_MAX_CHARS,
+        pattern=PRODUCT_ID_PATTERN,
+        description="1-256 characters; no control characters, '/' or '\\'; not only dots "
+        "and spaces (see index.metadata)",
+    ),
+]
+WRITE_ERRORS = (401, 403, 422, 503)
+IMAGE_RESPONSE = {
+    "description": "The product's image",
+    "content": {media_type: {} for media_type in sorted(set(MEDIA_TYPES.values()))},
+}
 
 
-@router.put("/{product_id}", response_model=ProductPublic, dependencies=[WriteAccess])
+@router.put(
+    "/{product_id}",
+    response_model=ProductPublic,
+    dependencies=[WriteAccess],
+    responses=error_responses(400, 413, *WRITE_ERRORS),
+)
 async def put_product(
     services: ServicesDep,
     product_id: ProductId,
@@ -32,17 +52,25 @@ async def put_product(
     return await services.put_product(product_id, data, title, category, attributes)
 
 
-@router.delete("/{product_id}", response_model=DeletedPublic, dependencies=[WriteAccess])
+@router.delete(
+    "/{product_id}",
+    response_model=DeletedPublic,
+    dependencies=[WriteAccess],
+    responses=error_responses(404, *WRITE_ERRORS),
+)
 async def delete_product(services: ServicesDep, product_id: ProductId) -> DeletedPublic:
     return await services.delete_product(product_id)
 
 
-@router.get("/{product_id}", response_model=ProductPublic)
+@router.get("/{product_id}", response_model=ProductPublic, responses=error_responses(404, 422, 503))
 async def get_product(services: ServicesDep, product_id: ProductId) -> ProductPublic:
     return await services.get_product(product_id)
 
 
-@router.get("/{product_id}/image", response_class=FileResponse)
-async def get_product_image(services: ServicesDep, product_id: ProductId) -> FileResponse:
-    path = await services.product_image(product_id)
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()])
+@router.get(
+    "/{product_id}/image",
+    response_class=StoredImageResponse,
+    responses={200: IMAGE_RESPONSE, **error_responses(404, 422, 503)},
+)
+async def get_product_image(services: ServicesDep, product_id: ProductId) -> StoredImageResponse:
+    return await services.product_image(product_id)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form
 
 from api.deps import ServicesDep
+from api.errors import error_responses
 from api.media import read_upload
 from api.routes.forms import ImageField, KField, TitleField
 from api.schemas import SearchPublic
@@ -14,7 +15,9 @@ from api.schemas import SearchPublic
 router = APIRouter(prefix="/v1", tags=["search"])
 
 
-@router.post("/search", response_model=SearchPublic)
+@router.post(
+    "/search", response_model=SearchPublic, responses=error_responses(400, 404, 413, 422, 503)
+)
 async def search(
     services: ServicesDep,
     image: ImageField = None,
