@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's request id is echoed only when it is short and plain (no log or header injection).
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 # ImageError reasons that mean "too big" rather than "not a usable image".
 _TOO_LARGE_REASONS = {"too_many_bytes", "too_many_pixels"}
 
@@ -157,13 +158,16 @@ async def _handle_validation(request: Request, exc: RequestValidationError) -> J
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (not only the first partial match's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method some route serves at this path (not only the first partial match's):
+    each standard method is tried against every route, included routers too."""
+    return [
+        method
+        for method in _HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 async def _handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

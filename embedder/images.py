@@ -274,13 +274,18 @@ def plan_decode(img: Image.Image, limits: ImageLimits = DEFAULT_LIMITS) -> Decod
             f"{budget >> 20} MiB working-memory limit",
         )
     turned = _orientation(img) in _UPRIGHT
+
+    def work(factor: int) -> int:
+        reduced = _reduced(size, factor)
+        copy = stored_bytes(reduced, mode) if factor > 1 else 0  # the reduced image itself
+        return decoded + copy + _conversion_bytes(reduced, mode, turned)
+
     factor = 1
-    while decoded + _conversion_bytes(_reduced(size, factor), mode, turned) > budget:
+    while work(factor) > budget and _reduced(size, factor) != (1, 1):
         factor += 1
-    work = decoded + _conversion_bytes(_reduced(size, factor), mode, turned)
-    if factor > 1:
-        work += stored_bytes(_reduced(size, factor), mode)  # the reduced copy itself
-    return DecodePlan(draft_size=draft_size, reduce=factor, work_bytes=work)
+    if work(factor) > budget:
+        raise ImageError("too_many_pixels", f"{size} {mode} cannot be converted within {budget} B")
+    return DecodePlan(draft_size=draft_size, reduce=factor, work_bytes=work(factor))
 
 
 def to_rgb(img: Image.Image, reduce: int = 1) -> Image.Image:

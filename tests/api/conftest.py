@@ -178,3 +178,29 @@ def live_url(model_dir) -> Iterator[str]:
     yield base
     server.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture
+def serve_settings() -> Iterator[Callable[[Settings], str]]:
+    """`serve(settings)` -> base URL of uvicorn serving create_app(settings) in a thread, with
+    the read timeout and connection cap of `settings` (api.server); stopped after the test."""
+    from api.server import uvicorn_config
+
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def serve(settings: Settings) -> str:
+        config = uvicorn_config(
+            create_app(settings), settings, host="127.0.0.1", port=free_port(), log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        base = f"http://127.0.0.1:{config.port}"
+        wait_healthy(base)
+        return base
+
+    yield serve
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=30)
