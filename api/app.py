@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import RequestIdMiddleware, error_responses, install_error_handlers
 from api.limits import BodyLimitMiddleware, JsonDepthMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import classify, ops, products, search, web
+from api.routes import classify, facets, ops, products, search, web
 from api.services import Services
 from api.settings import Settings
 
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    for module in (classify, search, products, ops, web):
+    for module in (classify, search, facets, products, ops, web):
         app.include_router(module.router)
     app.mount("/static", web.static_files, name="static")
     install_error_handlers(app)

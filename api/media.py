@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.errors import ApiError
 from embedder.images import sha256_bytes
-from index.atomic import write_atomic
+from huse_common.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -36,14 +36,13 @@ from api.schemas import (
     SearchPublic,
 )
 from api.settings import Settings
-from embedder.bundle import PATH_KEY
+from embedder.classify import METHODS, PATH_KEY
 from embedder.images import ImageLimits, MemoryBudget, load_image
 from index.errors import IndexMismatchError
 from index.rwlock import RWLock
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("linear", "centroid")
 _VERSIONED = ("huse-search", "fastapi", "torch", "transformers", "faiss-cpu", "numpy", "pillow")
 
 
@@ -383,9 +382,9 @@ class Services:
                 "fingerprint": self.bundle.fingerprint,
                 "dim": int(self.bundle.dim),
                 "heads": list(self.bundle.heads),
-                "image_backbone": config.get("image_backbone", {}).get("spec"),
+                "image_backbone": config.image_backbone.spec,
                 "image_engine": self.bundle.backbone("image").engine,
-                "text_backbone": config.get("text_backbone", {}).get("spec"),
+                "text_backbone": config.text_backbone.spec,
                 "other_threshold": self.threshold,
             },
             index={"index_dir": str(self.settings.index_dir), "size": len(self.index)},

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine_info, print_table, write_results
+from huse_common.vectors import l2_normalize
 from index.evaluation import exact_knn, recall_at_k
 from index.plan import IndexPlan, choose_factory
 from index.vectors import VectorIndex
@@ -45,7 +46,7 @@ def clustered(n: int, d: int, centers: np.ndarray, spread: float, seed: int) -> 
         m = min(100_000, n - i0)
         x = centers[rng.integers(0, centers.shape[0], m)]
         x = x + rng.normal(scale=spread / np.sqrt(d), size=(m, d)).astype(np.float32)
-        out[i0 : i0 + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[i0 : i0 + m] = l2_normalize(x)
     return out
 
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     rng = np.random.default_rng(args.seed)
     centers = rng.normal(size=(args.clusters, args.d)).astype(np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    centers = l2_normalize(centers)
     plan = IndexPlan()
     rows = []
     for n in sizes:

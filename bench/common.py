@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from index.atomic import write_atomic
+from huse_common.atomic import write_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _VERSIONED = ("numpy", "faiss", "torch", "transformers", "onnxruntime")

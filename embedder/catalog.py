@@ -7,10 +7,11 @@ caught before training, and its sha256 is kept so the feature cache need not reh
 
 Reject reasons: bad_row (more cells than columns), bad_json, line_too_large (a JSONL line over
 RowLimits.max_line_bytes), field_too_large (a cell over RowLimits.max_cell_chars), bad_encoding
-(not UTF-8), missing_id, duplicate_id (an id already taken by an ACCEPTED earlier row; a row
-rejected for any other reason claims nothing), empty_title, title_too_long, empty_category
-(or an empty level), missing_image, and the image codes of embedder.images (truncated,
-not_an_image, too_many_pixels, too_small, too_many_bytes, unsupported_mode).
+(not UTF-8), missing_id, bad_id (outside the grammar of huse_common.ids), duplicate_id (an id
+already taken by an ACCEPTED earlier row; a row rejected for any other reason claims nothing),
+empty_title, title_too_long, empty_category (or an empty level), missing_image, and the image
+codes of embedder.images (truncated, not_an_image, too_many_pixels, too_small, too_many_bytes,
+unsupported_mode).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import csv
 import io
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from embedder.errors import CatalogError, ImageError
+from embedder.errors import CatalogError, ImageError, MissingColumnsError
 from embedder.images import DEFAULT_LIMITS, ImageLimits, load_image, read_image_bytes, sha256_bytes
+from huse_common.atomic import replacing
+from huse_common.categories import SEPARATOR, join_path, split_path
+from huse_common.ids import check_product_id
+from huse_common.limits import MAX_TITLE_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,6 @@ CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 REJECTS_HEADER = ("row", "id", "reason", "detail")
 # The one default for the longest title; api.settings may import it to keep both in step.
-MAX_TITLE_CHARS = 1000
 _CSV_FIELD_LIMIT_ERROR = "field larger than field limit"
 _CHUNK_BYTES = 1024 * 1024
 
@@ -72,7 +75,7 @@ class ColumnMap:
     title: str = "title"
     image: str = "image"
     category: str = "category"
-    category_sep: str = " > "
+    category_sep: str = SEPARATOR
 
     def required(self) -> tuple[str, ...]:
         return (self.id, self.title, self.image, self.category)
@@ -90,7 +93,7 @@ class Product:
     @property
     def category_path(self) -> str:
         """Category levels joined with ' > ' (the form the index stores)."""
-        return " > ".join(self.category)
+        return join_path(self.category)
 
 
 @dataclass(frozen=True)
@@ -121,17 +124,14 @@ class CatalogReport:
         }
 
     def write_rejects(self, path: Path | str) -> Path:
-        """Write rejects as CSV (row,id,reason,detail), atomically (temp file + rename)."""
+        """Write rejects as CSV (row,id,reason,detail), atomically (huse_common.atomic)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                          errors="backslashreplace") as f:
             writer = csv.writer(f)
             writer.writerow(REJECTS_HEADER)
             for r in self.rejects:
                 writer.writerow([r.row, r.id or "", r.reason, r.detail])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return path
 
 
@@ -221,9 +221,12 @@ def _iter_csv(path: Path, columns: ColumnMap) -> Any:
         tap = _LineTap(iter(f))
         reader = csv.DictReader(tap)
         header = reader.fieldnames or []
+        if not header:
+            raise CatalogError(f"{path} is empty: expected a header row with the columns "
+                               f"{list(columns.required())}")
         missing = [c for c in columns.required() if c not in header]
         if missing:
-            raise CatalogError(f"{path}: missing column(s) {missing}; header is {header}")
+            raise MissingColumnsError(f"{path}: missing column(s) {missing}; header is {header}")
         i = 0
         while True:
             tap.lines.clear()
@@ -300,6 +303,10 @@ def _parse(
         return Reject(row, pid or None, "bad_encoding", f"invalid UTF-8 in {undecodable}")
     if not pid:
         return Reject(row, None, "missing_id", f"empty {columns.id!r}")
+    try:
+        check_product_id(pid)
+    except ValueError as e:
+        return Reject(row, pid, "bad_id", str(e))
     title = cells.get(columns.title, "")
     if not title:
         return Reject(row, pid, "empty_title", f"empty {columns.title!r}")
@@ -307,11 +314,12 @@ def _parse(
         detail = f"title has {len(title)} chars > limit {row_limits.max_title_chars}"
         return Reject(row, pid, "title_too_long", detail)
     raw_category = cells.get(columns.category, "")
-    levels = tuple(level.strip() for level in raw_category.split(columns.category_sep))
-    if not any(levels):
+    if not raw_category.strip():
         return Reject(row, pid, "empty_category", f"empty {columns.category!r}")
-    if not all(levels):
-        return Reject(row, pid, "empty_category", f"empty level in {' > '.join(levels)!r}")
+    try:
+        levels = split_path(raw_category, columns.category_sep)
+    except ValueError as e:
+        return Reject(row, pid, "empty_category", str(e))
     image = cells.get(columns.image, "")
     if not image:
         return Reject(row, pid, "missing_image", f"empty {columns.image!r}")

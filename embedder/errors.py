@@ -11,6 +11,10 @@ class CatalogError(HuseError):
     """The catalog as a whole cannot be read (missing file, missing column, unknown format)."""
 
 
+class MissingColumnsError(CatalogError):
+    """The catalog lacks required columns (they may exist under other names)."""
+
+
 class ImageError(HuseError):
     """One image cannot be used; `reason` is a short machine-readable code.
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.backbones import Backbone, ImageBackbone, TextBackbone
+from embedder.backbone_types import Backbone, ImageBackbone, TextBackbone
 from embedder.catalog import Product
 from embedder.errors import CatalogError, FeatureCacheError
 from embedder.images import DEFAULT_LIMITS, ImageLimits, load_image, read_image_bytes, sha256_bytes

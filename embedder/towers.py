@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from huse_common.vectors import PLAIN_SUM
+from huse_common.vectors import fuse as fuse_vectors
+
 
 class Tower(nn.Module):
     """Standardise the frozen features, MLP (Linear-ReLU-Dropout per hidden width), Linear to
@@ -22,6 +25,7 @@ class Tower(nn.Module):
             raise ValueError(f"dims must be > 0, got in_dim={in_dim}, hidden={tuple(hidden)}, "
                              f"out_dim={out_dim}")
         self.in_dim, self.hidden, self.out_dim = in_dim, tuple(hidden), out_dim
+        self.dropout = float(dropout)
         self.register_buffer("in_shift", torch.zeros(in_dim))
         self.register_buffer("in_scale", torch.ones(in_dim))
         layers: list[nn.Module] = []
@@ -48,10 +52,14 @@ class Tower(nn.Module):
         return F.normalize(h.float(), dim=1)
 
 
-def fuse(img_emb: torch.Tensor, txt_emb: torch.Tensor, image_weight: float = 0.5) -> torch.Tensor:
-    """normalize(w * normalize(e_img) + (1 - w) * normalize(e_txt)); w = 0.5 is the plain sum."""
-    return F.normalize(image_weight * F.normalize(img_emb, dim=1)
-                       + (1.0 - image_weight) * F.normalize(txt_emb, dim=1), dim=1)
+def _normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=1)
+
+
+def fuse(img_emb: torch.Tensor, txt_emb: torch.Tensor,
+         image_weight: float = PLAIN_SUM) -> torch.Tensor:
+    """huse_common.vectors.fuse on tensors (the one fusion formula)."""
+    return fuse_vectors(img_emb, txt_emb, image_weight, normalize=_normalize_rows)
 
 
 class HuseModel(nn.Module):

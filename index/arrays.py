@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.topk import topk as best_columns
+
 
 def as_matrix(x: Any, d: int, name: str = "xb") -> np.ndarray:
     """Validate once at the boundary: (n, d) finite float32, contiguous, no zero rows."""
@@ -46,19 +48,8 @@ def as_ids(ids: Any, n: int | None = None) -> np.ndarray:
 
 def topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each row of `scores` (nq, m) over columns labelled `ids`, -1 padded."""
-    nq, m = scores.shape
-    D = np.full((nq, k), -np.inf, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 (faiss vocabulary)
-    kk = min(k, m)
-    if kk == 0:
-        return D, I
-    if kk < m:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-    else:
-        part = np.tile(np.arange(m), (nq, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    best = np.take_along_axis(part, order, axis=1)
-    D[:, :kk] = np.take_along_axis(scores, best, axis=1)
-    I[:, :kk] = ids[best]
+    D, cols = best_columns(scores, k)
+    I = np.full_like(cols, -1)  # noqa: E741 (faiss vocabulary)
+    found = cols >= 0
+    I[found] = ids[cols[found]]
     return D, I

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.atomic import fsync_path
+from huse_common.atomic import rename
 from index.evaluation import exact_knn, perturbed_queries, recall_at_k
+from index.plan import BuildConfig, IndexPlan
 from index.store import ProductIndex, ProductRecord
-from index.vectors import IndexPlan
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """How recall is measured (and search effort tuned) at build time; lands in the manifest."""
-
-    n_eval_queries: int = 1000
-    query_noise: float = 0.1  # norm of the perturbation added to sampled database vectors
-    k: int = 10
-    seed: int = 0
-    target_recall: float = 0.95  # double nprobe / efSearch until recall@k reaches this
-    max_search_effort: int = 1024
 
 
 def _measure(
@@ -80,9 +67,8 @@ def build_product_index(
         )
         retired = directory.with_name(directory.name + ".old")
         shutil.rmtree(retired, ignore_errors=True)
-        os.replace(directory, retired)
-        os.replace(staging, directory)
-        fsync_path(directory.parent)
+        rename(directory, retired)
+        rename(staging, directory)
         shutil.rmtree(retired)
         return manifest
     config = config or BuildConfig()

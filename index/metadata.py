@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.categories import below, normalize_path
+from huse_common.ids import check_product_id
 from index.errors import CorruptIndexError, IndexMismatchError, ProductNotFound
 
 logger = logging.getLogger(__name__)
@@ -45,41 +46,11 @@ CREATE INDEX IF NOT EXISTS products_category ON products (category) WHERE delete
 """
 
 
-# The product id grammar: 1 to 256 characters, none of them a control character, "/" or "\\",
-# and at least one that is neither "." nor whitespace. Ids travel as one URL path segment
-# (/v1/products/{id}); an id of dots only ("." or "..") is a dot-segment that clients
-# normalise away, turning its image_url into another route.
-PRODUCT_ID_MAX_CHARS = 256
-PRODUCT_ID_PATTERN = (
-    r"^[^\x00-\x1f\x7f/\\]*[^\x00-\x1f\x7f/\\.\s][^\x00-\x1f\x7f/\\]*$"
-)
-_PRODUCT_ID = re.compile(PRODUCT_ID_PATTERN)
-
-
-def check_product_id(product_id: object) -> str:
-    """`product_id` if it fits the id grammar above; ValueError saying why it does not."""
-    if not isinstance(product_id, str):
-        raise TypeError(f"product id must be a str, got {type(product_id).__name__}")
-    if not 1 <= len(product_id) <= PRODUCT_ID_MAX_CHARS:
-        raise ValueError(
-            f"product id must have 1 to {PRODUCT_ID_MAX_CHARS} characters, got {len(product_id)}"
-        )
-    if not _PRODUCT_ID.fullmatch(product_id):
-        raise ValueError(
-            f"product id {product_id!r:.80} is not valid: no control characters, '/' or '\\', "
-            "and not only dots and spaces"
-        )
-    return product_id
-
-
 def normalize_category(category: str) -> str:
     """'A>B >  C' -> 'A > B > C'; empty levels are an error."""
     if not isinstance(category, str):
         raise TypeError(f"category must be a str, got {type(category).__name__}")
-    levels = [level.strip() for level in category.split(">")]
-    if not all(levels):
-        raise ValueError(f"category {category!r} has an empty level")
-    return " > ".join(levels)
+    return normalize_path(category)
 
 
 @dataclass(frozen=True)
@@ -342,9 +313,26 @@ class MetadataStore:
         rows = self._reader.execute(
             "SELECT key FROM products WHERE deleted = 0 AND"
             " (category = ? OR (category >= ? AND category < ?)) ORDER BY key",
-            (prefix, prefix + " > ", prefix + " >!"),
+            (prefix, *below(prefix)),
         ).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """Live products per category path and per (attribute, value): what a shop's filter
+        menus offer. Values are counted as text; nested ones (objects, arrays) are skipped."""
+        categories = dict(
+            self._reader.execute(
+                "SELECT category, COUNT(*) FROM products WHERE deleted = 0 GROUP BY category"
+            ).fetchall()
+        )
+        attributes: dict[str, dict[str, int]] = {}
+        for name, value, count in self._reader.execute(
+            "SELECT j.key, CAST(j.value AS TEXT), COUNT(*) FROM products, json_each(attributes) j"
+            " WHERE deleted = 0 AND j.type NOT IN ('object', 'array', 'null')"
+            " GROUP BY j.key, CAST(j.value AS TEXT)"
+        ):
+            attributes.setdefault(name, {})[value] = count
+        return categories, attributes
 
     def changes_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows changed after `generation`: (upserted keys, their vectors, deleted keys)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from huse_common.limits import MAX_INDEX_K
+
 
 @dataclass(frozen=True)
 class IndexPlan:
@@ -26,9 +28,21 @@ class IndexPlan:
     tombstone_rebuild_fraction: float = 0.2
     exact_subset_max: int = 20_000  # filters this selective are searched exactly
     overfetch_growth: int = 4
-    max_k: int = 10_000
+    max_k: int = MAX_INDEX_K  # results one search may return (huse_common.limits)
     gpu_max_k: int = 2048  # FAISS GPU k-selection limit; larger k searches on CPU
     gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How recall is measured (and search effort tuned) at build time; lands in the manifest."""
+
+    n_eval_queries: int = 1000
+    query_noise: float = 0.1  # norm of the perturbation added to sampled database vectors
+    k: int = 10
+    seed: int = 0
+    target_recall: float = 0.95  # double nprobe / efSearch until recall@k reaches this
+    max_search_effort: int = 1024
 
 
 def _power_of_two(x: float) -> int:

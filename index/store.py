@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from huse_common.atomic import replacing, sha256_file, write_atomic
+from huse_common.vectors import row_norms
 from index.arrays import as_matrix
-from index.atomic import replacing, sha256_file, write_atomic
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
 from index.metadata import MetadataStore, ProductRecord
 from index.plan import IndexPlan
@@ -278,7 +279,7 @@ class ProductIndex:
         xb = as_matrix(xb, self._vi.d)
         if xb.shape[0] != len(records):
             raise ValueError(f"got {len(records)} records but xb has shape {xb.shape}")
-        norms = np.linalg.norm(xb, axis=1)
+        norms = row_norms(xb)
         off = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
         if off.shape[0]:
             raise ValueError(
@@ -361,6 +362,12 @@ class ProductIndex:
         with self._lock.read():
             self._check_open()
             return self._meta.image_in_use(image)
+
+    def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """(products per category path, {attribute: {value: products}}) over live products."""
+        with self._lock.read():
+            self._check_open()
+            return self._meta.facet_counts()
 
     def vector(self, product_id: str) -> np.ndarray:
         with self._lock.read():

@@ -1,12 +1,9 @@
 """FAISS vector index with int64 ids, inner product, mutations and filtered search.
 
 Numpy in, numpy out, faiss vocabulary (xb, xq, d, k, D, I, ids). Ids are the caller's int64
-keys, never row positions. Three ways to keep ids, chosen from what the FAISS index can do:
-
-- "idmap": IndexIDMap2 over an index that can remove rows (Flat and other flat codes);
-- "ivf":   native ids of an IVF index, with a hash-table direct map for remove/reconstruct;
-- "tomb":  IndexIDMap2 over an index that cannot remove (HNSW): removed rows become
-           tombstones filtered out at search, and the index is rebuilt when they pile up.
+keys, never row positions. A VectorIndex is composed of small strategies (index/strategies.py)
+picked from what the FAISS index can do: how ids are kept and removed (mapped, native IVF ids,
+or tombstones for HNSW), exact re-ranking of lossy codes, and an optional GPU replica.
 
 Not thread-safe for writes: the owner (index.store.ProductIndex) serialises writers and lets
 searches run concurrently, as the FAISS wiki allows for CPU indexes.
@@ -16,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +21,15 @@ import numpy as np
 from index.arrays import as_ids, as_matrix, topk
 from index.errors import CorruptIndexError, ProductNotFound
 from index.plan import IndexPlan, choose_factory
+from index.strategies import (
+    ExactReranker,
+    ExactVectors,
+    GpuReplica,
+    MappedIds,
+    ids_for,
+)
 
 logger = logging.getLogger(__name__)
-
-ExactVectors = Callable[[np.ndarray], np.ndarray]
-"""Returns the exact float32 vectors (n, d) of int64 ids (n,), in order (for re-ranking)."""
 
 
 def gpu_available() -> bool:
@@ -67,20 +67,16 @@ class VectorIndex:
         self.plan = plan or IndexPlan()
         self.memory_budget_bytes = memory_budget_bytes
         self._exact_source = exact_vectors
-        want_gpu = use_gpu is True or use_gpu == "auto"  # HNSW ("tomb") always searches on CPU
+        want_gpu = use_gpu is True or use_gpu == "auto"
         self.use_gpu = want_gpu and gpu_available()
         if use_gpu is True and not self.use_gpu:
             logger.warning("use_gpu=True but FAISS sees no GPU; searching on CPU")
-        self._gpu_index: Any = None
-        self._gpu_lock = threading.Lock()
-        self._gpu_res: Any = None
+        self._gpu = GpuReplica(self.plan.gpu_fp16, self.plan.gpu_max_k) if self.use_gpu else None
         self.factory = ""  # resolved factory string, "" until data arrives for "auto"
         self._index: Any = None
-        self._kind = ""
-        self._lossy = False
+        self._ids = MappedIds()  # how ids are kept and removed (index.strategies)
+        self._reranker: ExactReranker | None = None  # lossy codes only
         self._live = np.empty(0, dtype=np.int64)  # sorted live ids
-        self._row_ids = np.empty(0, dtype=np.int64)  # "tomb": row -> id
-        self._dead = np.empty(0, dtype=bool)  # "tomb": row is a tombstone
         self._n_at_plan = 0
         if factory != "auto":
             self._make(factory)
@@ -94,12 +90,7 @@ class VectorIndex:
         except RuntimeError as e:
             raise ValueError(f"bad FAISS factory string {factory!r} for d={self.d}: {e}") from e
         if isinstance(base, faiss.IndexIVF):
-            base.set_direct_map_type(faiss.DirectMap.Hashtable)
             base.nprobe = min(self.plan.ivf_nprobe, base.nlist)
-            kind, index = "ivf", base
-        else:
-            kind = "idmap" if isinstance(base, faiss.IndexFlatCodes) else "tomb"
-            index = faiss.IndexIDMap2(base)
         if isinstance(base, faiss.IndexHNSW):
             base.hnsw.efConstruction = self.plan.hnsw_ef_construction
             base.hnsw.efSearch = self.plan.hnsw_ef_search
@@ -109,17 +100,20 @@ class VectorIndex:
                 f"factory {factory!r} stores lossy codes; pass exact_vectors= so results "
                 "can be re-ranked exactly"
             )
-        self.factory, self._index, self._kind, self._lossy = factory, index, kind, lossy
-        self._row_ids = np.empty(0, dtype=np.int64)
-        self._dead = np.empty(0, dtype=bool)
-        self._gpu_index = None
+        ids = ids_for(base)
+        self.factory, self._index, self._ids = factory, ids.wrap(base), ids
+        self._reranker = (ExactReranker(self._exact_source, self.plan.rerank_factor)
+                          if lossy else None)
+        self._invalidate_replica()
+
+    def _invalidate_replica(self) -> None:
+        if self._gpu is not None:
+            self._gpu.invalidate()
 
     @property
     def base(self) -> Any:
         """The FAISS index that stores the codes (inside any id map)."""
-        import faiss
-
-        return self._index if self._kind == "ivf" else faiss.downcast_index(self._index.index)
+        return self._ids.codes(self._index)
 
     @property
     def ntotal(self) -> int:
@@ -154,12 +148,12 @@ class VectorIndex:
             base.nprobe = min(int(value), base.nlist)
         else:
             base.hnsw.efSearch = int(value)
-        self._gpu_index = None  # the replica copied the old setting
+        self._invalidate_replica()  # the replica copied the old setting
         return self.search_effort
 
     @property
     def n_tombstones(self) -> int:
-        return int(self._dead.sum())
+        return self._ids.n_tombstones
 
     def __len__(self) -> int:
         return self.ntotal
@@ -177,11 +171,9 @@ class VectorIndex:
         if not self._index.is_trained:
             self._train(xb)
         self._index.add_with_ids(xb, ids)
-        if self._kind == "tomb":
-            self._row_ids = np.concatenate([self._row_ids, ids])
-            self._dead = np.concatenate([self._dead, np.zeros(ids.shape[0], bool)])
+        self._ids.added(ids)
         self._live = np.union1d(self._live, ids)
-        self._gpu_index = None
+        self._invalidate_replica()
 
     def _train(self, xb: np.ndarray) -> None:
         import faiss
@@ -275,29 +267,21 @@ class VectorIndex:
         self._maybe_compact()
 
     def _remove(self, ids: np.ndarray) -> None:
-        import faiss
-
-        if self._kind == "tomb":
-            rows = np.flatnonzero(np.isin(self._row_ids, ids) & ~self._dead)
-            self._dead[rows] = True
-        else:
-            self._index.remove_ids(faiss.IDSelectorArray(ids))
+        self._ids.remove(self._index, ids)
         self._live = np.setdiff1d(self._live, ids, assume_unique=True)
-        self._gpu_index = None
+        self._invalidate_replica()
 
     def _maybe_compact(self) -> None:
-        dead = self.n_tombstones
-        if dead and dead > self.plan.tombstone_rebuild_fraction * self._dead.shape[0]:
-            logger.info(
-                "rebuilding %s: %d tombstones of %d rows", self.factory, dead, self._dead.shape[0]
-            )
+        dead, rows = self.n_tombstones, self._ids.n_rows
+        if dead and dead > self.plan.tombstone_rebuild_fraction * rows:
+            logger.info("rebuilding %s: %d tombstones of %d rows", self.factory, dead, rows)
             self._rebuild(self.factory, np.empty(0, np.int64), np.empty((0, self.d), np.float32))
 
     # ---------------------------------------------------------------- search
     def _exact(self, ids: np.ndarray) -> np.ndarray:
         """Exact vectors of live ids: from the index, or from `exact_vectors` for lossy codes."""
-        if self._lossy:
-            return np.ascontiguousarray(self._exact_source(ids), dtype=np.float32)
+        if self._reranker is not None:
+            return self._reranker.vectors(ids)
         if ids.shape[0] == 0:
             return np.empty((0, self.d), np.float32)
         return self._index.reconstruct_batch(ids)
@@ -310,68 +294,22 @@ class VectorIndex:
             raise ProductNotFound(int(ids[~present][0]))
         return self._exact(ids)
 
-    def _search_params(self, kk: int) -> Any:
-        """Search parameters for the rows of a "tomb" index: skip tombstones while searching
-        (an IDSelectorBitmap over live rows) and, for HNSW, efSearch >= k, without which it
-        returns fewer than k results."""
-        import faiss
-
-        params = faiss.SearchParameters()
-        if isinstance(self.base, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=max(self.base.hnsw.efSearch, 2 * kk))
-        if self.n_tombstones:
-            bits = np.packbits(~self._dead, bitorder="little")
-            sel = faiss.IDSelectorBitmap(self._dead.shape[0], faiss.swig_ptr(bits))
-            params.sel = sel
-            params.referenced_objects = [bits, sel]  # FAISS holds raw pointers to both
-        return params
-
-    def _searcher(self) -> Any:
-        """The GPU replica of the CPU index, (re)built after writes; call under _gpu_lock."""
-        if self._gpu_index is None:
-            import faiss
-
-            if self._gpu_res is None:
-                self._gpu_res = faiss.StandardGpuResources()
-            co = faiss.GpuClonerOptions()
-            co.useFloat16 = self.plan.gpu_fp16
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._index, co)
-        return self._gpu_index
-
     def _search_live(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search every live id: tombstones skipped, lossy codes re-ranked exactly."""
-        k_codes = k * self.plan.rerank_factor if self._lossy else k
-        if self._kind == "tomb":
-            kk = min(k_codes, self.ntotal)
-            D, rows = self._index.index.search(xq, kk, params=self._search_params(kk))
-            I = np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)  # noqa: E741
-        elif self.use_gpu and k_codes <= self.plan.gpu_max_k:
-            with self._gpu_lock:  # GPU indexes are not thread-safe (FAISS wiki)
-                D, I = self._searcher().search(xq, min(k_codes, self.ntotal))  # noqa: E741
+        rr = self._reranker
+        kk = min(k * rr.factor if rr is not None else k, self.ntotal)
+        gpu = self._gpu
+        if gpu is not None and self._ids.gpu_capable and kk <= gpu.max_k:
+            D, I = gpu.search(self._index, xq, kk)  # noqa: E741
         else:
-            D, I = self._index.search(xq, min(k_codes, self.ntotal))  # noqa: E741
-        if self._lossy:
-            D, I = self._rerank(xq, I, k)  # noqa: E741
+            D, I = self._ids.search(self._index, xq, kk)  # noqa: E741
+        if rr is not None:
+            D, I = rr.rerank(xq, I, k)  # noqa: E741
         if D.shape[1] < k:
             pad = k - D.shape[1]
             D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
             I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)  # noqa: E741
         return D[:, :k], I[:, :k]
-
-    def _rerank(self, xq: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: E741
-        cand = np.unique(I[I >= 0])
-        xb = self._exact(cand)
-        pos = np.searchsorted(cand, np.maximum(I, 0))
-        scores = np.full(I.shape, -np.inf, dtype=np.float32)
-        if cand.shape[0]:
-            for q in range(I.shape[0]):  # row by row: (nq, k', d) at once can be huge
-                scores[q] = xb[pos[q]] @ xq[q]
-        scores = np.where(I >= 0, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return (
-            np.take_along_axis(scores, order, 1).astype(np.float32),
-            np.take_along_axis(I, order, 1),
-        )
 
     def _search_subset(
         self, xq: np.ndarray, k: int, ids: np.ndarray
@@ -440,9 +378,9 @@ class VectorIndex:
         return {
             "factory": self.factory,
             "requested_factory": self.requested_factory,
-            "kind": self._kind,
+            "kind": self._ids.kind,
             "n_at_plan": self._n_at_plan,
-            "tombstone_rows": np.flatnonzero(self._dead).tolist(),
+            **self._ids.state(),
         }
 
     def write(self, path: Any) -> None:
@@ -483,33 +421,19 @@ class VectorIndex:
     def _load(
         cls, load: Callable[[], Any], d: int, state: dict[str, Any], **kwargs: Any
     ) -> VectorIndex:
-        import faiss
-
         vi = cls(d, factory="auto", **kwargs)
         try:
-            vi.requested_factory = state["requested_factory"]
-            vi._make(state["factory"])
-            index = load()
+            vi._restore(load(), state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CorruptIndexError(f"not a readable FAISS index of this store: {e}") from e
-        if index.d != d:
-            raise CorruptIndexError(f"FAISS index has d={index.d}, expected {d}")
-        vi._index = index
-        if vi._kind == "ivf":
-            vi._index.set_direct_map_type(faiss.DirectMap.Hashtable)
-            ivf, lists = vi._index, []
-            for no in range(ivf.nlist):
-                size = ivf.invlists.list_size(no)
-                if size:
-                    lists.append(faiss.rev_swig_ptr(ivf.invlists.get_ids(no), size).copy())
-            live = np.concatenate(lists) if lists else np.empty(0, np.int64)
-        else:
-            live = faiss.vector_to_array(vi._index.id_map).astype(np.int64)
-            if vi._kind == "tomb":
-                vi._row_ids = live
-                vi._dead = np.zeros(live.shape[0], bool)
-                vi._dead[np.asarray(state["tombstone_rows"], dtype=np.int64)] = True
-                live = live[~vi._dead]
-        vi._live = np.unique(live)
-        vi._n_at_plan = int(state.get("n_at_plan", vi.ntotal))
         return vi
+
+    def _restore(self, index: Any, state: dict[str, Any]) -> None:
+        """Adopt a FAISS index read back from disk, with the state() saved beside it."""
+        self.requested_factory = state["requested_factory"]
+        self._make(state["factory"])
+        if index.d != self.d:
+            raise CorruptIndexError(f"FAISS index has d={index.d}, expected {self.d}")
+        self._index = index
+        self._live = np.unique(self._ids.restore(index, state))
+        self._n_at_plan = int(state.get("n_at_plan", self.ntotal))

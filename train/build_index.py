@@ -29,7 +29,7 @@ def adopt_image(src: str | Path, media_root: Path) -> str:
     """Content-addressed copy of a catalog image under media_root/uploads (a hard link where
     the filesystem allows, else an atomic copy); returns its path relative to media_root."""
     from embedder.images import sha256_bytes
-    from index.atomic import write_atomic
+    from huse_common.atomic import write_atomic
 
     data = Path(src).read_bytes()
     target = media_root / MEDIA_DIRNAME / f"{sha256_bytes(data)}{Path(src).suffix.lower()}"
@@ -57,7 +57,7 @@ def product_records(products: Sequence[Any], media_root: Path) -> list[Any]:
 
 def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray,
                    text_feats: np.ndarray, out_dir: str | Path, factory: str = "auto",
-                   modality: str = "fused") -> dict:
+                   modality: str = "fused", plan: Any = None, build: Any = None) -> dict:
     """Embed products from their frozen features with `bundle`, build the index at out_dir;
     returns the index manifest (recall@10 vs exact included)."""
     from index.build import build_product_index
@@ -77,7 +77,7 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
     # overwrite: a rebuild is built beside the old index and swapped in only once saved.
     records = product_records(products, media_root=out.resolve().parent)
     manifest = build_product_index(out, records, xb, bundle.fingerprint,
-                                   factory=factory, overwrite=True)
+                                   factory=factory, plan=plan, config=build, overwrite=True)
     logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
     return manifest
 
@@ -88,15 +88,12 @@ def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path
     """Read the catalog, extract (cached) features with the bundle's backbones, build the index.
     factory None = the bundle's training config `index_factory`."""
     from embedder.bundle import Bundle
-    from train.config import TrainConfig, apply_overrides
-    from train.huse import load_features
+    from train.data import config_from_bundle, load_features
 
     bundle = Bundle.load(bundle_dir)
-    cfg = apply_overrides(TrainConfig(), bundle.config["train_config"])
-    cfg.show_progress = show_progress
-    if cache_dir is not None:
-        cfg.cache_dir = cache_dir
+    cfg = config_from_bundle(bundle, show_progress=show_progress, cache_dir=cache_dir)
     feats = load_features(catalog, cfg)
     index_products(bundle, feats.products, feats.image, feats.text, out_dir,
-                   factory=factory or cfg.index_factory, modality=modality)
+                   factory=factory or cfg.index_factory, modality=modality,
+                   plan=cfg.index_plan, build=cfg.index_build)
     return Path(out_dir)

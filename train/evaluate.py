@@ -20,12 +20,16 @@ Protocol (also written into report.json's "evaluation.protocol"):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from train.huse import timed  # the pipeline's phase timer (logs, optionally records, seconds)
+from embedder.classify import METHODS
+from huse_common.categories import top_level
+from huse_common.vectors import l2_normalize
+from train.config import EvalConfig
+from train.data import LabeledFeatures
 from train.metrics import (
     class_recall_at_k,
     confusion_matrix_top,
@@ -33,11 +37,11 @@ from train.metrics import (
     macro_f1,
     topk_accuracy,
 )
+from train.timing import timed
 
 logger = logging.getLogger(__name__)
 
 INPUTS = ("image", "text", "fused")
-METHODS = ("linear", "centroid")
 RETRIEVAL_PAIRS = (  # (name, query input, database input, exclude the query itself)
     ("image->image", "image", "image", True),
     ("image->text", "image", "text", False),
@@ -66,61 +70,6 @@ class EvalBundle(Protocol):
 
 
 @dataclass
-class LabeledFeatures:
-    """One split, row-aligned: frozen backbone features and per-head label indices."""
-
-    product_ids: list[str]
-    titles: list[str]
-    image: np.ndarray  # (n, Di) frozen image-backbone features
-    text: np.ndarray  # (n, Dt) frozen text-backbone features
-    labels: dict[str, np.ndarray]  # head -> int64 (n,), -1 = not in the head's label space
-    # Full category path per row ("A > B > C"). Optional: retrieval then knows the leaf class of
-    # rare products too; without it, rows with leaf label -1 are skipped as queries.
-    categories: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.product_ids)
-        sizes = {"titles": len(self.titles), "image": len(self.image), "text": len(self.text),
-                 **{f"labels[{h}]": len(y) for h, y in self.labels.items()}}
-        if self.categories is not None:
-            sizes["categories"] = len(self.categories)
-        bad = {k: v for k, v in sizes.items() if v != n}
-        if bad:
-            raise ValueError(f"LabeledFeatures rows must all be {n} (product_ids), got {bad}")
-
-    def __len__(self) -> int:
-        return len(self.product_ids)
-
-
-@dataclass
-class EvalConfig:
-    ks: tuple[int, ...] = (1, 5, 10)  # retrieval recall@k
-    topk: tuple[int, ...] = (1, 5)  # classification top-k accuracies
-    other_threshold: float | None = None  # None = the bundle's own threshold
-    knn_k: int = 10  # neighbours voting in baseline (b)
-    max_confusion_classes: int = 20  # the confusion plot shows the largest leaf classes
-    n_hardest: int = 10  # leaf classes with the lowest fused linear recall listed in the report
-    seed: int = 0  # hold-out for baseline C selection, map subsample, t-SNE
-    # Inverse L2 strengths tried for (a); on the fashion catalog val top-1 was flat over 0.1-10
-    # (95.4-95.9 %) and 0.01 cost 5x the lbfgs time for a worse score, hence this grid.
-    logreg_cs: tuple[float, ...] = (0.1, 1.0, 10.0)
-    logreg_max_iter: int = 500  # lbfgs iterations (enough to converge on standardised feats)
-    holdout_frac: float = 0.15  # training share held out to pick C when there is no val split
-    map_max_points: int = 2000  # embedding-map points (t-SNE cost grows with n^2)
-
-    def __post_init__(self) -> None:
-        if not self.ks or min(self.ks) < 1 or not self.topk or min(self.topk) < 1:
-            raise ValueError(f"ks and topk must be positive, got ks={self.ks} topk={self.topk}")
-        if self.knn_k < 1 or self.max_confusion_classes < 1 or self.map_max_points < 2:
-            raise ValueError(f"knn_k={self.knn_k}, max_confusion_classes="
-                             f"{self.max_confusion_classes}, map_max_points="
-                             f"{self.map_max_points} are out of range")
-        if not self.logreg_cs or min(self.logreg_cs) <= 0 or not 0 < self.holdout_frac < 1:
-            raise ValueError(f"logreg_cs must be > 0 and holdout_frac in (0, 1), got "
-                             f"{self.logreg_cs}, {self.holdout_frac}")
-
-
-@dataclass
 class EvalArtifacts:
     """What the report's plots need beyond report.json's numbers."""
 
@@ -130,11 +79,6 @@ class EvalArtifacts:
     map_embeddings: np.ndarray  # (p, d) fused test embeddings (seeded subsample)
     map_groups: list[str]  # top-level category per map row
     seed: int = 0
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _classification(scores: np.ndarray, y: np.ndarray, topk: tuple[int, ...],
@@ -157,7 +101,7 @@ def _retrieval_classes(split: LabeledFeatures, leaf_head: str) -> np.ndarray:
 
 def _top_groups(split: LabeledFeatures, bundle: EvalBundle) -> list[str]:
     if split.categories is not None:
-        return [c.split(" > ")[0].strip() for c in split.categories]
+        return [top_level(c) for c in split.categories]
     head = bundle.heads[0]
     names = bundle.labels[head]
     return [names[i] if i >= 0 else RARE_GROUP for i in split.labels[head]]
@@ -232,8 +176,8 @@ def knn_baseline(train: LabeledFeatures, test: LabeledFeatures, head: str, n_cla
                  cfg: EvalConfig, retrieval_classes: np.ndarray) -> dict[str, Any]:
     """Baseline (b): cosine k-NN on frozen image features (classification + retrieval)."""
     tr = _labelled(train, head)
-    xb = _l2n(train.image[tr])
-    xq = _l2n(test.image)
+    xb = l2_normalize(np.asarray(train.image[tr], np.float32))
+    xq = l2_normalize(np.asarray(test.image, np.float32))
     k = min(cfg.knn_k, len(tr))
     D, I = knn_search(xq, xb, k)  # noqa: E741 (faiss naming)
     votes = np.zeros((len(xq), n_classes), dtype=np.float64)
@@ -255,6 +199,8 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
     is only used to pick baseline (a)'s regularisation strength.
     """
     cfg = cfg or EvalConfig()
+    if cfg.seed is None:  # called alone, not from a training run
+        cfg = replace(cfg, seed=0)
     threshold = bundle.other_threshold if cfg.other_threshold is None else cfg.other_threshold
     leaf = bundle.leaf_head
     missing = [h for h in bundle.heads if h not in test.labels or h not in train.labels]

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from huse_common.vectors import PLAIN_SUM
+
 logger = logging.getLogger(__name__)
-
-PLAIN_SUM = 0.5
-
 
 @dataclass(frozen=True)
 class FusionChoice:

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from embedder.towers import HuseModel, fuse
-from index.atomic import replacing
+from huse_common.atomic import replacing
 from train.config import TrainConfig
 from train.losses import classification_loss, cross_modal_gap_loss, semantic_graph_loss
 

@@ -12,11 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from huse_common.topk import knn
 
-# Queries per block in knn_search: bounds the (block, nb) similarity matrix to
-# 1024 x nb float32 (16 MB at nb = 4k) however many queries there are.
-SEARCH_BLOCK = 1024
+logger = logging.getLogger(__name__)
 
 
 def _labels(y: np.ndarray, name: str) -> np.ndarray:
@@ -82,33 +80,15 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def knn_search(
     xq: np.ndarray, xb: np.ndarray, k: int, exclude_self: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product k-NN, brute force in query blocks: ``(D, I)``, each (nq, k), best first.
+    """Exact inner-product k-NN (huse_common.topk.knn): ``(D, I)``, each (nq, k), best first.
 
     ``exclude_self`` means query i and database item i are the same item, so item i is left out
-    of row i. Memory stays at one (SEARCH_BLOCK, nb) similarity block whatever nq is.
+    of row i; ValueError when k exceeds the items left to return.
     """
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    xb = np.ascontiguousarray(xb, dtype=np.float32)
-    if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
-        raise ValueError(f"xq and xb must be 2-D with the same d, got {xq.shape} and {xb.shape}")
-    if exclude_self and len(xq) != len(xb):
-        raise ValueError(f"exclude_self needs row-aligned xq and xb, got {len(xq)} and {len(xb)}")
     if not 1 <= k <= len(xb) - int(exclude_self):
         raise ValueError(f"k = {k} is out of range for a database of {len(xb)} items "
                          f"(exclude_self={exclude_self})")
-    D = np.empty((len(xq), k), dtype=np.float32)
-    I = np.empty((len(xq), k), dtype=np.int64)  # noqa: E741 (faiss naming)
-    for start in range(0, len(xq), SEARCH_BLOCK):
-        sims = xq[start:start + SEARCH_BLOCK] @ xb.T
-        if exclude_self:
-            rows = np.arange(len(sims))
-            sims[rows, rows + start] = -np.inf
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        I[start:start + len(sims)] = np.take_along_axis(top, order, axis=1)
-        D[start:start + len(sims)] = np.take_along_axis(top_sims, order, axis=1)
-    return D, I
+    return knn(xq, xb, k, exclude_self)
 
 
 def class_recall_at_k(

@@ -1,11 +1,16 @@
 """Synthetic but structured product catalog, so the whole pipeline runs with no downloads.
 
 Every leaf of a 3-level category tree has a visual recipe and a title vocabulary. The recipe is
-hierarchical: the top category picks the scene (backdrop tint plus a hanger, floor, drop
-shadow or shelf) and a loose shape family, the middle one the fill pattern, the leaf its shape
-and palette, so images of related classes look related.
-Jitter, rotation, tint noise, distractor shapes and title noise keep it from being trivial.
-Deterministic from the seed.
+hierarchical but leaky, so the classes are learnable without being trivially separable:
+- the top category usually picks the scene (backdrop tint plus a hanger, floor, drop shadow or
+  shelf), but some products stand in another category's scene;
+- the leaf picks the outline (stretched and rotated per product; several leaves in different
+  branches share an outline, so the scene or the title must tell them apart);
+- colour and fill pattern vary within a class (the leaf's palette and the sub-category's
+  pattern are only the most likely), so "similar" means same kind *and* same look;
+- titles sometimes name only the sub-category ("shoes", "bag") or no product type at all, skip
+  the colour, or carry a typo and filler words.
+Distractor shapes and blur add noise. Deterministic from the seed.
 
     python -m train.sample_catalog OUT --n 600 --seed 0
 """
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
+
+from huse_common.categories import join_path, split_path
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 40),
@@ -49,12 +56,19 @@ SCENES: dict[str, tuple[int, int, int]] = {
     "shelf": (224, 240, 222),
 }
 
-# top category -> scene; sub category -> fill pattern
+PATTERNS = ("solid", "stripes", "checks", "dots", "gradient", "rings", "zigzag")
+
+# top category -> usual scene; sub category -> usual fill pattern and its vague title noun
 TOP_SCENES = {"Apparel": "hanger", "Footwear": "floor", "Accessories": "shadow", "Home": "shelf"}
 SUB_PATTERNS = {
     "Topwear": "stripes", "Bottomwear": "checks", "Innerwear": "solid", "Shoes": "dots",
     "Sandals": "solid", "Bags": "gradient", "Watches": "rings", "Jewellery": "dots",
     "Kitchen": "zigzag", "Decor": "stripes",
+}  # fmt: skip
+SUB_NOUNS = {
+    "Topwear": "top", "Bottomwear": "bottoms", "Innerwear": "innerwear", "Shoes": "shoes",
+    "Sandals": "sandals", "Bags": "bag", "Watches": "watch", "Jewellery": "jewellery",
+    "Kitchen": "kitchenware", "Decor": "home decor",
 }  # fmt: skip
 # leaf path, shape, palette, title nouns ("|"-separated)
 LEAF_RECIPES = [
@@ -96,8 +110,16 @@ class SampleConfig:
     seed: int = 0
     image_size: tuple[int, int] = (96, 160)  # min/max side in pixels
     png_every: int = 12  # every 12th product is a PNG: in turn RGBA, paletted, plain RGB
-    distractor_fraction: float = 0.15
+    palette_fraction: float = 0.6  # colour from the leaf's palette, else any colour
+    usual_pattern_fraction: float = 0.4  # the sub-category's pattern, else any pattern
+    usual_scene_fraction: float = 0.75  # the top category's scene, else any scene
+    stretch: float = 0.25  # outline aspect jitter: x scaled by 1 +- stretch, y by its inverse
+    distractor_fraction: float = 0.25
     noise_word_fraction: float = 0.5
+    vague_noun_fraction: float = 0.2  # the title names only the sub-category ("shoes")
+    no_noun_fraction: float = 0.1  # the title names no product type at all
+    colour_word_fraction: float = 0.85  # the title names the colour
+    typo_fraction: float = 0.1  # one swapped letter pair in the product noun
 
 
 @dataclass(frozen=True)
@@ -108,13 +130,14 @@ class Leaf:
     shape: str
     palette: tuple[str, ...]
     nouns: tuple[str, ...]
+    vague_noun: str  # the sub-category's word, shared by its sibling leaves
 
 
 def leaves() -> list[Leaf]:
-    """Every leaf with its inherited recipe (scene from the top, pattern from the middle)."""
+    """Every leaf with its inherited recipe (usual scene from the top, pattern from the middle)."""
     out = []
     for path, shape, palette, nouns in LEAF_RECIPES:
-        top, sub, leaf = path.split(" > ")
+        top, sub, leaf = split_path(path)
         scene, pattern = TOP_SCENES[top], SUB_PATTERNS[sub]
         out.append(
             Leaf(
@@ -124,6 +147,7 @@ def leaves() -> list[Leaf]:
                 shape,
                 tuple(palette.split()),
                 tuple(nouns.split("|")),
+                SUB_NOUNS[sub],
             )
         )
     return out
@@ -233,10 +257,39 @@ def _jitter(colour: tuple[int, int, int], rng: random.Random, amount: int = 25) 
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)
 
 
+# Room kept free around the outline for the scene's props (fractions of the canvas height, plus
+# pixels for the hanger's hook): the hanger rises above the outline, floor and shelf lie below.
+PROP_ABOVE = (0.08, 10)
+PROP_BELOW = 0.1
+SIDE_MARGIN = 0.04
+
+
+def _place(
+    shape: str, size: tuple[int, int], rng: random.Random, config: SampleConfig
+) -> list[tuple[float, float]]:
+    """The leaf's outline stretched, rotated, scaled and moved at random, always inside the
+    canvas with room for the scene's props: every later drawing step can rely on that."""
+    w, h = size
+    sx = 1 + rng.uniform(-config.stretch, config.stretch)
+    angle = math.radians(rng.uniform(-25, 25))
+    cos, sin = math.cos(angle), math.sin(angle)
+    unit = [(x * sx * cos - y / sx * sin, x * sx * sin + y / sx * cos) for x, y in
+            _shape_points(shape)]  # fmt: skip
+    left, right = min(x for x, _ in unit), max(x for x, _ in unit)
+    top, bottom = min(y for _, y in unit), max(y for _, y in unit)
+    x0, x1 = SIDE_MARGIN * w, (1 - SIDE_MARGIN) * w
+    y0, y1 = PROP_ABOVE[0] * h + PROP_ABOVE[1], (1 - PROP_BELOW) * h
+    fill = rng.uniform(0.6, 0.9)  # share of the free box the outline takes
+    scale = fill * min((x1 - x0) / (right - left), max(y1 - y0, 1.0) / (bottom - top))
+    dx = x0 - scale * left + rng.uniform(0, max(0.0, (x1 - x0) - scale * (right - left)))
+    dy = y0 - scale * top + rng.uniform(0, max(0.0, (y1 - y0) - scale * (bottom - top)))
+    return [(dx + scale * x, dy + scale * y) for x, y in unit]
+
+
 def _draw_scene(
     img: Image.Image, scene: str, pts: list[tuple[float, float]], rng: random.Random
 ) -> Image.Image:
-    """The top category's prop, drawn behind the product outline `pts`."""
+    """The scene's prop, drawn behind the product outline `pts` (placed by `_place`)."""
     w, h = img.size
     left, right = min(x for x, _ in pts), max(x for x, _ in pts)
     top, bottom = min(y for _, y in pts), max(y for _, y in pts)
@@ -261,38 +314,35 @@ def _draw_scene(
         img = Image.composite(Image.new("RGB", img.size, (40, 40, 40)), img, shadow)
     elif scene == "shelf":
         wood = _jitter((150, 105, 60), rng, 15)
-        draw.rectangle([0, bottom - 2, w, min(h, bottom + 0.1 * h)], fill=wood)
+        draw.rectangle([0, bottom - 2, w, bottom + PROP_BELOW * h], fill=wood)
     return img
 
 
+@dataclass(frozen=True)
+class Look:
+    """How one product is drawn: its scene, fill pattern and the pattern's two colours."""
+
+    scene: str
+    pattern: str
+    c1: tuple[int, int, int]
+    c2: tuple[int, int, int]
+
+
 def _draw_product(
-    size: tuple[int, int],
-    leaf: Leaf,
-    c1: tuple,
-    c2: tuple,
-    rng: random.Random,
-    config: SampleConfig,
+    size: tuple[int, int], leaf: Leaf, look: Look, rng: random.Random, config: SampleConfig
 ) -> Image.Image:
     w, h = size
-    shape = leaf.shape
-    background = _jitter(SCENES[leaf.scene], rng, 12)
-    img = Image.new("RGB", size, background)
-    scale = min(w, h) * rng.uniform(0.32, 0.45)
-    cx, cy = w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
-    angle = math.radians(rng.uniform(-25, 25))
-    cos, sin = math.cos(angle), math.sin(angle)
-    pts = [
-        (cx + scale * (x * cos - y * sin), cy + scale * (x * sin + y * cos))
-        for x, y in _shape_points(shape)
-    ]
-    img = _draw_scene(img, leaf.scene, pts, rng)
+    img = Image.new("RGB", size, _jitter(SCENES[look.scene], rng, 12))
+    pts = _place(leaf.shape, size, rng, config)
+    img = _draw_scene(img, look.scene, pts, rng)
     mask = Image.new("L", size, 0)
     mask_draw = ImageDraw.Draw(mask)
     mask_draw.polygon(pts, fill=255)
-    if shape == "ring":
-        inner = [(cx + 0.55 * (x - cx), cy + 0.55 * (y - cy)) for x, y in pts]
-        mask_draw.polygon(inner, fill=0)
-    img.paste(_pattern(size, leaf.pattern, c1, c2, rng), (0, 0), mask)
+    if leaf.shape == "ring":
+        cx = sum(x for x, _ in pts) / len(pts)
+        cy = sum(y for _, y in pts) / len(pts)
+        mask_draw.polygon([(cx + 0.55 * (x - cx), cy + 0.55 * (y - cy)) for x, y in pts], fill=0)
+    img.paste(_pattern(size, look.pattern, look.c1, look.c2, rng), (0, 0), mask)
     if rng.random() < config.distractor_fraction:
         r = min(w, h) * rng.uniform(0.08, 0.18)
         x, y = rng.uniform(0, w), rng.uniform(0, h)
@@ -303,16 +353,43 @@ def _draw_product(
     return img
 
 
-def _title(
-    rng: random.Random, colour: str, nouns: Sequence[str], gender: str, config: SampleConfig
-) -> str:
-    words = [rng.choice(BRANDS), gender, colour.capitalize()]
+def _typo(word: str, rng: random.Random) -> str:
+    """Two neighbouring letters swapped, as a hurried merchant types them."""
+    spots = [i for i in range(len(word) - 1) if word[i].isalpha() and word[i + 1].isalpha()]
+    if not spots:
+        return word
+    i = rng.choice(spots)
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+
+
+def _title(rng: random.Random, colour: str, leaf: Leaf, gender: str, config: SampleConfig) -> str:
+    """Brand, gender, colour, material and product noun, each left out or blurred at times."""
+    words = [rng.choice(BRANDS), gender]
+    if rng.random() < config.colour_word_fraction:
+        words.append(colour.capitalize())
     if rng.random() < 0.6:
         words.append(rng.choice(MATERIALS))
-    words.append(rng.choice(nouns))
+    draw = rng.random()
+    if draw < config.no_noun_fraction:
+        words.append(f"style {rng.randint(100, 999)}")
+    else:
+        vague = draw < config.no_noun_fraction + config.vague_noun_fraction
+        noun = leaf.vague_noun if vague else rng.choice(leaf.nouns)
+        words.append(_typo(noun, rng) if rng.random() < config.typo_fraction else noun)
     if rng.random() < config.noise_word_fraction:
         words.insert(rng.randint(1, len(words)), rng.choice(NOISE))
     return " ".join(words)
+
+
+def _look(leaf: Leaf, rng: random.Random, config: SampleConfig) -> tuple[str, Look]:
+    """(colour name, look) of one product: the leaf's usual ones most of the time."""
+    palette = leaf.palette if rng.random() < config.palette_fraction else tuple(COLOURS)
+    colour = rng.choice(palette)
+    pattern = leaf.pattern if rng.random() < config.usual_pattern_fraction else rng.choice(PATTERNS)
+    scene = leaf.scene if rng.random() < config.usual_scene_fraction else rng.choice(list(SCENES))
+    c1 = _jitter(COLOURS[colour], rng)
+    c2 = _jitter(COLOURS[rng.choice([c for c in COLOURS if c != colour])], rng)
+    return colour, Look(scene, pattern, c1, c2)
 
 
 def _png_variant(img: Image.Image, k: int) -> Image.Image:
@@ -348,11 +425,9 @@ def write_sample_catalog(
     for i in range(n_products):
         rng = random.Random(f"{seed}:{i}")
         leaf = all_leaves[i % len(all_leaves)]
-        colour = rng.choice(leaf.palette)
-        c1 = _jitter(COLOURS[colour], rng)
-        c2 = _jitter(COLOURS[rng.choice([c for c in COLOURS if c != colour])], rng)
+        colour, look = _look(leaf, rng, config)
         size = (rng.randint(lo, hi), rng.randint(lo, hi))
-        img = _draw_product(size, leaf, c1, c2, rng, config)
+        img = _draw_product(size, leaf, look, rng, config)
         pid = f"p{i:05d}"
         if i % config.png_every == config.png_every // 2:
             name = f"images/{pid}.png"
@@ -360,13 +435,13 @@ def write_sample_catalog(
         else:
             name = f"images/{pid}.jpg"
             img.save(out_dir / name, format="JPEG", quality=rng.randint(80, 95))
-        gender = rng.choice(GENDERS)
-        title = _title(rng, colour, leaf.nouns, gender, config)
-        rows.append([pid, title, name, " > ".join(leaf.path), colour, gender])
+        gender = "Unisex" if leaf.path[0] == "Home" else rng.choice(GENDERS)
+        title = _title(rng, colour, leaf, gender, config)
+        rows.append([pid, title, name, join_path(leaf.path), colour, look.pattern, gender])
     catalog = out_dir / "catalog.csv"
     with open(catalog, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "title", "image", "category", "colour", "gender"])
+        writer.writerow(["id", "title", "image", "category", "colour", "pattern", "gender"])
         writer.writerows(rows)
     return catalog
 

@@ -13,18 +13,19 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from huse_common.categories import split_path
+from huse_common.vectors import l2_normalize
 
-PATH_SEP = " > "
+logger = logging.getLogger(__name__)
 
 
 def readable_class_name(label: str) -> str:
     """'Accessories > Watches > Watches' -> 'Watches, Accessories' (leaf first, no repeats)."""
     parts: list[str] = []
-    for part in reversed([p.strip() for p in label.split(PATH_SEP)]):
-        if part and part not in parts:
+    for part in reversed(split_path(label)):
+        if part not in parts:
             parts.append(part)
-    return ", ".join(parts) if parts else label
+    return ", ".join(parts)
 
 
 def class_distance_matrix(name_emb: np.ndarray) -> np.ndarray:
@@ -32,8 +33,7 @@ def class_distance_matrix(name_emb: np.ndarray) -> np.ndarray:
     name_emb = np.asarray(name_emb, dtype=np.float64)
     if name_emb.ndim != 2 or len(name_emb) == 0:
         raise ValueError(f"name_emb must be (C, d) with C >= 1, got {name_emb.shape}")
-    norms = np.linalg.norm(name_emb, axis=1, keepdims=True)
-    unit = name_emb / np.maximum(norms, 1e-12)
+    unit = l2_normalize(name_emb)
     A = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
     np.fill_diagonal(A, 0.0)
     return A.astype(np.float32)

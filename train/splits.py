@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from huse_common.categories import join_path
+
 logger = logging.getLogger(__name__)
 
 MIN_SPLITTABLE = 3  # a class needs one product in each of train, val and test
@@ -76,7 +78,7 @@ def level_heads(categories: Sequence[Sequence[str]]) -> dict[str, list[str]]:
     if depth == 0:
         raise ValueError("every category path is empty")
     return {
-        f"level{i}": [" > ".join(tuple(c)[: min(i, len(c))]) for c in categories]
+        f"level{i}": [join_path(tuple(c)[: min(i, len(c))]) for c in categories]
         for i in range(1, depth + 1)
     }
 

@@ -11,7 +11,7 @@ from api.errors import error_responses
 from api.media import MEDIA_TYPES, StoredImageResponse, read_upload
 from api.routes.forms import ImageField
 from api.schemas import DeletedPublic, ProductPublic
-from index.metadata import PRODUCT_ID_MAX_CHARS, PRODUCT_ID_PATTERN
+from huse_common.ids import PRODUCT_ID_MAX_CHARS, PRODUCT_ID_PATTERN
 
 router = APIRouter(prefix="/v1/products", tags=["products"])
 
@@ -22,7 +22,7 @@ ProductId = Annotated[
         max_length=PRODUCT_ID_MAX_CHARS,
         pattern=PRODUCT_ID_PATTERN,
         description="1-256 characters; no control characters, '/' or '\\'; not only dots "
-        "and spaces (see index.metadata)",
+        "and spaces (see huse_common.ids)",
     ),
 ]
 WRITE_ERRORS = (401, 403, 422, 503)

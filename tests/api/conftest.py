@@ -28,28 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def trained_model_dir(
-    tmp_path_factory, sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir
-) -> Path:
-    """`python -m train.huse` output (bundle/ + index/) on the sample catalog, built once."""
-    from train.config import TrainConfig
-    from train.huse import run
-
-    out = tmp_path_factory.mktemp("api_model")
-    cfg = TrainConfig(
-        catalog=str(sample_catalog),
-        out=str(out / "model"),
-        cache_dir=str(out / "cache"),
-        image_backbone=f"hf:{tiny_image_backbone_dir}",
-        text_backbone=f"hf:{tiny_text_backbone_dir}",
-        embed_dim=32,
-        image_tower=(64,),
-        text_tower=(64,),
-        max_epochs=3,
-        num_workers=0,
-        min_per_class=1,
-    )
-    return Path(run(cfg))
+def trained_model_dir(pipeline_run) -> Path:
+    """`python -m train.huse` output (bundle/ + index/): the session's shared pipeline run."""
+    return Path(pipeline_run[1])
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Bundle: embed, save, load, embed again (allclose); strict loading; classification output."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -8,35 +9,29 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from embedder.bundle import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    Bundle,
-    TfidfText,
-    build_model,
-    class_centroids,
-    model_config,
-)
+from embedder.bundle import BackboneInfo, Bundle, TfidfText, class_centroids
+from embedder.bundle_io import CONFIG_FILE, LABELS_FILE, MODEL_FILES, WEIGHTS_FILE
 from embedder.errors import BundleError
+from embedder.towers import HuseModel, Tower
 
 TITLES = ["red cotton shirt", "blue denim jeans", "black leather boots", "red silk shirt"]
 
 
 def make_bundle(image_spec, text_spec, image_dim, text_dim, tfidf=True):
     tf = TfidfText.fit(TITLES, max_features=50) if tfidf else None
-    config = model_config(
-        image_backbone={"spec": image_spec, "dim": image_dim},
-        text_backbone={"spec": text_spec, "dim": text_dim}, embed_dim=8, image_hidden=(16,),
-        text_hidden=(16,), dropout=0.1, tfidf_dim=tf.dim if tf else 0,
-        heads={"level1": 2, "level2": 3}, leaf_head="level2", logit_scale=4.0,
-        loss_weights={"w_cls": 1.0}, other_threshold=0.6, train_config={"seed": 0})
     torch.manual_seed(0)
-    model = build_model(config)
+    model = HuseModel(Tower(image_dim, (16,), 8, 0.1),
+                      Tower(text_dim + (tf.dim if tf else 0), (16,), 8, 0.1),
+                      {"level1": 2, "level2": 3}, logit_scale=4.0)
     labels = {"level1": ["A", "B"], "level2": ["A > x", "A > y", "B > z"]}
     rng = np.random.default_rng(0)
     cents = {h: class_centroids(rng.normal(size=(6, 8)).astype(np.float32),
                                 np.arange(6) % n, n) for h, n in (("level1", 2), ("level2", 3))}
-    return Bundle(config, model, labels, cents, tf)
+    return Bundle.from_trained(
+        model, labels, image_backbone=BackboneInfo(image_spec, image_dim),
+        text_backbone=BackboneInfo(text_spec, text_dim), leaf_head="level2",
+        other_threshold=0.6, tfidf=tf, centroids=cents, loss_weights={"w_cls": 1.0},
+        train_config={"seed": 0})
 
 
 @pytest.fixture()
@@ -67,8 +62,8 @@ def test_embed_save_load_embed_roundtrip(bundle, tmp_path):
 
 
 def test_fusion_is_normalised_sum_of_modalities(bundle):
-    img = np.random.default_rng(1).normal(size=(3, bundle.config["image_backbone"]["dim"]))
-    txt = np.random.default_rng(2).normal(size=(3, bundle.config["text_backbone"]["dim"]))
+    img = np.random.default_rng(1).normal(size=(3, bundle.config.image_backbone.dim))
+    txt = np.random.default_rng(2).normal(size=(3, bundle.config.text_backbone.dim))
     e_i = bundle.embed_features(image_feats=img)
     e_t = bundle.embed_features(text_feats=txt, titles=TITLES[:3])
     fused = bundle.embed_features(img, txt, titles=TITLES[:3])
@@ -138,8 +133,11 @@ def test_load_rejects_shape_and_format_mismatch(bundle, tmp_path):
 
 def test_fingerprint_changes_with_weights(bundle):
     before = bundle.fingerprint
-    other = make_bundle("a", "b", bundle.config["image_backbone"]["dim"],
-                        bundle.config["text_backbone"]["dim"])
+    other = make_bundle(bundle.config.image_backbone.spec, bundle.config.text_backbone.spec,
+                        bundle.config.image_backbone.dim, bundle.config.text_backbone.dim)
+    assert other.fingerprint == before  # same files, same fingerprint
+    other = make_bundle(bundle.config.image_backbone.spec, bundle.config.text_backbone.spec,
+                        bundle.config.image_backbone.dim, bundle.config.text_backbone.dim)
     with torch.no_grad():
         other.model.heads[0].bias.add_(1.0)
     assert other.fingerprint != before
@@ -154,3 +152,62 @@ def test_tfidf_matches_sklearn():
     assert np.allclose(tf.transform(queries), ref.transform(queries).toarray(), atol=1e-6)
     again = TfidfText.from_dict(json.loads(json.dumps(tf.to_dict())))
     assert np.allclose(again.transform(queries), tf.transform(queries))
+
+
+def test_fingerprint_covers_every_file_labels_included(bundle, tmp_path):
+    """Swapping labels.json (same heads, same sizes, other order) changes the fingerprint, so
+    an index built for the original bundle refuses the tampered one."""
+    from index.errors import IndexMismatchError
+    from index.store import ProductIndex
+
+    bundle.save(tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(MODEL_FILES)
+    assert Bundle.load(tmp_path / "b").fingerprint == bundle.fingerprint
+    store = ProductIndex.create(tmp_path / "ix", d=bundle.dim,
+                                bundle_fingerprint=bundle.fingerprint, factory="Flat")
+    store.close()
+    for name in MODEL_FILES:
+        copy = tmp_path / name
+        shutil.copytree(tmp_path / "b", copy)
+        if name == LABELS_FILE:
+            doc = json.loads((copy / name).read_text())
+            doc["heads"]["level2"] = doc["heads"]["level2"][::-1]
+            (copy / name).write_text(json.dumps(doc))
+        else:
+            (copy / name).write_bytes((copy / name).read_bytes() + b" ")
+        try:
+            tampered = Bundle.load(copy)
+        except BundleError:
+            continue  # a file that no longer parses is refused outright
+        assert tampered.fingerprint != bundle.fingerprint, name
+        with pytest.raises(IndexMismatchError):
+            ProductIndex.open(tmp_path / "ix", expected_fingerprint=tampered.fingerprint)
+
+
+def test_save_is_deterministic_and_drops_stale_optional_files(bundle, tmp_path):
+    bundle.save(tmp_path)
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    bundle.save(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first
+    plain = make_bundle("a", "b", bundle.config.image_backbone.dim,
+                        bundle.config.text_backbone.dim, tfidf=False)
+    plain.save(tmp_path)
+    assert not (tmp_path / "tfidf.json").exists()
+    assert Bundle.load(tmp_path).fingerprint == plain.fingerprint
+
+
+def test_old_bundle_keeps_unknown_training_keys_as_provenance(bundle, tmp_path):
+    """A bundle written by an older trainer (renamed/removed options, an unknown top-level key)
+    loads, writes those keys back unchanged, and rebuilds a training config without them."""
+    from train.data import config_from_bundle
+
+    bundle.save(tmp_path)
+    doc = json.loads((tmp_path / CONFIG_FILE).read_text())
+    doc["train_config"] = {"seed": 3, "lr": "fast", "old_option": [1, 2]}
+    doc["written_by"] = "an older trainer"
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(doc))
+    old = Bundle.load(tmp_path)
+    assert old.config.train_config["old_option"] == [1, 2]
+    assert old.config.to_dict()["written_by"] == "an older trainer"
+    cfg = config_from_bundle(old)
+    assert cfg.seed == 3 and cfg.lr == type(cfg)().lr

@@ -23,13 +23,21 @@ def test_tower_output_is_unit_norm_with_input_normalisation():
 
 
 def test_huse_model_shares_one_head_per_name_across_modalities():
-    model = HuseModel(Tower(6, (8,), 4), Tower(3, (8,), 4), {"level1": 2, "attr:a.b": 3})
+    torch.manual_seed(0)
+    model = HuseModel(Tower(6, (8,), 4), Tower(3, (8,), 4), {"level1": 2, "attr:a.b": 3},
+                      logit_scale=4.0)
     e_img, e_txt = model(torch.randn(2, 6), torch.randn(2, 3))
     li, lt = model.logits(e_img), model.logits(e_txt)
     assert list(li) == ["level1", "attr:a.b"] and li["attr:a.b"].shape == (2, 3)
-    # the same Linear applied to both: equal inputs give equal logits
-    assert torch.allclose(model.logits(e_img)["level1"], model.heads[0](e_img))
-    assert lt["level1"].shape == (2, 2)
+    assert lt["level1"].shape == (2, 2) and len(model.heads) == 2  # one Linear per head name
+    # the head sees logit_scale * embedding, whatever the modality
+    head = model.heads[0]
+    assert torch.allclose(lt["level1"], 4.0 * e_txt @ head.weight.T + head.bias, atol=1e-5)
+    # both modalities train that one Linear: each one's loss alone reaches its weight
+    for logits in (li, lt):
+        model.zero_grad()
+        logits["level1"].pow(2).sum().backward(retain_graph=True)
+        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
     f = fuse(e_img, e_txt)
     assert torch.allclose(f.norm(dim=1), torch.ones(2), atol=1e-5)
     with pytest.raises(ValueError, match="differ"):

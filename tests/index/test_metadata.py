@@ -64,3 +64,19 @@ def test_foreign_sqlite_is_a_mismatch(tmp_path):
     conn.close()
     with pytest.raises(IndexMismatchError, match="not an index store"):
         MetadataStore.open(path)
+
+
+def test_facet_counts_cover_live_products_only(meta):
+    from index.metadata import ProductRecord
+
+    records = [
+        ProductRecord("a", "t", "Shoes > Boots", attributes={"colour": "red", "size": 42}),
+        ProductRecord("b", "t", "Shoes > Boots", attributes={"colour": "red", "extra": {"x": 1}}),
+        ProductRecord("c", "t", "Shoes > Sneakers", attributes={"colour": "blue"}),
+        ProductRecord("d", "t", "Bags", attributes={"colour": "blue", "size": None}),
+    ]
+    meta.upsert([r.validated() for r in records], make_vectors(4))
+    meta.delete(["d"])
+    categories, attributes = meta.facet_counts()
+    assert categories == {"Shoes > Boots": 2, "Shoes > Sneakers": 1}
+    assert attributes == {"colour": {"red": 2, "blue": 1}, "size": {"42": 1}}

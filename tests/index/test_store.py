@@ -267,17 +267,17 @@ import os, signal, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from index_testdata import make_records, make_vectors
-import index.atomic
+import huse_common.atomic
 from index.store import ProductIndex
 
 store = ProductIndex.open({ix!r})
 store.upsert(make_records(7, start=1000), make_vectors(7, seed=11))  # durable before save
-real = getattr(index.atomic.os, {func!r})
+real = getattr(huse_common.atomic.os, {func!r})
 def die(*args):
     if {target!r} in str(args[-1] if {func!r} == "replace" else "") or {func!r} == "fsync":
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args)
-setattr(index.atomic.os, {func!r}, die)
+setattr(huse_common.atomic.os, {func!r}, die)
 store.save()
 """
 

@@ -9,7 +9,7 @@ from embedder.bundle import Bundle
 from index.errors import IndexMismatchError
 from index.store import ProductIndex
 from train.build_index import build_index, index_products
-from train.huse import BUNDLE_DIR, INDEX_DIR
+from train.pipeline import BUNDLE_DIR, INDEX_DIR
 
 
 def test_build_index_from_bundle_and_catalog(trained_run, tmp_path):

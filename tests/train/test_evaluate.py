@@ -1,93 +1,11 @@
 """train.evaluate on a real (tiny, trained) Bundle over synthetic frozen features."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
-import torch
 
-from embedder.bundle import Bundle, build_model, class_centroids, model_config
-from train.config import TrainConfig
-from train.evaluate import EvalConfig, LabeledFeatures, evaluate, hardest_classes
-from train.loop import TrainData, train_model
+from train.data import LabeledFeatures
+from train.evaluate import EvalConfig, evaluate, hardest_classes
 from train.metrics import class_recall_at_k, topk_accuracy
-
-# Leaf classes: path, top-level index. The last one is rare: outside the leaf label space (-1).
-LEAVES = [("Apparel > Shirts", 0), ("Apparel > Jeans", 0), ("Footwear > Sandals", 1),
-          ("Footwear > Boots", 1), ("Footwear > Clogs", 1)]
-RARE = 4
-DI, DT = 12, 8
-
-
-@dataclass
-class Case:
-    bundle: Bundle
-    train: LabeledFeatures
-    val: LabeledFeatures
-    test: LabeledFeatures
-    history: list[dict]
-
-
-def _split(rng: np.random.Generator, leaf: np.ndarray, protos_i, protos_t) -> LabeledFeatures:
-    n = len(leaf)
-    image = protos_i[leaf] + 0.9 * rng.normal(size=(n, DI))
-    text = protos_t[leaf] + 0.9 * rng.normal(size=(n, DT))
-    top = np.array([LEAVES[i][1] for i in leaf], dtype=np.int64)
-    return LabeledFeatures(
-        product_ids=[f"p{i}" for i in range(n)],
-        titles=[LEAVES[i][0].split(" > ")[1] for i in leaf],
-        image=image.astype(np.float32),
-        text=text.astype(np.float32),
-        labels={"level1": top, "level2": np.where(leaf == RARE, -1, leaf).astype(np.int64)},
-        categories=[LEAVES[i][0] for i in leaf],
-    )
-
-
-def case_labels() -> list[str]:
-    return [p for p, _ in LEAVES[:4]]
-
-
-def make_case(seed: int = 0) -> Case:
-    """Seeded synthetic splits and a Bundle trained on them with the trainer's own loop."""
-    rng = np.random.default_rng(seed)
-    protos_i, protos_t = 2 * rng.normal(size=(5, DI)), 2 * rng.normal(size=(5, DT))
-    leaf = {name: np.concatenate([np.repeat(np.arange(4), n), [RARE] * r]).astype(np.int64)
-            for name, n, r in (("train", 30, 2), ("val", 6, 0), ("test", 12, 3))}
-    train, val, test = (_split(rng, leaf[s], protos_i, protos_t) for s in ("train", "val", "test"))
-    heads = {"level1": 2, "level2": 4}
-    cfg = TrainConfig(embed_dim=8, batch_size=32, max_epochs=25, patience=25, lr=1e-2,
-                      device="cpu", seed=seed)
-    config = model_config(
-        image_backbone={"spec": "synthetic-image", "dim": DI},
-        text_backbone={"spec": "synthetic-text", "dim": DT},
-        embed_dim=8, image_hidden=(16,), text_hidden=(16,), dropout=0.0, tfidf_dim=0,
-        heads=heads, leaf_head="level2", logit_scale=cfg.logit_scale, loss_weights={},
-        other_threshold=0.5, train_config={},
-    )
-    model = build_model(config)
-    both = [train, val]
-    data = TrainData(
-        image=np.vstack([s.image for s in both]), text=np.vstack([s.text for s in both]),
-        y={h: np.concatenate([s.labels[h] for s in both]) for h in heads},
-        train_idx=np.arange(len(train)), val_idx=np.arange(len(train), len(train) + len(val)),
-        leaf_head="level2", A=1 - np.eye(4, dtype=np.float32),
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster on a busy 2-core machine
-    try:
-        history = train_model(model, data, cfg, checkpoint_dir=None).history
-    finally:
-        torch.set_num_threads(threads)
-    labels = {"level1": ["Apparel", "Footwear"], "level2": case_labels()}
-    bundle = Bundle(config, model, labels)
-    fused = bundle.embed_features(train.image, train.text, train.titles)
-    bundle.centroids = {h: class_centroids(fused, train.labels[h], n) for h, n in heads.items()}
-    return Case(bundle, train, val, test, history)
-
-
-@pytest.fixture(scope="module")
-def case() -> Case:
-    return make_case()
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +96,7 @@ def test_logreg_without_val_uses_a_training_holdout(case):
 
 def test_artifacts(case, result):
     _, art = result
-    assert art.confusion_classes == [p for p, _ in LEAVES[:4]]  # 12 test items each, by index
+    assert art.confusion_classes == case.leaves  # 12 test items each, by index
     assert art.confusion.shape == (4, 5)
     np.testing.assert_array_equal(art.confusion.sum(axis=1), [12, 12, 12, 12])
     assert art.map_embeddings.shape == (51, 8)
@@ -200,12 +118,12 @@ def test_hardest_classes():
     ]
 
 
-def test_hardest_classes_in_the_evaluation(result):
+def test_hardest_classes_in_the_evaluation(case, result):
     ev, _ = result
     hard = ev["hardest_classes"]
     assert 1 <= len(hard) <= 4
     assert [h["recall"] for h in hard] == sorted(h["recall"] for h in hard)
-    assert all(h["class"] in case_labels() and h["support"] == 12 for h in hard)
+    assert all(h["class"] in case.leaves and h["support"] == 12 for h in hard)
 
 
 def test_bad_inputs(case):

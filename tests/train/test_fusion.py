@@ -1,10 +1,13 @@
 """train.fusion: the fused embedding leans on the modality that carries the class."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from embedder.bundle import Bundle, build_model, model_config
+from embedder.bundle import BackboneInfo, Bundle
+from embedder.towers import HuseModel, Tower
 from train.config import TrainConfig
 from train.fusion import PLAIN_SUM, choose_fusion_weight
 from train.loop import TrainData, train_model
@@ -21,21 +24,19 @@ def trained():
     protos_i, protos_t = 2 * rng.normal(size=(N_CLS, DI)), 2 * rng.normal(size=(N_CLS, DT))
     image = (protos_i[y] + rng.normal(size=(160, DI))).astype(np.float32)
     text = (protos_t[y] + rng.normal(size=(160, DT))).astype(np.float32)
-    config = model_config(
-        image_backbone={"spec": "synthetic-image", "dim": DI},
-        text_backbone={"spec": "synthetic-text", "dim": DT},
-        embed_dim=8, image_hidden=(16,), text_hidden=(16,), dropout=0.0, tfidf_dim=0,
-        heads={"level1": N_CLS}, leaf_head="level1", logit_scale=16.0, loss_weights={},
-        other_threshold=0.5, train_config={})
     torch.manual_seed(0)
-    model = build_model(config)
+    model = HuseModel(Tower(DI, (16,), 8, 0.0), Tower(DT, (16,), 8, 0.0), {"level1": N_CLS},
+                      logit_scale=16.0)
     data = TrainData(image=image, text=text, y={"level1": y.astype(np.int64)},
                      train_idx=np.arange(120), val_idx=np.arange(120, 160), leaf_head="level1",
                      A=1 - np.eye(N_CLS, dtype=np.float32))
     cfg = TrainConfig(embed_dim=8, batch_size=32, max_epochs=15, patience=15, lr=1e-2,
                       device="cpu")
     train_model(model, data, cfg, checkpoint_dir=None)
-    bundle = Bundle(config, model, {"level1": [f"c{i}" for i in range(N_CLS)]})
+    bundle = Bundle.from_trained(model, {"level1": [f"c{i}" for i in range(N_CLS)]},
+                                 image_backbone=BackboneInfo("synthetic-image", DI),
+                                 text_backbone=BackboneInfo("synthetic-text", DT),
+                                 leaf_head="level1", other_threshold=0.5)
     return bundle, image[120:], text[120:], y[120:].astype(np.int64)
 
 
@@ -78,15 +79,13 @@ def test_bundle_fuses_with_its_weight_and_keeps_it_on_save(trained, tmp_path):
     plain = e_img + e_txt
     plain /= np.linalg.norm(plain, axis=1, keepdims=True)
     assert np.allclose(bundle.embed_features(image, text), plain, atol=1e-6)  # default 0.5
-    bundle.config["fusion_image_weight"] = 0.7
-    try:
-        bundle.save(tmp_path)
-        loaded = Bundle.load(tmp_path)
-        assert loaded.fusion_image_weight == 0.7
-        assert np.allclose(loaded.embed_features(image, text),
-                           bundle.fuse_embeddings(e_img, e_txt, 0.7), atol=1e-6)
-    finally:
-        bundle.config["fusion_image_weight"] = PLAIN_SUM
+    leaning = Bundle(replace(bundle.config, fusion_image_weight=0.7), bundle.model, bundle.labels)
+    leaning.save(tmp_path)
+    loaded = Bundle.load(tmp_path)
+    assert loaded.fusion_image_weight == 0.7 and loaded.fingerprint == leaning.fingerprint
+    assert loaded.fingerprint != bundle.fingerprint and bundle.fusion_image_weight == PLAIN_SUM
+    assert np.allclose(loaded.embed_features(image, text),
+                       bundle.fuse_embeddings(e_img, e_txt, 0.7), atol=1e-6)
 
 
 def test_config_rejects_weights_outside_0_1():

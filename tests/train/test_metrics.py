@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, top_k_accuracy_score
 
-from train import metrics
+from huse_common import topk
 from train.metrics import (
     class_recall_at_k,
     confusion_matrix_top,
@@ -91,7 +91,7 @@ def _reference_recall(xq, yq, xb, yb, ks, exclude_self):
 
 class TestKnnSearch:
     def test_matches_full_sort_across_blocks(self, monkeypatch):
-        monkeypatch.setattr(metrics, "SEARCH_BLOCK", 8)
+        monkeypatch.setattr(topk, "MAX_SCORES", 8 * 40)  # query blocks of 8
         rng = np.random.default_rng(4)
         xb = rng.normal(size=(40, 6)).astype(np.float32)
         xq = rng.normal(size=(19, 6)).astype(np.float32)
@@ -114,7 +114,7 @@ class TestKnnSearch:
         np.testing.assert_almost_equal(D, D_ref, decimal=4)
 
     def test_exclude_self_drops_the_diagonal(self, monkeypatch):
-        monkeypatch.setattr(metrics, "SEARCH_BLOCK", 3)
+        monkeypatch.setattr(topk, "MAX_SCORES", 3 * 7)
         x = np.eye(7, dtype=np.float32) * 2 + 0.01
         _, I = knn_search(x, x, 6, exclude_self=True)  # noqa: E741
         assert all(i not in row for i, row in enumerate(I.tolist()))
@@ -147,7 +147,7 @@ class TestClassRecallAtK:
         }
 
     def test_matches_brute_force_across_blocks(self, monkeypatch):
-        monkeypatch.setattr(metrics, "SEARCH_BLOCK", 7)  # several blocks, a ragged last one
+        monkeypatch.setattr(topk, "MAX_SCORES", 7 * 50)  # blocks of 7, a ragged last one
         rng = np.random.default_rng(2)
         x = rng.normal(size=(50, 8)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_evaluate import make_case  # sibling test module: a tiny Bundle trained on synthetic data
 
 from train.evaluate import EvalConfig, evaluate
-from train.report import render_markdown, short_name, write_report
+from train.plots import short_name
+from train.report import render_markdown, write_report
 
 PLOTS = ("loss_curves.png", "confusion_matrix.png", "embedding_map.png")
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    case = make_case()
+def written(tmp_path_factory, case):
     ev, art = evaluate(case.bundle, case.train, case.test, EvalConfig(knn_k=5), val=case.val)
     report = {
         "evaluation": ev,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,20 @@ import pytest
 from PIL import Image
 
 from embedder.catalog import read_catalog
-from train.sample_catalog import leaves, main, write_sample_catalog
+from train.sample_catalog import (
+    COLOURS,
+    PATTERNS,
+    PROP_ABOVE,
+    PROP_BELOW,
+    SCENES,
+    Look,
+    SampleConfig,
+    _draw_product,
+    _place,
+    leaves,
+    main,
+    write_sample_catalog,
+)
 
 
 def rows(catalog: Path) -> list[dict[str, str]]:
@@ -26,11 +40,26 @@ def test_fixture_catalog_reads_clean_and_covers_the_tree(sample_catalog: Path) -
     assert set(counts) == {leaf.path for leaf in leaves()}
     assert max(counts.values()) - min(counts.values()) <= 1
     assert {len(p.category) for p in report.products} == {3}
-    assert all(set(p.attributes) == {"colour", "gender"} for p in report.products)
-    for p in report.products:
-        leaf_nouns = next(leaf.nouns for leaf in leaves() if leaf.path == p.category)
-        assert any(noun in p.title for noun in leaf_nouns)
-        assert p.attributes["colour"].capitalize() in p.title
+    assert all(set(p.attributes) == {"colour", "pattern", "gender"} for p in report.products)
+    assert {p.attributes["pattern"] for p in report.products} == set(PATTERNS)
+    assert {p.attributes["colour"] for p in report.products} <= set(COLOURS)
+
+
+def test_classes_vary_in_look_and_titles_are_ambiguous(sample_catalog: Path) -> None:
+    """Not trivially separable: looks vary inside a class, titles do not always say the class."""
+    products = read_catalog(sample_catalog).products
+    by_path = {leaf.path: leaf for leaf in leaves()}
+    n_classes = len(by_path)
+    patterns = {(p.category, p.attributes["pattern"]) for p in products}
+    colours = {(p.category, p.attributes["colour"]) for p in products}
+    assert len(patterns) > 1.5 * n_classes and len(colours) > 1.5 * n_classes
+    off_palette = [p for p in products if p.attributes["colour"] not in by_path[p.category].palette]
+    assert 0.1 < len(off_palette) / len(products) < 0.6
+    named = [p for p in products if any(n in p.title for n in by_path[p.category].nouns)]
+    vague = [p for p in products if p not in named and by_path[p.category].vague_noun in p.title]
+    assert 0.5 < len(named) / len(products) < 0.95 and vague
+    with_colour = [p for p in products if p.attributes["colour"].capitalize() in p.title]
+    assert 0.7 < len(with_colour) / len(products) < 1
 
 
 def test_image_formats_vary(sample_catalog: Path) -> None:
@@ -63,3 +92,37 @@ def test_bad_arguments(tmp_path: Path) -> None:
         write_sample_catalog(tmp_path, n_products=0)
     with pytest.raises(ValueError, match=r"got \(8, 4\)"):
         write_sample_catalog(tmp_path, n_products=2, image_size=(8, 4))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_seeds_that_crashed_in_the_shelf_scene(tmp_path: Path, seed: int) -> None:
+    """Issue 13 item 12: `sample-catalog OUT --n 300 --seed 1` (and 2) raised in the shelf scene."""
+    assert main([str(tmp_path / "out"), "--n", "300", "--seed", str(seed)]) == 0
+    assert len(rows(tmp_path / "out" / "catalog.csv")) == 300
+
+
+def test_outlines_leave_room_for_every_scene_prop_over_many_seeds() -> None:
+    """The root of item 12: an outline placed past the canvas edge left the shelf no room.
+    Every outline, whatever its stretch, turn and size, now fits inside with its props."""
+    config = SampleConfig()
+    sizes = [(16, 16), (16, 160), (160, 16), (96, 160), (160, 96), (400, 120)]
+    for seed in range(200):
+        rng = random.Random(seed)
+        for leaf in leaves():
+            w, h = sizes[seed % len(sizes)]
+            pts = _place(leaf.shape, (w, h), rng, config)
+            xs, ys = [x for x, _ in pts], [y for _, y in pts]
+            assert 0 <= min(xs) and max(xs) <= w, (seed, leaf.shape, (w, h))
+            assert PROP_ABOVE[0] * h + PROP_ABOVE[1] - 1e-6 <= min(ys), (seed, leaf.shape, (w, h))
+            assert max(ys) <= (1 - PROP_BELOW) * h + 1e-6, (seed, leaf.shape, (w, h))
+
+
+def test_every_leaf_draws_in_every_scene_at_the_extreme_sizes() -> None:
+    config = SampleConfig()
+    colour = COLOURS["red"]
+    for seed, size in enumerate([(16, 16), (16, 160), (160, 16), (160, 160)]):
+        for leaf in leaves():
+            for scene in SCENES:
+                rng = random.Random(f"{seed}:{leaf.path}:{scene}")
+                look = Look(scene, rng.choice(PATTERNS), colour, COLOURS["white"])
+                assert _draw_product(size, leaf, look, rng, config).size == size

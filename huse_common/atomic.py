@@ -42,6 +42,13 @@ def replacing(path: Path) -> Iterator[Path]:
     fsync_path(path.parent)
 
 
+def rename(src: Path, dst: Path) -> None:
+    """Rename src over dst (a file, or a directory onto a free name) and sync the directory,
+    so the rename survives a crash."""
+    os.replace(src, dst)
+    fsync_path(Path(dst).parent)
+
+
 def write_atomic(path: Path, data: bytes) -> str:
     """Atomically replace `path` with `data`; return the sha256 of `data`."""
     with replacing(path) as tmp:

@@ -1,0 +1,183 @@
+"""Data types shared by the training stages, evaluation and the re-run commands: the catalog's
+frozen features, labelled splits, and a training config rebuilt from a saved bundle.
+
+torch, faiss and sklearn are imported inside the functions, so the CLI's `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.config import TrainConfig, apply_overrides, lenient_overrides
+
+logger = logging.getLogger(__name__)
+
+LEVEL_PREFIX = "level"  # category heads are level1..levelN (train.splits.level_heads)
+
+
+@dataclass(frozen=True)
+class CatalogFeatures:
+    """Valid products and their frozen features, row-aligned."""
+
+    products: list[Any]  # embedder.catalog.Product
+    image: np.ndarray  # (n, Di) float32
+    text: np.ndarray  # (n, Dt) float32
+    image_backbone: Any  # embedder.bundle_config.BackboneInfo
+    text_backbone: Any  # the loaded text backbone (it also embeds class names)
+    catalog_summary: dict
+
+    @property
+    def titles(self) -> list[str]:
+        return [p.title for p in self.products]
+
+    @property
+    def text_backbone_info(self) -> Any:
+        from embedder.bundle_config import BackboneInfo
+
+        return BackboneInfo(self.text_backbone.spec, self.text_backbone.dim)
+
+
+def load_features(catalog: str | Path, cfg: TrainConfig,
+                  rejects_path: Path | None = None) -> CatalogFeatures:
+    """Read + validate the catalog, then extract (cached) image and title features."""
+    from embedder.backbones import load_backbone
+    from embedder.bundle_config import BackboneInfo
+    from embedder.catalog import ColumnMap, read_catalog
+    from embedder.errors import CatalogError
+    from embedder.features import FeatureCache, extract_image_features, extract_text_features
+
+    report = read_catalog(catalog, columns=ColumnMap(**cfg.catalog_columns),
+                          rejects_path=rejects_path)
+    if not report.products:
+        raise CatalogError(f"{catalog}: no valid products ({report.summary()})")
+    logger.info("catalog: %s", report.summary())
+    device = None if cfg.device == "auto" else cfg.device
+    cache = FeatureCache(cfg.cache_dir or None)
+    try:
+        image_bb = load_backbone(cfg.image_backbone, device=device)
+        image = extract_image_features(report.products, image_bb, cache,
+                                       batch_size=cfg.feature_batch_size,
+                                       num_workers=cfg.num_workers,
+                                       show_progress=cfg.show_progress)
+        image_info = BackboneInfo(image_bb.spec, image_bb.dim)
+        del image_bb
+        text_bb = load_backbone(cfg.text_backbone, device=device)
+        text = extract_text_features([p.title for p in report.products], text_bb, cache,
+                                     show_progress=cfg.show_progress)
+    finally:
+        cache.close()
+    return CatalogFeatures(report.products, image, text, image_info, text_bb, report.summary())
+
+
+def head_values(products: Sequence[Any], attribute_heads: Sequence[str]) -> dict[str, list]:
+    """Every head's raw class name per product: category levels, then attribute columns."""
+    from train.splits import attribute_values, level_heads
+
+    values: dict[str, list] = dict(level_heads([p.category for p in products]))
+    values.update(attribute_values([p.attributes for p in products], attribute_heads))
+    return values
+
+
+def leaf_head_name(values: dict[str, list]) -> str:
+    """The deepest category level head."""
+    levels = [h for h in values if h.startswith(LEVEL_PREFIX)]
+    return max(levels, key=lambda h: int(h[len(LEVEL_PREFIX):]))
+
+
+@dataclass
+class LabeledFeatures:
+    """One split, row-aligned: frozen backbone features and per-head label indices."""
+
+    product_ids: list[str]
+    titles: list[str]
+    image: np.ndarray  # (n, Di) frozen image-backbone features
+    text: np.ndarray  # (n, Dt) frozen text-backbone features
+    labels: dict[str, np.ndarray]  # head -> int64 (n,), -1 = not in the head's label space
+    # Full category path per row ("A > B > C"). Optional: retrieval then knows the leaf class of
+    # rare products too; without it, rows with leaf label -1 are skipped as queries.
+    categories: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.product_ids)
+        sizes = {"titles": len(self.titles), "image": len(self.image), "text": len(self.text),
+                 **{f"labels[{h}]": len(y) for h, y in self.labels.items()}}
+        if self.categories is not None:
+            sizes["categories"] = len(self.categories)
+        bad = {k: v for k, v in sizes.items() if v != n}
+        if bad:
+            raise ValueError(f"LabeledFeatures rows must all be {n} (product_ids), got {bad}")
+
+    def __len__(self) -> int:
+        return len(self.product_ids)
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Features, the train/val/test row split and every head's labels, for the whole catalog."""
+
+    feats: CatalogFeatures
+    splits: Any  # train.splits.Splits
+    y: dict[str, np.ndarray]  # head -> (n,) int64, -1 = outside the label space
+    leaf: str
+
+    def rows(self, rows: np.ndarray) -> LabeledFeatures:
+        f = self.feats
+        return LabeledFeatures(
+            product_ids=[f.products[i].id for i in rows],
+            titles=[f.products[i].title for i in rows],
+            image=f.image[rows], text=f.text[rows],
+            labels={h: v[rows] for h, v in self.y.items()},
+            categories=[f.products[i].category_path for i in rows],
+        )
+
+    @property
+    def train(self) -> LabeledFeatures:
+        return self.rows(self.splits.train)
+
+    @property
+    def val(self) -> LabeledFeatures | None:
+        return self.rows(self.splits.val) if len(self.splits.val) else None
+
+    @property
+    def test(self) -> LabeledFeatures:
+        return self.rows(self.splits.test)
+
+
+def split_catalog(feats: CatalogFeatures, cfg: TrainConfig) -> tuple[dict[str, list], str, Any]:
+    """(head values, leaf head, seeded stratified split by leaf class)."""
+    from train.splits import stratified_split
+
+    values = head_values(feats.products, cfg.attribute_heads)
+    leaf = leaf_head_name(values)
+    return values, leaf, stratified_split(values[leaf], cfg.val_frac, cfg.test_frac, cfg.seed)
+
+
+def config_from_bundle(bundle: Any, **explicit: Any) -> TrainConfig:
+    """The training config a bundle was trained with, as far as this code still knows it:
+    keys that are unknown or no longer type-check are kept in the bundle as provenance and
+    logged, not re-validated; `explicit` values (not None) go on top."""
+    cfg, ignored = lenient_overrides(TrainConfig(), bundle.config.train_config)
+    if ignored:
+        logger.info("bundle training keys kept as provenance only: %s", sorted(ignored))
+    return apply_overrides(cfg, {k: v for k, v in explicit.items() if v is not None})
+
+
+def bundle_data(bundle: Any, catalog: str | Path, **explicit: Any) -> tuple[TrainConfig,
+                                                                           SplitData]:
+    """Features and splits of a catalog as the bundle's training run made them (same config,
+    same seed: an unchanged catalog gives the same test split), labelled in the bundle's own
+    label spaces."""
+    cfg = config_from_bundle(bundle, **explicit)
+    feats = load_features(catalog, cfg)
+    values, _, splits = split_catalog(feats, cfg)
+    y = {}
+    for head in bundle.heads:
+        index = {c: j for j, c in enumerate(bundle.labels[head])}
+        y[head] = np.array([index.get(v, -1) for v in values[head]], dtype=np.int64)
+    return cfg, SplitData(feats, splits, y, bundle.leaf_head)

@@ -1,0 +1,247 @@
+"""The training pipeline as named stages: prepare -> fit -> assemble -> evaluate -> index ->
+report. Each stage is a plain function with typed inputs and outputs (frozen dataclasses), so a
+test, a notebook or a new trainer can run, replace or extend one stage without the others;
+`train.pipeline.run` chains them. torch, faiss and sklearn are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.config import TrainConfig
+from train.data import CatalogFeatures, SplitData, load_features, split_catalog
+from train.timing import timed
+
+logger = logging.getLogger(__name__)
+
+INDEX_REPORT_KEYS = ("factory", "ntotal", "d", "build")  # manifest entries copied to the report
+MIN_LEAF_CLASSES = 2  # a classifier needs two classes to tell apart
+MIN_TEST_ROWS = 2  # evaluation needs two test products (retrieval excludes the query itself)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything training reads, fixed before the first step."""
+
+    cfg: TrainConfig
+    data: SplitData  # features, split, labels in the training label spaces
+    spaces: Any  # train.splits.LabelSpaces
+    tfidf: Any  # embedder.tfidf.TfidfText | None
+    text_input: np.ndarray  # (n, Dt [+ tfidf]) float32 text-tower input
+    train_rows: np.ndarray  # rows per epoch (rare classes repeated when oversampling)
+    graph: np.ndarray  # (C_leaf, C_leaf) class-name distances (semantic graph loss)
+
+    @property
+    def heads(self) -> dict[str, int]:
+        return {h: len(self.spaces.labels[h]) for h in self.spaces.labels}
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: Any  # embedder.towers.HuseModel, best epoch's weights, eval mode
+    result: Any  # train.loop.TrainResult
+
+
+@dataclass(frozen=True)
+class Assembled:
+    bundle: Any  # embedder.bundle.Bundle
+    fusion: Any  # train.fusion.FusionChoice
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    evaluation: dict[str, Any]  # report.json's "evaluation" section
+    artifacts: Any  # train.evaluate.EvalArtifacts (what the plots need)
+
+
+def check_trainable(data: SplitData, spaces: Any, cfg: TrainConfig) -> None:
+    """CatalogError naming the fix when the catalog cannot train a classifier, before any
+    training (so no half-written bundle is left behind)."""
+    from embedder.errors import CatalogError
+
+    n_leaf = len(spaces.labels[data.leaf])
+    if n_leaf < MIN_LEAF_CLASSES:
+        raise CatalogError(
+            f"{cfg.catalog}: {n_leaf} leaf categor{'y' if n_leaf == 1 else 'ies'} with at "
+            f"least min_per_class={cfg.min_per_class} training products; need "
+            f"{MIN_LEAF_CLASSES}. Add products of other categories, or lower it with "
+            f"--set min_per_class=N")
+    if len(data.splits.test) < MIN_TEST_ROWS or not len(data.splits.train):
+        raise CatalogError(
+            f"{cfg.catalog}: {len(data.feats.products)} valid products give "
+            f"{len(data.splits.train)} training and {len(data.splits.test)} test rows; need "
+            f"at least {MIN_TEST_ROWS} test rows (3 products per category). Add products")
+
+
+def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
+            timings: dict[str, float] | None = None,
+            feats: CatalogFeatures | None = None) -> Prepared:
+    """Catalog -> features -> split -> label spaces -> TF-IDF -> semantic graph -> epoch rows.
+    `feats` skips reading the catalog (features already in memory)."""
+    from embedder.tfidf import TfidfText
+    from train.semantic_graph import build_semantic_graph
+    from train.splits import build_label_spaces, oversample
+
+    if feats is None:
+        with timed("catalog + features", timings):
+            feats = load_features(cfg.catalog, cfg, rejects_path=rejects_path)
+    values, leaf, splits = split_catalog(feats, cfg)
+    spaces = build_label_spaces(values, splits.train, cfg.min_per_class)
+    data = SplitData(feats, splits, spaces.y, leaf)
+    check_trainable(data, spaces, cfg)
+    tfidf = None
+    text_input = feats.text
+    if cfg.use_tfidf:
+        tfidf = TfidfText.fit([feats.titles[i] for i in splits.train], cfg.tfidf_max_features)
+        text_input = np.hstack([feats.text, tfidf.transform(feats.titles)])
+    with timed("semantic graph", timings):
+        graph = build_semantic_graph(spaces.labels[leaf], feats.text_backbone)
+    train_rows = (oversample(splits.train, spaces.y[leaf], cfg.oversample_percentile, cfg.seed)
+                  if cfg.oversample_percentile is not None else splits.train)
+    return Prepared(cfg, data, spaces, tfidf, text_input.astype(np.float32), train_rows, graph)
+
+
+def _input_norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column standardisation fit on training rows (constant columns left unscaled)."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    return mean.astype(np.float32), (1.0 / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
+
+
+def build_towers(prep: Prepared):
+    """HuseModel sized from the data; tower inputs standardised on the training split. TF-IDF
+    columns are not standardised (they are sparse) but scaled by sqrt(text dim), so the TF-IDF
+    block (unit norm) weighs as much as the standardised backbone block (norm ~ sqrt(dim))."""
+    import torch
+
+    from embedder.towers import HuseModel, Tower
+
+    cfg, feats, rows = prep.cfg, prep.data.feats, prep.data.splits.train
+    torch.manual_seed(cfg.seed)
+    tfidf_dim = prep.tfidf.dim if prep.tfidf is not None else 0
+    dt = feats.text.shape[1]
+    model = HuseModel(
+        Tower(feats.image.shape[1], cfg.image_tower, cfg.embed_dim, cfg.dropout),
+        Tower(dt + tfidf_dim, cfg.text_tower, cfg.embed_dim, cfg.dropout),
+        prep.heads,
+        logit_scale=cfg.logit_scale,
+    )
+    shift, scale = _input_norm(feats.image[rows])
+    model.image_tower.set_input_norm(torch.from_numpy(shift), torch.from_numpy(scale))
+    shift, scale = _input_norm(feats.text[rows])
+    shift = np.concatenate([shift, np.zeros(tfidf_dim, np.float32)])
+    scale = np.concatenate([scale, np.full(tfidf_dim, math.sqrt(dt), np.float32)])
+    model.text_tower.set_input_norm(torch.from_numpy(shift), torch.from_numpy(scale))
+    return model
+
+
+def fit(prep: Prepared, checkpoint_dir: Path | None,
+        timings: dict[str, float] | None = None) -> Fitted:
+    """Towers built from the data and trained (best epoch restored; resumes with cfg.resume)."""
+    from train.loop import TrainData, train_model
+
+    model = build_towers(prep)
+    data = TrainData(image=prep.data.feats.image, text=prep.text_input, y=prep.spaces.y,
+                     train_idx=prep.train_rows, val_idx=prep.data.splits.val,
+                     leaf_head=prep.data.leaf, A=prep.graph)
+    with timed("training", timings):
+        result = train_model(model, data, prep.cfg, checkpoint_dir)
+    return Fitted(model, result)
+
+
+def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
+    """The bundle, built once: the fusion weight picked on the validation split, then class
+    centroids of the training split's fused embeddings."""
+    from embedder.bundle import Bundle
+    from embedder.classify import class_centroids
+    from train.fusion import FusionChoice, choose_fusion_weight
+
+    cfg, data = prep.cfg, prep.data
+    feats, leaf = data.feats, data.leaf
+    trained = dict(
+        image_backbone=feats.image_backbone, text_backbone=feats.text_backbone_info,
+        leaf_head=leaf, other_threshold=cfg.other_threshold, tfidf=prep.tfidf,
+        loss_weights={"w_cls": cfg.w_cls, "w_graph": cfg.w_graph, "w_gap": cfg.w_gap,
+                      "graph_margin": cfg.graph_margin},
+        train_config=cfg.to_dict())
+    draft = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained)
+    val = data.splits.val
+    if cfg.fusion_image_weight is not None:
+        fusion = FusionChoice(cfg.fusion_image_weight, {})
+    else:
+        fusion = choose_fusion_weight(draft, feats.image[val], feats.text[val],
+                                      [feats.titles[i] for i in val], data.y[leaf][val],
+                                      cfg.fusion_grid)
+    tr = data.splits.train
+    titles = [feats.titles[i] for i in tr]
+    train_emb = draft.fuse_embeddings(draft.embed_features(image_feats=feats.image[tr]),
+                                      draft.embed_features(text_feats=feats.text[tr],
+                                                           titles=titles),
+                                      fusion.image_weight)
+    centroids = {h: class_centroids(train_emb, data.y[h][tr], n) for h, n in prep.heads.items()}
+    bundle = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained,
+                                 fusion_image_weight=fusion.image_weight, centroids=centroids)
+    return Assembled(bundle, fusion)
+
+
+def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
+             timings: dict[str, float] | None = None) -> Evaluated:
+    """Test-split metrics of the bundle and both baselines (train.evaluate)."""
+    from train.evaluate import evaluate as evaluate_splits
+
+    with timed("evaluation", timings):
+        evaluation, artifacts = evaluate_splits(bundle, data.train, data.test, cfg, val=data.val)
+    return Evaluated(evaluation, artifacts)
+
+
+def index(feats: CatalogFeatures, bundle: Any, out_dir: Path, cfg: TrainConfig,
+          timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Every valid product embedded (fused) into a FAISS index; returns its manifest."""
+    from train.build_index import index_products
+
+    with timed("index build", timings):
+        return index_products(bundle, feats.products, feats.image, feats.text, out_dir,
+                              factory=cfg.index_factory, plan=cfg.index_plan,
+                              build=cfg.index_build)
+
+
+def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assembled,
+           evaluated: Evaluated, manifest: dict[str, Any], index_dir: Path,
+           timings: dict[str, float]) -> dict[str, Any]:
+    """report.json / report.md / plots in the bundle directory; returns the report dict."""
+    from train.report import write_report
+
+    cfg, splits, spaces = prep.cfg, prep.data.splits, prep.spaces
+    summary = prep.data.feats.catalog_summary
+    result, fusion = fitted.result, assembled.fusion
+    doc = {
+        "evaluation": evaluated.evaluation,
+        "data": {
+            **{k: v for k, v in summary.items() if k != "rejects_by_reason"},
+            "rejects_by_reason": summary.get("rejects_by_reason", {}),
+            "splits": {"train": len(splits.train), "val": len(splits.val),
+                       "test": len(splits.test)},
+            "split_rule": splits.summary()["rule"],
+            "train_only_classes": splits.summary()["train_only_classes"] or "none",
+            "rare_classes": {h: list(ex) for h, ex in spaces.excluded.items()},
+            "oversampled_rows": int(len(prep.train_rows) - len(splits.train)),
+        },
+        "label_spaces": spaces.summary(cfg.min_per_class),
+        "training": {"best_epoch": result.best_epoch, "epochs": len(result.history),
+                     "stopped_early": result.stopped_early,
+                     "fusion_image_weight": fusion.image_weight,
+                     "val_top1_by_fusion_weight": fusion.val_top1_by_weight or "n/a"},
+        "bundle": {"dir": str(bundle_dir), "fingerprint": assembled.bundle.fingerprint},
+        "index": {"dir": str(index_dir),
+                  **{k: v for k, v in manifest.items() if k in INDEX_REPORT_KEYS}},
+        "timings_s": timings,
+        "config": cfg.to_dict(),
+    }
+    write_report(bundle_dir, doc, result.history, evaluated.artifacts)
+    return doc
