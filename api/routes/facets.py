@@ -7,24 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import ServicesDep
+from api.errors import error_responses
 from api.facets import FacetsPublic, facets
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
-_ERROR_EXAMPLES = {
-    422: ("`limit` out of range", {"error": "invalid_request", "detail": "limit: ..."}),
-    503: ("the index cannot be read", {"error": "unavailable", "detail": "..."}),
-}
 
-
-@router.get(
-    "/facets",
-    response_model=FacetsPublic,
-    responses={
-        status: {"description": text, "content": {"application/json": {"example": body}}}
-        for status, (text, body) in _ERROR_EXAMPLES.items()
-    },
-)
+@router.get("/facets", response_model=FacetsPublic, responses=error_responses(422, 503))
 def get_facets(
     services: ServicesDep,
     limit: Annotated[
