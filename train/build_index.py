@@ -20,13 +20,14 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("fused", "image", "text")
 
 
-# Catalog images go where the API keeps uploads by default (<model dir>/uploads), so a model
-# directory is self-contained: it can be copied to another path or machine without the catalog.
-MEDIA_DIRNAME = "uploads"
+# Catalog images are adopted into the model directory (beside bundle/ and index/, the API's
+# media root), so it can be copied to another path or machine without the catalog. Apart from
+# the uploads dir: the API only ever deletes uploads, never catalog images.
+MEDIA_DIRNAME = "catalog_images"
 
 
 def adopt_image(src: str | Path, media_root: Path) -> str:
-    """Content-addressed copy of a catalog image under media_root/uploads (a hard link where
+    """Content-addressed copy of a catalog image under media_root/catalog_images (a hard link where
     the filesystem allows, else an atomic copy); returns its path relative to media_root."""
     from embedder.images import sha256_bytes
     from huse_common.atomic import write_atomic
