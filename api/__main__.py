@@ -1,73 +1,180 @@
-"""`python -m api --model DIR [--host H] [--port P] [--api-key K]`: serve a bundle + index."""
+"""`python -m api` (`huse-serve`): serve a bundle + index over HTTP.
+
+Flags override HUSE_* environment variables, which override the defaults of `Settings`; each
+flag names its `Settings` field, so the settings are built without copying fields by hand.
+User mistakes (no model, a directory that is not a trained model, a bundle and an index that
+do not belong together, a busy port, a bad value) are found before the server starts and are
+answered with one line naming the fix and exit code 2; `--debug` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import os
+import socket
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from api.settings import Settings
 from embedder.backbones import ENGINES, ONNX_MODULES
 
+USAGE_ERROR = 2
+PROG = "huse-serve"
+TRAIN_HINT = "the --out directory of `huse-train --catalog CSV --out DIR`"
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+
+class UsageError(Exception):
+    """A mistake the user can fix; the message names the fix."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m api",
-        description="Serve the HUSE classify/search API and web page over a model directory "
-        "written by `python -m train.huse --out DIR` (DIR/bundle + DIR/index).",
+        prog=PROG,
+        description="Serve the HUSE classify/search API, its docs (/docs) and the web page over "
+        f"a model directory: {TRAIN_HINT} (DIR/bundle + DIR/index). Flags override HUSE_* "
+        "environment variables (e.g. HUSE_API_KEY).",
     )
-    p.add_argument("--model", type=Path, help="directory with bundle/ and index/")
-    p.add_argument("--bundle", type=Path, help="bundle directory (instead of --model)")
-    p.add_argument("--index", type=Path, help="index directory (instead of --model)")
-    p.add_argument("--uploads", type=Path, help="where uploaded images go (default DIR/uploads)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="write key (default: env HUSE_API_KEY; none = no writes)")
-    p.add_argument(
-        "--no-batching", action="store_true", help="one model call per request (baseline)"
-    )
-    p.add_argument("--batch-max-size", type=int, help="most requests per model call")
-    p.add_argument("--batch-max-wait-ms", type=float, help="wait for a batch to fill")
-    p.add_argument("--batch-workers", type=int, help="threads forming and running batches")
-    p.add_argument("--image-batch-max", type=int, help="most image requests per model call")
-    p.add_argument(
-        "--image-engine",
-        choices=ENGINES,
-        help="image backbone runtime (default auto: onnx where installed and it applies)",
-    )
-    p.add_argument(
-        "--read-timeout", type=float, help="seconds a request has to arrive whole (default 30)"
-    )
-    p.add_argument("--max-connections", type=int, help="connections served at once (default 1000)")
-    p.add_argument("--log-level", default="info")
-    return p.parse_args(argv)
+
+    def setting(flag: str, field: str, **kwargs: Any) -> None:
+        """A flag for one Settings field: its help and default come from the field."""
+        info = Settings.model_fields[field]
+        shown = "" if info.default is None else f" (default: {info.default})"
+        kwargs.setdefault("help", f"{info.description}{shown}")
+        p.add_argument(flag, dest=field, default=None, **kwargs)
+
+    setting("--model", "model_dir", type=Path, metavar="DIR")
+    setting("--bundle", "bundle_dir", type=Path, metavar="DIR")
+    setting("--index", "index_dir", type=Path, metavar="DIR")
+    setting("--uploads", "uploads_dir", type=Path, metavar="DIR")
+    setting("--api-key", "api_key", metavar="KEY")
+    setting("--cors-origin", "cors_origins", action="append", metavar="ORIGIN",
+            help="origin allowed to call from a browser; repeat for more (default: *)")
+    setting("--no-batching", "batching", action="store_const", const=False,
+            help="one model call per request (the benchmark's baseline)")
+    setting("--batch-max-size", "batch_max_size", type=int, metavar="N")
+    setting("--batch-max-wait-ms", "batch_max_wait_ms", type=float, metavar="MS")
+    setting("--batch-workers", "batch_workers", type=int, metavar="N")
+    setting("--image-batch-max", "image_batch_max", type=int, metavar="N")
+    setting("--image-engine", "image_engine", choices=ENGINES)
+    setting("--read-timeout", "request_read_timeout_s", type=float, metavar="S")
+    setting("--max-connections", "max_connections", type=int, metavar="N")
+    p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log level (default: %(default)s)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return p
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
-    """Flags override HUSE_* environment variables, which override the defaults."""
-    overrides = {
-        "model_dir": args.model,
-        "bundle_dir": args.bundle,
-        "index_dir": args.index,
-        "uploads_dir": args.uploads,
-        "api_key": args.api_key,
-        "batch_max_size": args.batch_max_size,
-        "batch_max_wait_ms": args.batch_max_wait_ms,
-        "batch_workers": args.batch_workers,
-        "image_batch_max": args.image_batch_max,
-        "image_engine": args.image_engine,
-        "request_read_timeout_s": args.read_timeout,
-        "max_connections": args.max_connections,
-    }
-    if args.no_batching:
-        overrides["batching"] = False
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from every flag that names a field (and was given), over HUSE_* variables."""
+    given = {f: v for f in Settings.model_fields if (v := getattr(args, f, None)) is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        flags = {a.dest: a.option_strings[0] for a in build_parser()._actions if a.option_strings}
+        first = e.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        if field in ("model_dir", "bundle_dir", "index_dir", "") and "model_dir" in first["msg"]:
+            raise UsageError(f"no model to serve: pass --model DIR ({TRAIN_HINT}), or both "
+                             "--bundle and --index") from e
+        raise UsageError(f"{flags.get(field, field)}: {first['msg']}") from e
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def check_model(settings: Settings) -> None:
+    """The bundle and index exist, are what `huse-train` writes, and belong together."""
+    from embedder.bundle_io import CONFIG_FILE, LABELS_FILE, MODEL_FILES, WEIGHTS_FILE, fingerprint
+    from index.store import MANIFEST, METADATA
+
+    assert settings.bundle_dir is not None and settings.index_dir is not None
+    if settings.model_dir is not None and not settings.model_dir.is_dir():
+        raise UsageError(f"--model {settings.model_dir} does not exist: pass {TRAIN_HINT}")
+    bundle, index = settings.bundle_dir, settings.index_dir
+    for kind, directory, needed in (
+        ("bundle", bundle, (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE)),
+        ("index", index, (MANIFEST, METADATA)),
+    ):
+        if not directory.is_dir():
+            raise UsageError(f"{kind} directory {directory} does not exist: pass --model with "
+                             f"{TRAIN_HINT}")
+        missing = [name for name in needed if not (directory / name).is_file()]
+        if missing:
+            raise UsageError(f"{kind} directory {directory} has no {', '.join(missing)}: it is "
+                             f"not a trained model; pass {TRAIN_HINT} (or train again)")
+    check_backbones(bundle / CONFIG_FILE)
+    try:
+        built_for = json.loads((index / MANIFEST).read_bytes()).get("bundle_fingerprint")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise UsageError(f"{index / MANIFEST} is not readable JSON ({e}): rebuild the index "
+                         "with `huse-train build-index`") from e
+    files = {n: (bundle / n).read_bytes() for n in MODEL_FILES if (bundle / n).is_file()}
+    if built_for != fingerprint(files):
+        raise UsageError(f"index {index} was built from another bundle than {bundle}: serve "
+                         "the pair one `huse-train --out DIR` wrote, or rebuild the index")
+
+
+def check_backbones(config_file: Path) -> None:
+    """Backbones the bundle names by local directory (`hf:/dir`) must be on this machine."""
+    try:
+        config = json.loads(config_file.read_bytes())
+        specs = {kind: config[f"{kind}_backbone"]["spec"] for kind in ("image", "text")}
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"{config_file} is not a bundle config ({e!r}): pass {TRAIN_HINT}") from e
+    for kind, spec in specs.items():
+        local = str(spec).removeprefix("hf:")
+        is_dir_spec = str(spec).startswith("hf:") and local.startswith(("/", "."))
+        if is_dir_spec and not Path(local).is_dir():
+            raise UsageError(f"the bundle's {kind} backbone {spec} is not on this machine: copy "
+                             "that directory here, or train with a packaged backbone")
+
+
+def check_engine(settings: Settings) -> None:
+    if settings.image_engine == "onnx":
+        missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UsageError(f"--image-engine onnx needs {', '.join(missing)}: pip install "
+                             "'huse-search[onnx]' (or use --image-engine torch)")
+
+
+def check_port(host: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a port number (0-65535)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}): pass another "
+                             "--port (or --host)") from e
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> None:
+    """Run uvicorn; "open http://..." is printed once the model is loaded and the port bound."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.server import uvicorn_config
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"HUSE search: open http://{args.host}:{args.port}/  (API docs: /docs)",
+                      flush=True)
+
+    config = uvicorn_config(create_app(settings), settings, host=args.host, port=args.port,
+                            log_level=args.log_level)
+    Server(config).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -75,21 +182,21 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    settings = build_settings(args)
-    if settings.image_engine == "onnx":
-        missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
-        if missing:
-            raise SystemExit(
-                f"--image-engine onnx needs {', '.join(missing)}: "
-                "pip install 'huse-search[onnx]' (or use --image-engine torch)"
-            )
-    from api.server import serve
-
-    print(f"HUSE search: open http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
+    try:
+        settings = build_settings(args)
+        check_model(settings)
+        check_engine(settings)
+        check_port(args.host, args.port)
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
     if settings.api_key is None:
         print("no API key configured (--api-key or HUSE_API_KEY): writes are refused", flush=True)
-    serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+    serve(settings, args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

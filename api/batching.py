@@ -55,6 +55,18 @@ class BatchConfig:
                 f"image_max={self.image_max}"
             )
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> BatchConfig:
+        """From the service's `Settings` (its `batch_*` fields)."""
+        return cls(
+            enabled=settings.batching,
+            max_batch=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            workers=settings.batch_workers,
+            unbatched_workers=settings.unbatched_workers,
+            image_max=settings.image_batch_max,
+        )
+
 
 @dataclass
 class _Request:

@@ -1,4 +1,4 @@
-"""Request dependencies: the shared Services object and the write-key check."""
+"""Request dependencies: the shared Services and Catalog objects and the write-key check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.catalog import Catalog
 from api.errors import ApiError
 from api.services import Services
 
@@ -20,6 +21,13 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_catalog(request: Request) -> Catalog:
+    return request.app.state.services.catalog
+
+
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 
 def require_api_key(

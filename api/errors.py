@@ -16,12 +16,10 @@ import logging
 import re
 import uuid
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,33 +35,6 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 # ImageError reasons that mean "too big" rather than "not a usable image".
 _TOO_LARGE_REASONS = {"too_many_bytes", "too_many_pixels"}
-
-
-class ErrorPublic(BaseModel):
-    """The body of every error response."""
-
-    error: str = Field(description="short machine-readable code, e.g. product_not_found")
-    detail: str = Field(description="what went wrong, for a human")
-    request_id: str = Field(description="this request's id (also in the X-Request-ID header)")
-
-
-# What each documented error status means, for the OpenAPI schema.
-ERROR_DESCRIPTIONS = {
-    400: "Malformed request (body not parseable)",
-    401: "Missing or wrong API key",
-    403: "Writes are disabled (no API key configured)",
-    404: "Unknown product, or the product has no image",
-    405: "Method not allowed (the Allow header lists those that are)",
-    413: "Request, image or decoded pixels over a limit",
-    422: "Invalid input",
-    500: "Internal error (a bug); quote the request id",
-    503: "Model or index unavailable",
-}
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entries documenting error statuses with the ErrorPublic body."""
-    return {s: {"model": ErrorPublic, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 class ApiError(Exception):
@@ -143,7 +114,8 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, code, detail, headers, request_id)
 
 
-def _validation_detail(exc: RequestValidationError) -> str:
+def validation_detail(exc: RequestValidationError) -> str:
+    """'field: message; ...' for each invalid field."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
@@ -153,7 +125,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 async def _handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     return error_response(
-        422, "invalid_request", _validation_detail(exc), request_id=request_id_of(request.scope)
+        422, "invalid_request", validation_detail(exc), request_id=request_id_of(request.scope)
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,40 +17,46 @@ class _TooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    """Refuses a request body over `max_bytes` with 413: from Content-Length when the client
-    sends one, else by counting chunks as they arrive (chunked uploads), so a 1 GB upload is
-    never read into memory or onto disk."""
+    """Refuses a request body over `max_bytes` (or its path's entry in `path_limits`) with 413:
+    from Content-Length when the client sends one, else by counting chunks as they arrive
+    (chunked uploads), so a 1 GB upload is never read into memory or onto disk."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
+        limits = {"": max_bytes, **(path_limits or {})}
+        if min(limits.values()) <= 0:
+            raise ValueError(f"body limits must be positive, got {limits}")
         self.app = app
         self.max_bytes = max_bytes
-
-    def _refuse(self, size: str, scope: Scope) -> object:
-        return error_response(
-            413,
-            "too_many_bytes",
-            f"request body of {size} bytes exceeds the limit of {self.max_bytes}",
-            request_id=request_id_of(scope),
-        )
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
+
+        def refuse(size: str) -> object:
+            return error_response(
+                413,
+                "too_many_bytes",
+                f"request body of {size} bytes exceeds the limit of {max_bytes}",
+                request_id=request_id_of(scope),
+            )
+
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_large = int(declared) > self.max_bytes
+                too_large = int(declared) > max_bytes
             except ValueError:
                 await error_response(
                     400, "bad_request", "invalid Content-Length", request_id=request_id_of(scope)
                 )(scope, receive, send)
                 return
             if too_large:
-                await self._refuse(declared.decode(), scope)(scope, receive, send)
+                await refuse(declared.decode())(scope, receive, send)
                 return
         received = 0
         overflow = False
@@ -60,7 +67,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     overflow = True
                     raise _TooLarge
             return message
@@ -72,7 +79,7 @@ class BodyLimitMiddleware:
                 await send(message)
             elif not replaced:
                 replaced = True
-                await self._refuse(f"more than {self.max_bytes}", scope)(scope, receive, send)
+                await refuse(f"more than {max_bytes}")(scope, receive, send)
 
         try:
             await self.app(scope, limited_receive, replacing_send)
@@ -81,6 +88,7 @@ class BodyLimitMiddleware:
 
 
 _QUOTE = ord('"')
+_SCAN_CHUNK = 1 << 20  # bytes scanned at once (~40 MB of temporaries)
 _OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
 
@@ -88,16 +96,22 @@ _CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
 def json_depth(data: bytes | str) -> int:
     """Deepest nesting of arrays/objects in a JSON text, without parsing (or recursing into) it.
 
-    Linear time on any input: escapes are dropped (a backslash only occurs inside strings),
-    then brackets count only where an even number of quotes precede them. On malformed text
-    the result still bounds what a parser would recurse into before failing.
+    Linear time and bounded memory on any input: escapes are dropped (a backslash only occurs
+    inside strings), then brackets count only where an even number of quotes precede them,
+    a chunk at a time. On malformed text the result still bounds what a parser would recurse
+    into before failing.
     """
     raw = data.encode() if isinstance(data, str) else data
     raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    codes = np.frombuffer(raw, dtype=np.uint8)
-    outside = np.cumsum(codes == _QUOTE) % 2 == 0
-    steps = np.isin(codes, _OPENERS).astype(np.int64) - np.isin(codes, _CLOSERS)
-    return int(np.cumsum(steps * outside).max(initial=0))
+    depth = deepest = 0
+    inside = 0  # 1 while the previous chunk ended inside a string
+    for start in range(0, len(raw), _SCAN_CHUNK):
+        codes = np.frombuffer(raw, np.uint8, min(_SCAN_CHUNK, len(raw) - start), start)
+        quotes = np.cumsum(codes == _QUOTE, dtype=np.int64) + inside
+        steps = np.isin(codes, _OPENERS).astype(np.int64) - np.isin(codes, _CLOSERS)
+        running = depth + np.cumsum(steps * (quotes % 2 == 0))
+        deepest, depth, inside = max(deepest, int(running.max())), int(running[-1]), quotes[-1] % 2
+    return deepest
 
 
 def loads_limited(text: str, max_depth: int) -> Any:

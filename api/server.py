@@ -78,9 +78,3 @@ def uvicorn_config(app: Any, settings: Settings, **kwargs: Any) -> uvicorn.Confi
     )
     return uvicorn.Config(app, http=protocol, limit_concurrency=settings.max_connections, **kwargs)
 
-
-def serve(settings: Settings, **kwargs: Any) -> None:
-    """Build the app for `settings` and serve it until interrupted (kwargs: host, port, ...)."""
-    from api.app import create_app
-
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, **kwargs)).run()

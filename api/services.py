@@ -1,77 +1,52 @@
-"""What the routes call: one loaded bundle + index + batcher and the operations over them.
+"""What the search and classify routes call: one loaded bundle + index + batcher.
 
-Routes stay thin (parse the form, call one method here, return its `*Public` schema). Every
-model, FAISS, SQLite or file call runs off the event loop: model calls through the batcher's
-futures, the rest in the threadpool.
+Routes stay thin (validate a `*Create` schema, call one method here, return its `*Public`).
+Every model, FAISS, SQLite or file call runs off the event loop: model calls through the
+batcher's futures, the rest in the threadpool. Product writes and reads live in
+`api.catalog.Catalog` (`services.catalog`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
-import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from api.batching import BatchConfig, EmbedBatcher
-from api.errors import ApiError, InvalidInput
-from api.limits import loads_limited
-from api.media import ImageStore, StoredImageResponse
+from api.catalog import Catalog, image_url
+from api.filters import empty_notice, resolve_filter
+from api.media import ImageStore
 from api.metrics import ApiMetrics
+from api.requests import ClassifyCreate, SearchCreate
+from api.results import answer_each
 from api.schemas import (
+    BatchErrorPublic,
     ClassifyPublic,
-    DeletedPublic,
-    HealthPublic,
     LabelScorePublic,
     LevelPredictionPublic,
-    ProductPublic,
     SearchHitPublic,
     SearchPublic,
 )
 from api.settings import Settings
-from embedder.classify import METHODS, PATH_KEY
+from embedder.classify import PATH_KEY
 from embedder.images import ImageLimits, MemoryBudget, load_image
 from index.errors import IndexMismatchError
-from index.rwlock import RWLock
 
 logger = logging.getLogger(__name__)
-
-_VERSIONED = ("huse-search", "fastapi", "torch", "transformers", "faiss-cpu", "numpy", "pillow")
 
 
 @dataclass
 class Query:
-    """Decoded, validated inputs of one classify/search request."""
+    """Decoded inputs of one request: what goes to the model."""
 
     image: Any | None = None  # PIL RGB image
     title: str | None = None
     pixels: np.ndarray | None = None  # the image as the backbone's (3, H, W) input
-
-    @property
-    def kind(self) -> str:
-        if self.image is not None and self.title is not None:
-            return "fused"
-        return "image" if self.image is not None else "text"
-
-
-def image_url(product_id: str, recorded_image: str) -> str | None:
-    return f"/v1/products/{quote(product_id, safe='')}/image" if recorded_image else None
-
-
-def attribute_values(parsed: dict[str, Any]) -> dict[str, str]:
-    """Attribute values as text: a string as it is, any other JSON value as its JSON text
-    (`{"b": [1, 2]}`, never Python's repr `{'b': [1, 2]}`)."""
-    return {
-        str(key): value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        for key, value in parsed.items()
-    }
 
 
 class Services:
@@ -90,29 +65,17 @@ class Services:
         )
         # Concurrent decodes share this many bytes of working memory (see embedder.images).
         self.decode_budget = MemoryBudget(settings.decode_budget_bytes)
-        assert settings.uploads_dir is not None
-        self.images = ImageStore(settings.uploads_dir, settings.media_root)
-        # Written from storing an upload through the index write, and from a write through
-        # deleting the uploads it left unreferenced, so no upload is deleted while a write still
-        # needs it; read while an image GET looks up its record and opens the file.
-        self._uploads_lock = RWLock()
         self.threshold = (
             settings.other_threshold
             if settings.other_threshold is not None
             else float(bundle.other_threshold)
         )
         self.batcher = EmbedBatcher(
-            self._embed,
-            BatchConfig(
-                enabled=settings.batching,
-                max_batch=settings.batch_max_size,
-                max_wait_ms=settings.batch_max_wait_ms,
-                workers=settings.batch_workers,
-                unbatched_workers=settings.unbatched_workers,
-                image_max=settings.image_batch_max,
-            ),
-            on_batch=metrics.observe_batch,
+            self._embed, BatchConfig.from_settings(settings), on_batch=metrics.observe_batch
         )
+        assert settings.uploads_dir is not None
+        images = ImageStore(settings.uploads_dir, settings.media_root)
+        self.catalog = Catalog(index, images, metrics, self.decode, self.embed)
 
     @classmethod
     def open(cls, settings: Settings, metrics: ApiMetrics) -> Services:
@@ -148,38 +111,20 @@ class Services:
         finally:
             self.index.close()
 
-    # ---- inputs -------------------------------------------------------------------------
-
-    def check_k(self, k: int) -> int:
-        if not 1 <= k <= self.settings.max_k:
-            raise InvalidInput(f"k must be in [1, {self.settings.max_k}], got {k}")
-        return k
-
-    def check_title(self, title: str | None) -> str | None:
-        if title is None:
-            return None
-        title = title.strip()
-        if len(title) > self.settings.max_title_chars:
-            raise InvalidInput(
-                f"title has {len(title)} characters, limit {self.settings.max_title_chars}"
-            )
-        return title or None
+    # ---- model --------------------------------------------------------------------------
 
     def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
         """Decode and preprocess here, in the request's thread: the batch only runs the model."""
         image = load_image(data, self.limits, self.decode_budget)
-        return image, self.bundle.backbone("image").preprocess_batch([image])[0]
+        return image, self.bundle.preprocess([image])[0]
 
-    async def parse_query(self, image_bytes: bytes | None, title: str | None) -> Query:
-        query = Query(title=self.check_title(title))
-        if image_bytes is not None:
+    async def decode(self, image: bytes | None, title: str | None) -> Query:
+        """A validated request's image decoded (ImageError on a bad one) beside its title."""
+        query = Query(title=title)
+        if image is not None:
             with self.metrics.stage("decode"):
-                query.image, query.pixels = await run_in_threadpool(self._decode, image_bytes)
-        if query.image is None and query.title is None:
-            raise ApiError(422, "empty_request", "send an image, a title, or both")
+                query.image, query.pixels = await run_in_threadpool(self._decode, image)
         return query
-
-    # ---- model --------------------------------------------------------------------------
 
     def _embed(self, pixels: list[np.ndarray] | None, texts: list[str] | None) -> np.ndarray:
         """One model call over a batch of preprocessed images and/or titles."""
@@ -192,56 +137,57 @@ class Services:
             future = self.batcher.submit(image=query.pixels, text=query.title)
             return await asyncio.wrap_future(future)
 
+    async def _vector(self, request: SearchCreate | ClassifyCreate) -> tuple[np.ndarray, str]:
+        """(the request's query vector, its kind): a product's stored vector or an embedding."""
+        kind = request.check_inputs()
+        if kind == "product":
+            return await run_in_threadpool(self.index.vector, request.product_id), kind
+        return await self.embed(await self.decode(request.image, request.title)), kind
+
+    # ---- classify -----------------------------------------------------------------------
+
     def _rank(self, method: str, emb: np.ndarray, k: int) -> list[LevelPredictionPublic]:
         """The whole-path prediction first, then one per head."""
-        ranked = self.bundle.classify_embeddings(emb[None, :], method=method, k=k)[0]
+        ranked = self.bundle.classify_embeddings(
+            emb[None, :], method=method, k=k, other_threshold=self.settings.other_threshold
+        )[0]
         levels = []
         for head in [PATH_KEY, *self.bundle.heads]:
             labels = [LabelScorePublic(label=lab, score=s) for lab, s in ranked[head]["labels"]]
-            other = labels[0].score < self.threshold  # the settings may override the bundle's
+            other = ranked[head]["other"]  # the bundle's own flag
             answer = "other" if other else labels[0].label
             levels.append(
                 LevelPredictionPublic(head=head, answer=answer, other=other, labels=labels)
             )
         return levels
 
-    async def classify(
-        self, image_bytes: bytes | None, title: str | None, k: int, method: str
-    ) -> ClassifyPublic:
-        if method not in METHODS:
-            raise InvalidInput(f"method must be one of {METHODS}, got {method!r}")
-        k = self.check_k(k)
-        emb = await self.embed(await self.parse_query(image_bytes, title))
-        path, *levels = await run_in_threadpool(self._rank, method, emb, k)
-        return ClassifyPublic(method=method, threshold=self.threshold, path=path, levels=levels)
+    async def classify(self, request: ClassifyCreate) -> ClassifyPublic:
+        emb, _ = await self._vector(request)
+        path, *levels = await run_in_threadpool(self._rank, request.method, emb, request.k)
+        return ClassifyPublic(
+            method=request.method, threshold=self.threshold, path=path, levels=levels
+        )
 
     # ---- search -------------------------------------------------------------------------
 
-    async def search(
-        self,
-        image_bytes: bytes | None,
-        title: str | None,
-        product_id: str | None,
-        k: int,
-        category: str | None,
-    ) -> SearchPublic:
-        k = self.check_k(k)
-        category = (category or "").strip() or None
-        if product_id:
-            if image_bytes is not None or self.check_title(title):
-                raise InvalidInput("send either product_id or an image/title, not both")
-            xq = await run_in_threadpool(self.index.vector, product_id)
-            exclude, kind = [product_id], "product"
-        else:
-            query = await self.parse_query(image_bytes, title)
-            xq, exclude, kind = await self.embed(query), None, query.kind
+    async def search(self, request: SearchCreate) -> SearchPublic:
+        """`request.visual_weight` is for the served space of issue 11 (its ranking lands
+        there); the rest of the request is applied here."""
+        resolved = await run_in_threadpool(
+            resolve_filter, request.category, request.filters, self.index.categories
+        )
+        if resolved.notice is not None:  # nothing can match: no need to embed
+            kind = request.check_inputs()
+            return SearchPublic(hits=[], count=0, query=kind, notice=resolved.notice)
+        xq, kind = await self._vector(request)
+        exclude = [request.product_id] if kind == "product" else None
         with self.metrics.stage("search"):
             hits = await run_in_threadpool(
                 self.index.search,
                 np.asarray(xq, dtype=np.float32)[None, :],
-                k,
-                category_prefix=category,
+                request.k,
                 exclude_ids=exclude,
+                where=resolved.where,
             )
         public = [
             SearchHitPublic(
@@ -253,146 +199,25 @@ class Services:
             )
             for h in hits[0]
         ]
-        return SearchPublic(hits=public, count=len(public), query=kind)
+        notice = None if public else empty_notice(request.category, request.filters)
+        return SearchPublic(hits=public, count=len(public), query=kind, notice=notice)
 
-    # ---- products -----------------------------------------------------------------------
+    # ---- batches ------------------------------------------------------------------------
 
-    @staticmethod
-    def _public(record: Any) -> ProductPublic:
-        return ProductPublic(
-            id=record.id,
-            title=record.title,
-            category=record.category,
-            attributes=dict(record.attributes or {}),
-            image_url=image_url(record.id, record.image),
-        )
+    async def search_each(
+        self, requests: Sequence[SearchCreate | BatchErrorPublic]
+    ) -> list[SearchPublic | BatchErrorPublic]:
+        return await answer_each([_run(self.search, r) for r in requests])
 
-    def _parse_attributes(self, attributes: str | None) -> dict[str, str]:
-        if not attributes:
-            return {}
-        if len(attributes) > self.settings.max_attributes_chars:
-            raise InvalidInput(
-                f"attributes have {len(attributes)} characters, "
-                f"limit {self.settings.max_attributes_chars}"
-            )
-        try:
-            parsed = loads_limited(attributes, self.settings.max_json_depth)
-        except ValueError as e:  # JSONDecodeError, too deep, NaN/Infinity
-            raise InvalidInput(f"attributes must be a JSON object: {e}") from e
-        if not isinstance(parsed, dict):
-            raise InvalidInput(f"attributes must be a JSON object, got {type(parsed).__name__}")
-        return attribute_values(parsed)
+    async def classify_each(
+        self, requests: Sequence[ClassifyCreate | BatchErrorPublic]
+    ) -> list[ClassifyPublic | BatchErrorPublic]:
+        return await answer_each([_run(self.classify, r) for r in requests])
 
-    async def put_product(
-        self,
-        product_id: str,
-        image_bytes: bytes | None,
-        title: str,
-        category: str,
-        attributes: str | None,
-    ) -> ProductPublic:
-        """Embed the product and upsert it; durable (SQLite commit) when this returns."""
-        from index.store import ProductRecord
 
-        category = " > ".join(p.strip() for p in category.split(">") if p.strip())
-        if not category:
-            raise InvalidInput("category must name at least one level, e.g. 'Footwear > Shoes'")
-        attrs = self._parse_attributes(attributes)
-        query = await self.parse_query(image_bytes, title)
-        if query.title is None:
-            raise InvalidInput("title must not be empty")
-        emb = await self.embed(query)
-        record = ProductRecord(
-            id=product_id, title=query.title, category=category, image="", attributes=attrs
-        )
-        xb = np.asarray(emb, dtype=np.float32)[None, :]
-        with self.metrics.stage("write"):
-            record = await run_in_threadpool(
-                self._write_product, record, xb, image_bytes, query.image
-            )
-        return self._public(record)
+async def _run(method: Any, request: Any) -> Any:
+    """`method(request)`, or the request itself when it is already an error."""
+    if isinstance(request, BatchErrorPublic):
+        return request
+    return await method(request)
 
-    def _write_product(
-        self, record: Any, xb: np.ndarray, image_bytes: bytes | None, decoded: Any
-    ) -> Any:
-        """Store the upload, upsert (durable on return), then drop the replaced upload if unused."""
-        with self._uploads_lock.write():
-            if image_bytes is not None:
-                record = dataclasses.replace(record, image=self.images.save(image_bytes, decoded))
-            old = self._current_image(record.id)
-            self.index.upsert([record], xb)  # takes the index's lock
-            if old != record.image:
-                self._collect_upload(old)
-        return record
-
-    async def delete_product(self, product_id: str) -> DeletedPublic:
-        with self.metrics.stage("write"):
-            await run_in_threadpool(self._delete_product, product_id)  # ProductNotFound -> 404
-        return DeletedPublic(id=product_id, deleted=True)
-
-    def _delete_product(self, product_id: str) -> None:
-        with self._uploads_lock.write():
-            old = self.index.get(product_id).image
-            self.index.delete([product_id])
-            self._collect_upload(old)
-
-    def _current_image(self, product_id: str) -> str:
-        from index.errors import ProductNotFound
-
-        try:
-            return self.index.get(product_id).image
-        except ProductNotFound:
-            return ""
-
-    def _collect_upload(self, recorded: str) -> None:
-        """Delete a stored upload no live product records any more (call after the write
-        committed, under the uploads lock: a crash before this leaves an orphan file, never a
-        dangling record). Catalog images and other files outside the uploads dir are kept."""
-        if recorded and not self.index.image_in_use(recorded):
-            self.images.discard(recorded)
-
-    async def get_product(self, product_id: str) -> ProductPublic:
-        return self._public(await run_in_threadpool(self.index.get, product_id))
-
-    async def product_image(self, product_id: str) -> StoredImageResponse:
-        return await run_in_threadpool(self._open_image, product_id)
-
-    def _open_image(self, product_id: str) -> StoredImageResponse:
-        """Look up the record and open its file together, so no write can delete it between."""
-        with self._uploads_lock.read():
-            response = self.images.open(self.index.get(product_id).image)
-        if response is None:
-            raise ApiError(404, "image_not_found", f"product {product_id!r} has no stored image")
-        return response
-
-    # ---- health -------------------------------------------------------------------------
-
-    def health(self) -> HealthPublic:
-        versions = {"python": platform.python_version()}
-        for name in _VERSIONED:
-            try:
-                versions[name] = metadata.version(name)
-            except metadata.PackageNotFoundError:
-                continue
-        config = self.bundle.config
-        return HealthPublic(
-            status="ok",
-            model={
-                "bundle_dir": str(self.settings.bundle_dir),
-                "fingerprint": self.bundle.fingerprint,
-                "dim": int(self.bundle.dim),
-                "heads": list(self.bundle.heads),
-                "image_backbone": config.image_backbone.spec,
-                "image_engine": self.bundle.backbone("image").engine,
-                "text_backbone": config.text_backbone.spec,
-                "other_threshold": self.threshold,
-            },
-            index={"index_dir": str(self.settings.index_dir), "size": len(self.index)},
-            batching={
-                "enabled": self.settings.batching,
-                "max_batch": self.settings.batch_max_size,
-                "max_wait_ms": self.settings.batch_max_wait_ms,
-                "image_max": self.settings.image_batch_max,
-            },
-            versions=versions,
-        )

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.batching import IMAGE_BATCH_MAX
+from huse_common.limits import MAX_JSON_DEPTH, MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):
@@ -21,44 +22,73 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUSE_", extra="ignore")
 
-    model_dir: Path | None = None
-    bundle_dir: Path | None = None
-    index_dir: Path | None = None
-    uploads_dir: Path | None = None
-    # Bearer key for writes (HUSE_API_KEY); None refuses every write.
-    api_key: SecretStr | None = None
-    # Upload limits: bytes of one image, decoded pixels, smallest side, title length.
-    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    model_dir: Path | None = Field(None, description="directory with bundle/ and index/")
+    bundle_dir: Path | None = Field(None, description="bundle directory (instead of model_dir)")
+    index_dir: Path | None = Field(None, description="index directory (instead of model_dir)")
+    uploads_dir: Path | None = Field(
+        None, description="where uploaded images go (default <model_dir>/uploads)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="bearer key for writes (HUSE_API_KEY); none refuses every write"
+    )
+    # Upload limits: bytes of one image, decoded pixels, smallest side. Request fields (k,
+    # title, attributes, batch sizes) are bounded by the schemas in api/schemas.py.
+    max_upload_bytes: int = Field(
+        default=MAX_UPLOAD_BYTES, ge=1024, le=MAX_UPLOAD_BYTES, description="bytes of one image"
+    )
     max_pixels: int = Field(default=40_000_000, ge=1)
     min_image_side: int = Field(default=16, ge=1)
-    max_title_chars: int = Field(default=1000, ge=1)
-    max_attributes_chars: int = Field(default=10_000, ge=2)
-    # k bounds for classify/search.
-    default_k: int = Field(default=5, ge=1)
-    max_k: int = Field(default=100, ge=1)
+    max_batch_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="request body limit of the :batch and :bulk routes",
+    )
+    cors_origins: list[str] = Field(
+        default=["*"],
+        description='origins allowed to call from a browser (HUSE_CORS_ORIGINS=\'["https://a"]\'); '
+        "writes still need the bearer key, and no cookies are used",
+    )
     # Micro-batching of model calls across concurrent requests.
-    batching: bool = True
-    batch_max_size: int = Field(default=32, ge=1)
-    batch_max_wait_ms: float = Field(default=3.0, ge=0.0)
-    batch_workers: int = Field(default=2, ge=1)
+    batching: bool = Field(True, description="micro-batch model calls across requests")
+    batch_max_size: int = Field(default=32, ge=1, description="most requests per model call")
+    batch_max_wait_ms: float = Field(
+        default=3.0, ge=0.0, description="how long a batch waits to fill"
+    )
+    batch_workers: int = Field(default=2, ge=1, description="threads forming and running batches")
     # Most image (or fused) requests in one model call: per-image CPU cost does not fall with
     # batch size, so a big image batch only makes everyone in it wait (text batches stay big).
-    image_batch_max: int = Field(default=IMAGE_BATCH_MAX, ge=1)
-    # How the image backbone runs: "torch", or "onnx" (ONNX Runtime, CPU, needs extra 'onnx').
-    image_engine: Literal["torch", "onnx", "auto"] = "auto"
+    image_batch_max: int = Field(
+        default=IMAGE_BATCH_MAX, ge=1, description="most image requests per model call"
+    )
+    image_engine: Literal["torch", "onnx", "auto"] = Field(
+        "auto",
+        description="image backbone runtime: torch, onnx (ONNX Runtime, extra 'onnx'), or auto "
+        "(onnx where installed and it applies)",
+    )
     # Threads that run model calls when micro-batching is off (one request per call).
     unbatched_workers: int = Field(default=8, ge=1)
-    # Overrides the bundle's "other" threshold for classification when set.
-    other_threshold: float | None = None
+    other_threshold: float | None = Field(
+        None, description="overrides the bundle's 'other' threshold for classification"
+    )
     # Hostile-input bounds (#13): working memory of one image decode, of all concurrent
     # decodes together, and the nesting of JSON (request bodies and the attributes field).
-    max_decode_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
-    decode_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
-    max_json_depth: int = Field(default=32, ge=1)
+    max_decode_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024, description="working memory of one decode"
+    )
+    decode_budget_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024 * 1024, description="memory of all decodes at once"
+    )
+    max_json_depth: int = Field(
+        default=MAX_JSON_DEPTH, ge=1, le=MAX_JSON_DEPTH, description="nesting of request JSON"
+    )
     # Connection bounds (#13): seconds a client has to send a request's headers and body, and
     # the most connections served at once (more get 503) - see README "Behind a reverse proxy".
-    request_read_timeout_s: float = Field(default=30.0, gt=0)
-    max_connections: int = Field(default=1000, ge=1)
+    request_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="seconds a request has to arrive whole"
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="connections served at once (more get 503)"
+    )
 
     @model_validator(mode="after")
     def _resolve_dirs(self) -> Settings:
@@ -72,8 +102,6 @@ class Settings(BaseSettings):
             )
         if self.uploads_dir is None:
             self.uploads_dir = (self.model_dir or self.index_dir.parent) / "uploads"
-        if self.default_k > self.max_k:
-            raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None
         return self

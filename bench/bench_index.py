@@ -1,13 +1,25 @@
-"""Benchmark the vector index: exact Flat (baseline) versus the auto-chosen index.
+"""Benchmark the vector index: recall@10 against speed for every candidate index type.
 
-A third row per size, "numpy", is exact search as one BLAS matmul: it shows what exact
-search costs on this machine independent of how the installed FAISS was compiled.
+For each data set and size, each candidate of `index.plan.candidates` (IVF-Flat at two list
+counts, HNSW at each M, IVF + 4-bit PQ fast-scan re-ranked exactly) is built once and swept
+over its search effort (nprobe / efSearch). Every point records recall@10 against exact search
+and queries/s at batch 1 with `--threads` searching threads (one FAISS thread each, so a
+query never waits for an OpenMP team), with p50/p99 latency; plus build time and size.
+`index.plan.pick` then names the fastest point at recall@10 >= `--target`, by CPU time per
+query (`qps_cpu` = threads / CPU seconds per query: what the threads sustain on cores of their
+own; wall-clock q/s on a shared machine is recorded beside it). The baseline in
+the same run: exact search (numpy BLAS) and the plan that was auto-chosen before (IVF-Flat,
+nlist ~2 sqrt(n), nprobe 32).
 
-For each size: build time, memory, recall@10 against exact search, queries/s at batch 1 and
-batch 100, on clustered synthetic unit vectors (gaussian clusters on the sphere). Memory is
-the serialized index size (what the index holds) and the RSS growth during the build.
+Data sets:
+- "real": real-like: clusters drawn around the real HUSE embeddings of a built index
+  (`--real-index`, its metadata holds the vectors), each point a real vector plus gaussian
+  noise of norm `--real-spread` x the median distance between a real vector and its nearest
+  real neighbour, so clusters overlap the way products of one kind do. d is the index's.
+- "gaussian": unit vectors around `--clusters` random centers (well separated), d = `--d`.
+Queries are held-out draws of the same process.
 
-    python -m bench.bench_index [--sizes 100000,1000000] [--d 256] [--queries 1000]
+    python -m bench.bench_index [--sizes 1000000] [--data real,gaussian] [--threads 2]
 """
 
 from __future__ import annotations
@@ -15,7 +27,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,11 +38,14 @@ import numpy as np
 from bench.common import machine_info, print_table, write_results
 from huse_common.vectors import l2_normalize
 from index.evaluation import exact_knn, recall_at_k
-from index.plan import IndexPlan, choose_factory
-from index.vectors import VectorIndex
+from index.plan import Candidate, IndexPlan, candidates, choose_factory, pick
 
 logger = logging.getLogger(__name__)
-COLUMNS = ["n", "index", "build_s", "index_mb", "rss_delta_mb", "recall@10", "qps_b1", "qps_b100"]
+COLUMNS = ["data", "n", "index", "effort", "recall@10", "qps_b1", "qps_cpu", "cpu_ms", "p50_ms",
+           "p99_ms", "build_s", "index_mb"]
+K = 10
+DEFAULT_REAL_INDEX = Path("/work/runs/baseline/index")
+PREVIOUS_NPROBE = 32  # what the plan used before this benchmark picked the numbers
 
 
 def _rss_bytes() -> int:
@@ -38,107 +56,249 @@ def _rss_bytes() -> int:
     return 0
 
 
-def clustered(n: int, d: int, centers: np.ndarray, spread: float, seed: int) -> np.ndarray:
-    """n unit vectors around random centers; `spread` is the noise norm before re-normalising."""
+def _unit(x: np.ndarray) -> np.ndarray:
+    return l2_normalize(x).astype(np.float32, copy=False)
+
+
+def around(n: int, centers: np.ndarray, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors, each a random center plus gaussian noise of norm ~`noise`, and the
+    index of its center."""
     rng = np.random.default_rng(seed)
+    d = centers.shape[1]
+    which = rng.integers(0, centers.shape[0], n)
     out = np.empty((n, d), dtype=np.float32)
     for i0 in range(0, n, 100_000):
-        m = min(100_000, n - i0)
-        x = centers[rng.integers(0, centers.shape[0], m)]
-        x = x + rng.normal(scale=spread / np.sqrt(d), size=(m, d)).astype(np.float32)
-        out[i0 : i0 + m] = l2_normalize(x)
-    return out
+        rows = which[i0 : i0 + 100_000]
+        noise_rows = rng.normal(scale=noise / np.sqrt(d), size=(rows.shape[0], d))
+        out[i0 : i0 + rows.shape[0]] = _unit(centers[rows] + noise_rows)
+    return out, which
 
 
-class NumpyExact:
-    """Exact search as one BLAS matmul + top-k in numpy: the reference for FAISS Flat."""
+def real_vectors(index_dir: Path) -> np.ndarray:
+    """The live vectors of a built product index (its SQLite metadata stores them)."""
+    from index.metadata import MetadataStore
+    from index.store import METADATA
 
-    def __init__(self, xb: np.ndarray) -> None:
-        self.xb = xb
-
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return None, exact_knn(xq, self.xb, k)  # type: ignore[return-value]
-
-
-def _build(method: str, xb: np.ndarray) -> tuple[Any, int]:
-    """(searcher, bytes it holds) for 'numpy' or a FAISS factory string."""
-    if method == "numpy":
-        return NumpyExact(xb), xb.nbytes
-    vi = VectorIndex(xb.shape[1], method, use_gpu="auto")
-    vi.add(np.arange(xb.shape[0], dtype=np.int64), xb)
-    return vi, vi.serialize().nbytes
+    store = MetadataStore.open(index_dir / METADATA)
+    try:
+        return _unit(store.live()[1])
+    finally:
+        store.close()
 
 
-def measure(
-    method: str, xb: np.ndarray, xq: np.ndarray, ref: np.ndarray, n_single: int
-) -> dict[str, Any]:
-    """Build `method` over xb and time it on xq (batch 100) and xq[:n_single] (batch 1)."""
+def median_nn_distance(x: np.ndarray) -> float:
+    """Median Euclidean distance from each unit vector to its nearest other vector."""
+    nearest = exact_knn(x, x, 2)[:, 1]
+    return float(np.median(np.linalg.norm(x - x[nearest], axis=1)))
+
+
+def dataset(name: str, n: int, n_queries: int, args: argparse.Namespace) -> tuple:
+    """(xb, xq, description, center of each xb row) of a data set (see the module docstring)."""
+    if name == "real":
+        real = real_vectors(Path(args.real_index))
+        noise = args.real_spread * median_nn_distance(real)
+        about = {"centers": int(real.shape[0]), "noise_norm": round(noise, 4),
+                 "source": str(args.real_index)}
+        centers = real
+    else:
+        rng = np.random.default_rng(args.seed)
+        centers = _unit(rng.normal(size=(args.clusters, args.d)))
+        noise = args.spread
+        about = {"centers": args.clusters, "noise_norm": noise}
+    xb, which = around(n, centers, noise, args.seed + 1)
+    xq, _ = around(n_queries, centers, noise, args.seed + 2)
+    return xb, xq, {**about, "d": int(centers.shape[1])}, which
+
+
+def build(factory: str, xb: np.ndarray, plan: IndexPlan) -> Any:
+    """A raw FAISS index (inner product) trained as index.vectors trains it, with xb added."""
+    import faiss
+
+    index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.spherical = True
+        n_train = max(ivf.nlist * plan.ivf_train_points_per_list, plan.min_train_points)
+        rng = np.random.default_rng(0)
+        sample = xb if xb.shape[0] <= n_train else xb[rng.choice(xb.shape[0], n_train, False)]
+        index.train(sample)
+    elif not index.is_trained:
+        index.train(xb)
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efConstruction = plan.hnsw_ef_construction
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = plan.fastscan_refine_factor
+    index.add(xb)
+    return index
+
+
+def set_effort(index: Any, effort: int) -> None:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = effort
+    else:
+        faiss.downcast_index(index).hnsw.efSearch = max(effort, K)
+
+
+def batch1(
+    search: Any, xq: np.ndarray, threads: int
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Every query alone (batch 1), `threads` callers at once with one FAISS thread each:
+    (ids found, queries/s, per-query wall seconds, per-query CPU seconds of its thread)."""
+    import faiss
+
+    found = np.empty((xq.shape[0], K), np.int64)
+    took = np.empty(xq.shape[0])
+    cpu = np.empty(xq.shape[0])
+
+    def run(rows: np.ndarray) -> None:
+        for i in rows:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            found[i] = search(xq[i : i + 1], K)[1][0]
+            took[i], cpu[i] = time.perf_counter() - t0, time.thread_time() - c0
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        search(xq[:1], K)  # warm up
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, np.array_split(np.arange(xq.shape[0]), threads)))
+        qps = xq.shape[0] / (time.perf_counter() - t0)
+    finally:
+        faiss.omp_set_num_threads(before)
+    return found, qps, took, cpu
+
+
+def _point(data: str, n: int, name: str, effort: Any, found: np.ndarray, timing: tuple,
+           ref: np.ndarray, threads: int) -> dict[str, Any]:
+    """One curve point. `qps_cpu` = threads / mean CPU seconds per query: the rate `threads`
+    cores would sustain if they were ours alone (wall `qps` on a shared machine is lower)."""
+    qps, took, cpu = timing
+    return {
+        "data": data,
+        "n": n,
+        "index": name,
+        "effort": effort,
+        "recall_at_10": round(recall_at_k(found, ref, K), 4),
+        "qps": round(qps, 1),
+        "cpu_ms": round(float(cpu.mean()) * 1e3, 4),
+        "qps_cpu": round(threads / float(cpu.mean()), 1),
+        "p50_ms": round(float(np.percentile(took, 50)) * 1e3, 3),
+        "p99_ms": round(float(np.percentile(took, 99)) * 1e3, 3),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def sweep(cand: Candidate, xb: np.ndarray, xq: np.ndarray, ref: np.ndarray, data: str,
+          threads: int, plan: IndexPlan, target: float) -> list[dict[str, Any]]:
+    """Build one candidate and measure it at each effort; stops once recall passes 0.999 or
+    the target is met and speed only falls from there."""
+    import faiss
+
     gc.collect()
     rss0 = _rss_bytes()
     t0 = time.perf_counter()
-    index, index_bytes = _build(method, xb)
+    index = build(cand.factory, xb, plan)
     build_s = time.perf_counter() - t0
-    rss = _rss_bytes() - rss0
-    index.search(xq[:1], 10)  # warm up (thread pool, caches) before timing
-    t0 = time.perf_counter()
-    found = np.concatenate([index.search(xq[i : i + 100], 10)[1] for i in range(0, len(xq), 100)])
-    qps_b100 = len(xq) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for i in range(n_single):
-        index.search(xq[i : i + 1], 10)
-    qps_b1 = n_single / (time.perf_counter() - t0)
-    row = {
-        "n": xb.shape[0],
-        "index": method + (" (gpu)" if getattr(index, "use_gpu", False) else ""),
-        "build_s": round(build_s, 2),
-        "rss_delta_mb": round(rss / 2**20, 1),
-        "index_mb": round(index_bytes / 2**20, 1),
-        "recall@10": round(recall_at_k(found, ref, 10), 4),
-        "qps_b1": round(qps_b1, 1),
-        "qps_b100": round(qps_b100, 1),
-    }
-    logger.info("%s", row)
-    return row
+    size_mb = faiss.serialize_index(index).nbytes / 2**20
+    rss_mb = (_rss_bytes() - rss0) / 2**20
+    logger.info("%s %s built in %.1f s (%.0f MB)", data, cand.factory, build_s, size_mb)
+    points = []
+    for effort in cand.efforts:
+        set_effort(index, effort)
+        found, *timing = batch1(index.search, xq, threads)
+        point = _point(data, xb.shape[0], cand.factory, effort, found, tuple(timing), ref,
+                       threads)
+        point.update(build_s=round(build_s, 1), index_mb=round(size_mb, 1),
+                     rss_delta_mb=round(rss_mb, 1))
+        logger.info("%s", point)
+        points.append(point)
+        if point["recall_at_10"] >= 0.999 or (point["recall_at_10"] >= target and effort >= 64):
+            break
+    del index
+    return points
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated N values")
-    parser.add_argument("--d", type=int, default=256, help="embedding dimension")
-    parser.add_argument("--queries", type=int, default=1000, help="batch-100 queries (recall)")
-    parser.add_argument("--single", type=int, default=200, help="batch-1 queries timed")
+    parser.add_argument("--sizes", default="1000000", help="comma-separated N values")
+    parser.add_argument("--data", default="real,gaussian", help="real and/or gaussian")
+    parser.add_argument("--real-index", default=str(DEFAULT_REAL_INDEX))
+    parser.add_argument("--real-spread", type=float, default=1.0,
+                        help="noise norm in median nearest-neighbour distances")
+    parser.add_argument("--d", type=int, default=256, help="dimension of the gaussian data")
     parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--spread", type=float, default=1.5, help="noise norm around a center")
+    parser.add_argument("--spread", type=float, default=1.5, help="gaussian noise norm")
+    parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    parser.add_argument("--threads", type=int, default=2, help="searching threads, batch 1")
+    parser.add_argument("--target", type=float, default=0.95, help="recall@10 to reach")
+    parser.add_argument("--only", default="", help="factories to measure, separated by ;")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench_index", help="results name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rng = np.random.default_rng(args.seed)
-    centers = rng.normal(size=(args.clusters, args.d)).astype(np.float32)
-    centers = l2_normalize(centers)
     plan = IndexPlan()
-    rows = []
-    for n in sizes:
-        xb = clustered(n, args.d, centers, args.spread, args.seed + 1)
-        xq = clustered(args.queries, args.d, centers, args.spread, args.seed + 2)  # held out
-        t0 = time.perf_counter()
-        ref = exact_knn(xq, xb, 10)
-        logger.info("ground truth for n=%d in %.1f s", n, time.perf_counter() - t0)
-        auto = choose_factory(n, args.d, None, plan)
-        for method in dict.fromkeys(["numpy", "Flat", auto]):
-            rows.append(measure(method, xb, xq, ref, min(args.single, args.queries)))
-        del xb
+    load_start = os.getloadavg()
+    curve: list[dict[str, Any]] = []
+    picked: list[dict[str, Any]] = []
+    datasets: dict[str, Any] = {}
+    for data in args.data.split(","):
+        for n in (int(s) for s in args.sizes.split(",")):
+            xb, xq, about, _ = dataset(data, n, args.queries, args)
+            datasets[f"{data}/{n}"] = about
+            t0 = time.perf_counter()
+            ref = exact_knn(xq, xb, K)
+            exact_qps = xq.shape[0] / (time.perf_counter() - t0)
+            curve.append({"data": data, "n": n, "index": "exact (numpy, batch 1000)",
+                          "effort": None, "recall_at_10": 1.0, "qps": round(exact_qps, 1),
+                          "load_avg_1m": os.getloadavg()[0]})
+            d = xb.shape[1]
+            previous = f"IVF{_previous_nlist(n)},Flat"
+            todo = candidates(n, d, plan)
+            if args.only:
+                todo = [c for c in todo if c.factory in args.only.split(";")]
+            if n >= 50_000 and previous not in {c.factory for c in todo}:
+                todo.insert(0, Candidate(previous, (PREVIOUS_NPROBE,)))
+            for cand in todo:
+                points = sweep(cand, xb, xq, ref, data, args.threads, plan, args.target)
+                if cand.factory == previous and n >= 50_000:
+                    for p in points:
+                        if p["effort"] == PREVIOUS_NPROBE:
+                            p["baseline"] = "previous auto plan"
+                curve += points
+            best = pick([p for p in curve if p["data"] == data and p["n"] == n
+                         and p["effort"] is not None], args.target, speed_key="qps_cpu")
+            picked.append({"data": data, "n": n, "d": d, "best": best,
+                           "auto_factory": choose_factory(n, d, None, plan)})
+            del xb, xq
+    rows = [{**p, "recall@10": p["recall_at_10"], "qps_b1": p["qps"]} for p in curve]
     print_table(rows, COLUMNS)
+    for p in picked:
+        print(f"\n{p['data']} n={p['n']}: best at recall@10 >= {args.target}: {p['best']}")
     path = write_results(
-        "bench_index",
+        args.out,
         {
             "machine": machine_info(),
+            "load_average_at_start": load_start,
+            "load_average_at_end": os.getloadavg(),
             "parameters": {**vars(args), "plan": vars(plan)},
-            "baseline": "Flat (FAISS exact inner product); numpy: the same as one BLAS matmul",
-            "rows": rows,
+            "datasets": datasets,
+            "baseline": "exact search (numpy) and the previous auto plan (IVF ~2 sqrt(n) lists, "
+            "nprobe 32), same run, same queries",
+            "curve": curve,
+            "picked": picked,
         },
     )
     print(f"\nwrote {path}")
+
+
+def _previous_nlist(n: int) -> int:
+    from index.plan import _nlist
+
+    return _nlist(n, IndexPlan(ivf_lists_per_sqrt_n=2.0))
 
 
 if __name__ == "__main__":

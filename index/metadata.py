@@ -80,6 +80,32 @@ class ProductRecord:
         )
 
 
+@dataclass(frozen=True)
+class ProductFilter:
+    """Which live products a search or a listing may return.
+
+    `categories`: whole-level category subtrees, any of them (exact spelling, as stored);
+    None allows every category. `attributes`: (name, value) pairs that must all be equal.
+    """
+
+    categories: tuple[str, ...] | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """A WHERE clause over `products` (live rows only) and its parameters."""
+        clauses, params = ["deleted = 0"], []
+        if self.categories is not None:
+            subtrees = []
+            for prefix in map(normalize_category, self.categories):
+                subtrees.append("category = ? OR (category >= ? AND category < ?)")
+                params += [prefix, *below(prefix)]
+            clauses.append("(" + " OR ".join(subtrees or ["0"]) + ")")
+        for name, value in self.attributes:
+            clauses.append("json_extract(attributes, ?) = ?")
+            params += ['$."' + name.replace('"', '""') + '"', value]
+        return " AND ".join(clauses), params
+
+
 def _record(row: Sequence[Any]) -> ProductRecord:
     return ProductRecord(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
@@ -309,13 +335,35 @@ class MetadataStore:
 
     def keys_with_category_prefix(self, prefix: str) -> np.ndarray:
         """Sorted live keys whose category is `prefix` or lies below it (whole levels)."""
-        prefix = normalize_category(prefix)
+        return self.keys_matching(ProductFilter(categories=(prefix,)))
+
+    def keys_matching(self, where: ProductFilter) -> np.ndarray:
+        """Sorted live keys that pass `where`."""
+        clause, params = where.sql()
         rows = self._reader.execute(
-            "SELECT key FROM products WHERE deleted = 0 AND"
-            " (category = ? OR (category >= ? AND category < ?)) ORDER BY key",
-            (prefix, *below(prefix)),
+            f"SELECT key FROM products WHERE {clause} ORDER BY key", params
         ).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    def page(
+        self, after: int, limit: int, where: ProductFilter
+    ) -> list[tuple[int, ProductRecord]]:
+        """Up to `limit` live (key, record) pairs with key > `after`, in key order: keys are
+        never reused and an upsert keeps its key, so paging by key is stable under writes."""
+        clause, params = where.sql()
+        rows = self._reader.execute(
+            f"SELECT key, id, title, category, image, attributes FROM products"
+            f" WHERE key > ? AND {clause} ORDER BY key LIMIT ?",
+            [after, *params, limit],
+        ).fetchall()
+        return [(row[0], _record(row[1:])) for row in rows]
+
+    def categories(self) -> list[str]:
+        """The distinct categories of live products, sorted."""
+        rows = self._reader.execute(
+            "SELECT DISTINCT category FROM products WHERE deleted = 0 ORDER BY category"
+        ).fetchall()
+        return [r[0] for r in rows]
 
     def facet_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
         """Live products per category path and per (attribute, value): what a shop's filter

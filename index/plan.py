@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
+from typing import Any
 
 from huse_common.limits import MAX_INDEX_K
 
@@ -31,6 +34,12 @@ class IndexPlan:
     max_k: int = MAX_INDEX_K  # results one search may return (huse_common.limits)
     gpu_max_k: int = 2048  # FAISS GPU k-selection limit; larger k searches on CPU
     gpu_fp16: bool = True  # fp16 storage on the GPU halves memory; IP error ~1e-3
+    # Candidates measured side by side (bench.bench_index) to pick the numbers above.
+    candidate_lists_per_sqrt_n: tuple[float, ...] = (2.0, 4.0)  # 8+: k-means too slow here
+    candidate_hnsw_m: tuple[int, ...] = (16, 32)
+    candidate_efforts: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
+    fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
+    fastscan_refine_factor: int = 8  # k * factor fast-scan candidates re-ranked exactly in RAM
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,12 @@ class BuildConfig:
     k: int = 10
     seed: int = 0
     target_recall: float = 0.95  # double nprobe / efSearch until recall@k reaches this
+    # Tuning starts this low, so the lowest effort that reaches the target is kept: on real-like
+    # data at 1M, nprobe 4 already gave recall@10 0.99 at 5x the q/s of nprobe 32
+    # (bench/results/bench_index.json).
+    min_search_effort: int = 4
     max_search_effort: int = 1024
+    timed_queries: int = 200  # searched one at a time per tuning point: the q/s in the curve
 
 
 def _power_of_two(x: float) -> int:
@@ -97,3 +111,49 @@ def choose_factory(
     if n <= plan.hnsw_max_n and fits:
         return hnsw
     return f"IVF{_nlist(n, plan)},Flat"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One index type to measure: a FAISS factory string and the search efforts to sweep
+    (nprobe for IVF, efSearch for HNSW)."""
+
+    factory: str
+    efforts: tuple[int, ...]
+
+
+def candidates(n: int, d: int, plan: IndexPlan | None = None) -> list[Candidate]:
+    """The index types worth comparing at n vectors of dimension d: IVF-Flat at two list
+    counts, HNSW at each M, and IVF with 4-bit PQ fast-scan codes re-ranked exactly (RFlat)."""
+    plan = plan or IndexPlan()
+    if n < 1 or d < 1:
+        raise ValueError(f"candidates needs n >= 1 and d >= 1, got n={n}, d={d}")
+    out: list[Candidate] = []
+    lists = sorted({_nlist(n, dataclass_replace(plan, ivf_lists_per_sqrt_n=c))
+                    for c in plan.candidate_lists_per_sqrt_n})
+    for nlist in lists:
+        efforts = tuple(e for e in plan.candidate_efforts if e <= nlist)
+        out.append(Candidate(f"IVF{nlist},Flat", efforts))
+    out += [Candidate(f"HNSW{m}", plan.candidate_efforts) for m in plan.candidate_hnsw_m]
+    m = _fastscan_m(d, plan)
+    if m:
+        nlist = lists[0]
+        efforts = tuple(e for e in plan.candidate_efforts if e <= nlist)
+        out.append(Candidate(f"IVF{nlist},PQ{m}x4fs,RFlat", efforts))
+    return out
+
+
+def _fastscan_m(d: int, plan: IndexPlan) -> int:
+    """Sub-quantizers for PQ fast-scan (an even count dividing d), 0 when none fits."""
+    m = max(2, d // plan.fastscan_dims_per_code)
+    while m >= 2 and (d % m or m % 2):
+        m -= 1
+    return m if m >= 2 else 0
+
+
+def pick(curve: Sequence[Mapping[str, Any]], target_recall: float,
+         recall_key: str = "recall_at_10", speed_key: str = "qps") -> Mapping[str, Any] | None:
+    """The measured point with recall >= target at the highest speed (None if none reaches
+    it): how the plan's index type and search effort are chosen from a recall/speed curve."""
+    ok = [p for p in curve if p[recall_key] >= target_recall]
+    return max(ok, key=lambda p: p[speed_key]) if ok else None

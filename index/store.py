@@ -27,20 +27,24 @@ import numpy as np
 from huse_common.atomic import replacing, sha256_file, write_atomic
 from huse_common.vectors import row_norms
 from index.arrays import as_matrix
-from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
-from index.metadata import MetadataStore, ProductRecord
+from index.errors import IndexMismatchError, IndexStoreError
+from index.metadata import MetadataStore, ProductFilter, ProductRecord
 from index.plan import IndexPlan
 from index.rwlock import RWLock
+from index.snapshot import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    METADATA,
+    load_vectors,
+    read_manifest,
+)
 from index.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Hit", "ProductIndex", "ProductRecord"]
+__all__ = ["Hit", "ProductFilter", "ProductIndex", "ProductRecord"]
 
-FORMAT = "huse-index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-METADATA = "meta.sqlite"
 UNIT_NORM_TOLERANCE = 1e-3  # stored vectors must be L2-normalised: scores are cosines
 
 
@@ -139,7 +143,7 @@ class ProductIndex:
         with rebuild_if_corrupt=True the snapshot is rebuilt from SQLite, with a warning.
         """
         directory = Path(directory)
-        manifest = cls._read_manifest(directory)
+        manifest = read_manifest(directory)
         fingerprint = manifest.get("bundle_fingerprint")
         if expected_fingerprint is not None and fingerprint != expected_fingerprint:
             raise IndexMismatchError(
@@ -148,105 +152,11 @@ class ProductIndex:
             )
         meta = MetadataStore.open(directory / METADATA)
         try:
-            vi = cls._load_vectors(directory, manifest, meta, rebuild_if_corrupt, use_gpu, plan)
+            vi = load_vectors(directory, manifest, meta, rebuild_if_corrupt, use_gpu, plan)
         except BaseException:
             meta.close()
             raise
         return cls(directory, meta, vi, manifest)
-
-    @staticmethod
-    def _read_manifest(directory: Path) -> dict[str, Any]:
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise IndexStoreError(f"{directory} is not an index directory (no {MANIFEST})")
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptIndexError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise IndexMismatchError(f"{path} is not a {FORMAT} manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexMismatchError(
-                f"{path} has format version {manifest.get('format_version')!r}, "
-                f"this code reads {FORMAT_VERSION}"
-            )
-        return manifest
-
-    @classmethod
-    def _load_vectors(
-        cls,
-        directory: Path,
-        manifest: dict[str, Any],
-        meta: MetadataStore,
-        rebuild_if_corrupt: bool,
-        use_gpu: bool | str,
-        plan: IndexPlan | None,
-    ) -> VectorIndex:
-        info = meta.meta()
-        d = int(info["d"])
-        for key, value in (("d", d), ("bundle_fingerprint", info["bundle_fingerprint"])):
-            if manifest.get(key) != value:
-                raise IndexMismatchError(
-                    f"{MANIFEST} says {key}={manifest.get(key)!r} but {METADATA} says {value!r}"
-                )
-        budget = json.loads(info["memory_budget_bytes"])
-        kwargs = {
-            "memory_budget_bytes": budget,
-            "exact_vectors": meta.vectors,
-            "use_gpu": use_gpu,
-            "plan": plan,
-        }
-        snapshot = manifest.get("snapshot")
-        try:
-            if snapshot is None:
-                vi = VectorIndex(d, info["factory"], **kwargs)
-                since = 0
-            else:
-                vi = cls._read_snapshot(directory, snapshot, d, manifest, kwargs)
-                since = int(manifest["generation"])
-            cls._replay(vi, meta, since)
-        except CorruptIndexError as e:
-            if not rebuild_if_corrupt:
-                raise
-            logger.warning("%s; rebuilding the vector index from %s", e, METADATA)
-            vi = VectorIndex(d, info["factory"], **kwargs)
-            cls._replay(vi, meta, 0)
-        return vi
-
-    @staticmethod
-    def _read_snapshot(
-        directory: Path,
-        snapshot: dict[str, Any],
-        d: int,
-        manifest: dict[str, Any],
-        kwargs: dict[str, Any],
-    ) -> VectorIndex:
-        path = directory / snapshot["file"]
-        if not path.is_file():
-            raise CorruptIndexError(f"snapshot {path} is missing")
-        if path.stat().st_size != snapshot["bytes"] or sha256_file(path) != snapshot["sha256"]:
-            raise CorruptIndexError(f"snapshot {path} does not match its checksum (truncated?)")
-        return VectorIndex.read(path, d, manifest["vector_state"], **kwargs)
-
-    @staticmethod
-    def _replay(vi: VectorIndex, meta: MetadataStore, since: int) -> None:
-        keys, xb, deleted = meta.changes_since(since)
-        gone = deleted[[int(k) in vi for k in deleted]] if deleted.shape[0] else deleted
-        if gone.shape[0]:
-            vi.remove(gone)
-        if keys.shape[0]:
-            vi.upsert(keys, xb)
-        if vi.ntotal != meta.live_count():
-            raise CorruptIndexError(
-                f"vector index holds {vi.ntotal} products after replay, SQLite {meta.live_count()}"
-            )
-        if since or keys.shape[0]:
-            logger.info(
-                "replayed %d upserts and %d deletes after generation %d",
-                keys.shape[0],
-                gone.shape[0],
-                since,
-            )
 
     def close(self) -> None:
         """Release SQLite connections (writes are already durable; save() is separate)."""
@@ -381,8 +291,11 @@ class ProductIndex:
         k: int,
         category_prefix: str | None = None,
         exclude_ids: Sequence[str] | None = None,
+        where: ProductFilter | None = None,
     ) -> list[list[Hit]]:
-        """k nearest products per query row, best first; fewer only if fewer match."""
+        """k nearest products per query row, best first; fewer only if fewer match.
+
+        `category_prefix` and `where` (categories, attribute equality) both restrict hits."""
         xq = as_matrix(xq, self._vi.d, "xq")
         excluded_ids = self._check_ids(exclude_ids) if exclude_ids is not None else None
         with self._lock.read():
@@ -390,6 +303,9 @@ class ProductIndex:
             allowed = None
             if category_prefix is not None:
                 allowed = self._meta.keys_with_category_prefix(category_prefix)
+            if where is not None:
+                matching = self._meta.keys_matching(where)
+                allowed = matching if allowed is None else np.intersect1d(allowed, matching)
             excluded = None
             if excluded_ids:
                 excluded = np.asarray(
@@ -405,6 +321,22 @@ class ProductIndex:
             ]
             for D_row, I_row in zip(D, I, strict=True)
         ]
+
+    def page(
+        self, after: int, limit: int, where: ProductFilter | None = None
+    ) -> list[tuple[int, ProductRecord]]:
+        """Live (key, record) pairs after key `after`, in key order (a stable cursor)."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        with self._lock.read():
+            self._check_open()
+            return self._meta.page(after, limit, where or ProductFilter())
+
+    def categories(self) -> list[str]:
+        """Distinct categories of live products, sorted."""
+        with self._lock.read():
+            self._check_open()
+            return self._meta.categories()
 
     # ------------------------------------------------------------------ persistence
     def record_build(self, info: dict[str, Any]) -> None:

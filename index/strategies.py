@@ -8,10 +8,12 @@ Id handling and deletion (one per FAISS family, `ids_for(base)`):
   skipped at search and the index is rebuilt when they pile up.
 Re-ranking: `ExactReranker` re-scores lossy codes (PQ) with exact vectors from the caller.
 GPU: `GpuReplica`, a replica of the CPU index rebuilt lazily after writes.
+Filtered search of a broad filter: `overfetch`.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -157,6 +159,19 @@ def ids_for(base: Any) -> MappedIds:
     return MappedIds() if isinstance(base, faiss.IndexFlatCodes) else Tombstones()
 
 
+def gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def is_lossy(base: Any) -> bool:
+    """True when the FAISS index stores compressed codes (results need exact re-ranking)."""
+    import faiss
+
+    return not isinstance(base, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
+
+
 class ExactReranker:
     """Lossy codes rank candidates; their exact vectors (from the caller) order the top k."""
 
@@ -208,3 +223,30 @@ class GpuReplica:
                 co.useFloat16 = self.fp16
                 self._replica = faiss.index_cpu_to_gpu(self._res, 0, index, co)
             return self._replica.search(xq, kk)
+
+
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def overfetch(search_live: Search, search_subset: Callable[..., tuple[np.ndarray, np.ndarray]],
+              xq: np.ndarray, k: int, subset: np.ndarray, ntotal: int,
+              growth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Filtered search of a broad filter: search every live id, keep those in `subset`
+    (sorted), grow k' by `growth` until k pass or all were searched; rows an approximate
+    index still left short are finished exactly over the subset."""
+    kk = min(ntotal, math.ceil(1.5 * k * ntotal / subset.shape[0]))
+    while True:
+        D, I = search_live(xq, kk)  # noqa: E741
+        pos = np.minimum(np.searchsorted(subset, I), subset.shape[0] - 1)
+        keep = (I >= 0) & (subset[pos] == I)
+        if (keep.sum(axis=1) >= k).all() or kk >= ntotal:
+            break
+        kk = min(ntotal, kk * growth)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    keep = np.take_along_axis(keep, order, 1)
+    D = np.where(keep, np.take_along_axis(D, order, 1), -np.inf).astype(np.float32)
+    I = np.where(keep, np.take_along_axis(I, order, 1), -1)  # noqa: E741
+    short = (keep.sum(axis=1) < k).nonzero()[0]
+    if short.shape[0]:
+        D[short], I[short] = search_subset(xq[short], k, subset)
+    return D, I

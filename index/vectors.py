@@ -12,7 +12,6 @@ searches run concurrently, as the FAISS wiki allows for CPU indexes.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,22 +25,13 @@ from index.strategies import (
     ExactVectors,
     GpuReplica,
     MappedIds,
+    gpu_available,
     ids_for,
+    is_lossy,
+    overfetch,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def gpu_available() -> bool:
-    import faiss
-
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def _exact_types() -> tuple[type, ...]:
-    import faiss
-
-    return (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat)
 
 
 class VectorIndex:
@@ -94,7 +84,7 @@ class VectorIndex:
         if isinstance(base, faiss.IndexHNSW):
             base.hnsw.efConstruction = self.plan.hnsw_ef_construction
             base.hnsw.efSearch = self.plan.hnsw_ef_search
-        lossy = not isinstance(base, _exact_types())
+        lossy = is_lossy(base)
         if lossy and self._exact_source is None:
             raise ValueError(
                 f"factory {factory!r} stores lossy codes; pass exact_vectors= so results "
@@ -351,26 +341,8 @@ class VectorIndex:
             subset = np.setdiff1d(subset, np.asarray(excluded, dtype=np.int64))
         if subset.shape[0] <= self.plan.exact_subset_max or subset.shape[0] <= k:
             return self._search_subset(xq, k, subset)
-        return self._search_overfetch(xq, k, subset)
-
-    def _search_overfetch(self, xq: np.ndarray, k: int, subset: np.ndarray):
-        """Search all, keep ids in `subset` (sorted), grow k' until k hits or all searched."""
-        kk = min(self.ntotal, math.ceil(1.5 * k * self.ntotal / subset.shape[0]))
-        while True:
-            D, I = self._search_live(xq, kk)  # noqa: E741
-            pos = np.minimum(np.searchsorted(subset, I), subset.shape[0] - 1)
-            keep = (I >= 0) & (subset[pos] == I)
-            if (keep.sum(axis=1) >= k).all() or kk >= self.ntotal:
-                break
-            kk = min(self.ntotal, kk * self.plan.overfetch_growth)
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        keep = np.take_along_axis(keep, order, 1)
-        D = np.where(keep, np.take_along_axis(D, order, 1), -np.inf).astype(np.float32)
-        I = np.where(keep, np.take_along_axis(I, order, 1), -1)  # noqa: E741
-        short = (keep.sum(axis=1) < k).nonzero()[0]
-        if short.shape[0]:  # approximate index missed some: finish those rows exactly
-            D[short], I[short] = self._search_subset(xq[short], k, subset)
-        return D, I
+        return overfetch(self._search_live, self._search_subset, xq, k, subset, self.ntotal,
+                         self.plan.overfetch_growth)
 
     # ---------------------------------------------------------------- persistence
     def state(self) -> dict[str, Any]:

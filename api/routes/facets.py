@@ -7,13 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import ServicesDep
-from api.errors import error_responses
 from api.facets import FacetsPublic, facets
+from api.openapi import errors
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
-
-@router.get("/facets", response_model=FacetsPublic, responses=error_responses(422, 503))
+@router.get(
+    "/facets",
+    response_model=FacetsPublic,
+    responses=errors(422),
+)
 def get_facets(
     services: ServicesDep,
     limit: Annotated[

@@ -5,21 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from api.deps import ServicesDep
-from api.errors import error_responses
+from api.health import health
+from api.openapi import errors
 from api.schemas import HealthPublic
 
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/healthz", response_model=HealthPublic, responses=error_responses(503))
+@router.get("/healthz", response_model=HealthPublic, responses=errors())
 def healthz(services: ServicesDep) -> HealthPublic:
-    return services.health()
+    """What is loaded: bundle fingerprint, index size, batching, package versions."""
+    return health(services)
 
 
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}},
 )
 def metrics(request: Request) -> Response:
     app_metrics = request.app.state.metrics

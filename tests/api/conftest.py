@@ -12,7 +12,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +27,15 @@ from api.settings import Settings
 
 API_KEY = "test-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="session")
@@ -142,46 +153,58 @@ def start_server() -> Callable[..., tuple[subprocess.Popen, str]]:
     return _start_server
 
 
-@pytest.fixture
-def live_url(model_dir) -> Iterator[str]:
-    """uvicorn serving the app on 127.0.0.1:<free port> in a thread of this process (no key)."""
-    config = uvicorn.Config(
-        create_app(Settings(model_dir=model_dir)),
-        host="127.0.0.1",
-        port=free_port(),
-        log_level="warning",
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """uvicorn serving the app on 127.0.0.1:<free port> in a thread of this process, with the
+    read timeout and connection cap of `settings` (api.server)."""
+    from api.server import uvicorn_config
+
+    config = uvicorn_config(
+        create_app(settings), settings, host="127.0.0.1", port=free_port(), log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{config.port}"
-    wait_healthy(base)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        wait_healthy(base)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture
 def serve_settings() -> Iterator[Callable[[Settings], str]]:
-    """`serve(settings)` -> base URL of uvicorn serving create_app(settings) in a thread, with
-    the read timeout and connection cap of `settings` (api.server); stopped after the test."""
-    from api.server import uvicorn_config
+    """`serve(settings)` -> base URL of a live server for `settings`, stopped after the test."""
+    with ExitStack() as stack:
+        yield lambda settings: stack.enter_context(serving(settings))
 
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def serve(settings: Settings) -> str:
-        config = uvicorn_config(
-            create_app(settings), settings, host="127.0.0.1", port=free_port(), log_level="warning"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        base = f"http://127.0.0.1:{config.port}"
-        wait_healthy(base)
-        return base
+@pytest.fixture
+def live_url(model_dir) -> Iterator[str]:
+    """A live server over a private model copy, with no write key."""
+    with serving(Settings(model_dir=model_dir)) as base:
+        yield base
 
-    yield serve
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=30)
+
+@pytest.fixture
+def live_keyed_url(model_dir) -> Iterator[str]:
+    """A live server over a private model copy that takes writes with `API_KEY`."""
+    with serving(Settings(model_dir=model_dir, api_key=API_KEY)) as base:
+        yield base
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Headless Debian chromium through Playwright (the test skips where it is absent)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

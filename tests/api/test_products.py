@@ -134,9 +134,9 @@ def test_failed_index_write_keeps_the_old_upload(client, auth, make_image, model
 
 
 def test_catalog_images_are_never_deleted(client, auth, make_image, catalog_products):
-    services = client.app.state.services
+    catalog = client.app.state.services.catalog
     ids = [catalog_products[0].id, catalog_products[1].id]
-    files = [services.images.resolve(services.index.get(pid).image) for pid in ids]
+    files = [catalog.images.resolve(catalog.index.get(pid).image) for pid in ids]
     assert all(f is not None and f.is_file() for f in files)
     assert _put(client, auth, ids[0], image=make_image()).status_code == 200
     assert client.delete(f"/v1/products/{ids[1]}", headers=auth).status_code == 200

