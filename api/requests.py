@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from api.errors import ApiError
+from api.errors import ApiError, InvalidInput
 from api.limits import loads_limited
 from embedder.classify import METHODS
 from huse_common.categories import normalize_path
@@ -132,12 +132,12 @@ class _QueryCreate(_ImageCreate):
         return _title(value)
 
     def check_inputs(self) -> str:
-        """The query kind (image, text, fused, product); ApiError/ValueError when the inputs
-        do not make one query."""
+        """The query kind (image, text, fused, product); ApiError (422) when the inputs do not
+        make one query."""
         has_query = self.image is not None or self.title is not None
         if self.product_id is not None:
             if has_query:
-                raise ValueError("send either product_id or an image/title, not both")
+                raise InvalidInput("send either product_id or an image/title, not both")
             return "product"
         if not has_query:
             raise ApiError(422, "empty_request", "send an image, a title, or both")
