@@ -287,3 +287,16 @@ def test_cors_origins_are_configurable(make_client):
     other = client.options("/v1/search", headers={"Origin": "https://evil.example",
                                                   "Access-Control-Request-Method": "POST"})
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
+def test_batch_routes_have_their_own_body_limit(make_client):
+    client = make_client(max_upload_bytes=4096, max_batch_body_bytes=1_000_000)
+    padded = b'{"queries": [{"title": "shirt", "k": 1}]}' + b" " * 300_000  # valid JSON
+    json_type = {"Content-Type": "application/json"}
+    r = client.post("/v1/search:batch", content=padded, headers=json_type)
+    assert r.status_code == 200 and len(r.json()["results"]) == 1
+    single = client.post("/v1/search", content=b'{"title": "shirt"}' + b" " * 300_000,
+                         headers=json_type)
+    assert single.status_code == 413 and single.json()["error"] == "too_many_bytes"
+    r = client.post("/v1/search:batch", content=padded + b" " * 1_000_000, headers=json_type)
+    assert r.status_code == 413

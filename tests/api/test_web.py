@@ -149,6 +149,14 @@ def test_merchandiser_flow(width, live_url, catalog_products, tmp_path):
             assert _field(last, "product_id") == clicked
             assert _field(last, "visual_weight") == "0.8"
             assert _field(last, "filters") == f'{{"colour":"{colour}"}}'
+            colour_of = {p.id: p.attributes["colour"] for p in catalog_products}
+            filtered = [hit["id"] for hit in answer.value.json()["hits"]]
+            assert filtered and {colour_of[i] for i in filtered} == {colour}
+            page.wait_for_function(  # the grid shows exactly the filtered answer
+                "ids => [...document.querySelectorAll('#grid .card')]"
+                ".map(c => c.dataset.id).join() === ids",
+                arg=",".join(filtered),
+            )
             page.select_option("#filter-colour", "")
             page.click("#visual-reset")
             expect(page.locator("#visual-value")).to_have_text("model default")
