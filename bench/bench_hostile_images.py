@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.common import machine_info, print_table, write_results
+from bench.common import machine_info, print_table, wait_healthy, write_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 6000 x 6600 = 39.6 MP, just under the API's default limit of 40 MP.
@@ -78,15 +78,7 @@ def run(model: Path, repo: Path, requests: int, concurrency: int) -> dict:
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}")
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.5)
+            wait_healthy(base, proc, 300)
             idle = _memory_kb(proc.pid)
             names = sorted(images)
 
