@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     setting("--model", "model_dir", type=Path, metavar="DIR")
     setting("--bundle", "bundle_dir", type=Path, metavar="DIR")
-    setting("--index", "index_dir", type=Path, metavar="DIR")
+    setting("--index", "index_dir", metavar="DIR|URI",
+            help="index directory (instead of --model's), or a Milvus collection "
+                 "milvus://host:port/name (extra 'scale')")
     setting("--uploads", "uploads_dir", type=Path, metavar="DIR")
     setting("--api-key", "api_key", metavar="KEY")
     setting("--cors-origin", "cors_origins", action="append", metavar="ORIGIN",
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from every flag that names a field (and was given), over HUSE_* variables."""
     given = {f: v for f in Settings.model_fields if (v := getattr(args, f, None)) is not None}
+    if "://" in str(given.get("index_dir", "")):  # --index milvus://...: not a directory
+        given["index_uri"] = given.pop("index_dir")
     try:
         return Settings(**given)
     except ValidationError as e:
@@ -93,14 +97,14 @@ def check_model(settings: Settings) -> None:
     from embedder.bundle_io import CONFIG_FILE, LABELS_FILE, MODEL_FILES, WEIGHTS_FILE, fingerprint
     from index.store import MANIFEST, METADATA
 
-    assert settings.bundle_dir is not None and settings.index_dir is not None
+    assert settings.bundle_dir is not None and settings.index_target is not None
     if settings.model_dir is not None and not settings.model_dir.is_dir():
         raise UsageError(f"--model {settings.model_dir} does not exist: pass {TRAIN_HINT}")
     bundle, index = settings.bundle_dir, settings.index_dir
-    for kind, directory, needed in (
-        ("bundle", bundle, (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE)),
-        ("index", index, (MANIFEST, METADATA)),
-    ):
+    parts = [("bundle", bundle, (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE))]
+    if index is not None:  # a Milvus index (index_uri) checks the bundle when it opens
+        parts.append(("index", index, (MANIFEST, METADATA)))
+    for kind, directory, needed in parts:
         if not directory.is_dir():
             raise UsageError(f"{kind} directory {directory} does not exist: pass --model with "
                              f"{TRAIN_HINT}")
@@ -109,6 +113,8 @@ def check_model(settings: Settings) -> None:
             raise UsageError(f"{kind} directory {directory} has no {', '.join(missing)}: it is "
                              f"not a trained model; pass {TRAIN_HINT} (or train again)")
     check_backbones(bundle / CONFIG_FILE)
+    if index is None:
+        return
     try:
         built_for = json.loads((index / MANIFEST).read_bytes()).get("bundle_fingerprint")
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
@@ -154,8 +160,30 @@ def check_port(host: str, port: int) -> None:
                              "--port (or --host)") from e
 
 
+class StartupFailure(logging.Filter):
+    """Keeps why the app's startup (loading the bundle or the index) failed, for a one-line
+    error, and drops uvicorn's traceback and its closing line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            self.reason = f"{type(error).__name__}: {error}"
+            return False
+        message = record.getMessage()
+        if "Traceback (most recent call last)" in message:  # Starlette's startup.failed text
+            self.reason = message.strip().splitlines()[-1]
+            return False
+        return not (self.reason is not None and "startup failed" in message)
+
+
 def serve(settings: Settings, args: argparse.Namespace) -> None:
-    """Run uvicorn; "open http://..." is printed once the model is loaded and the port bound."""
+    """Run uvicorn; "open http://..." is printed once the model is loaded and the port bound.
+    A model or index that fails to load (a check above cannot foresee every damaged file) is
+    a UsageError unless --debug."""
     import uvicorn
 
     from api.app import create_app
@@ -170,7 +198,22 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     config = uvicorn_config(create_app(settings), settings, host=args.host, port=args.port,
                             log_level=args.log_level)
-    Server(config).run()
+    failure = StartupFailure()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not args.debug:  # after Config, which sets up uvicorn's loggers
+        uvicorn_log.addFilter(failure)
+    server = Server(config)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 3 when the startup fails
+        if args.debug:
+            raise
+    finally:
+        uvicorn_log.removeFilter(failure)
+    if not server.started:
+        reason = failure.reason or "see the log above"
+        raise UsageError(f"the model could not be loaded ({reason}); retrain or rebuild it, "
+                         "or run with --debug for the traceback")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,7 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     if settings.api_key is None:
         print("no API key configured (--api-key or HUSE_API_KEY): writes are refused", flush=True)
-    serve(settings, args)
+    try:
+        serve(settings, args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
     return 0
 
 

@@ -32,7 +32,10 @@ def health(services: Any) -> HealthPublic:
             "text_backbone": config.text_backbone.spec,
             "other_threshold": services.threshold,
         },
-        index={"index_dir": str(settings.index_dir), "size": len(services.index)},
+        index={
+            "index_uri" if settings.index_uri else "index_dir": str(settings.index_target),
+            "size": len(services.index),
+        },
         batching={
             "enabled": settings.batching,
             "max_batch": settings.batch_max_size,

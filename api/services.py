@@ -81,14 +81,14 @@ class Services:
     def open(cls, settings: Settings, metrics: ApiMetrics) -> Services:
         """Load the bundle, then the index built from it (a mismatched pair is refused)."""
         from embedder.bundle import Bundle
-        from index.store import ProductIndex
+        from index.stores import open_product_index
 
         bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
-        index = ProductIndex.open(settings.index_dir, expected_fingerprint=bundle.fingerprint)
+        index = open_product_index(settings.index_target, expected_fingerprint=bundle.fingerprint)
         if index.d != bundle.dim:
             index.close()
             raise IndexMismatchError(
-                f"index {settings.index_dir} holds {index.d}-d vectors but bundle "
+                f"index {settings.index_target} holds {index.d}-d vectors but bundle "
                 f"{settings.bundle_dir} embeds {bundle.dim}-d: rebuild the index with this bundle"
             )
         for kind in ("image", "text"):  # load backbones now, not in the first request
@@ -98,7 +98,7 @@ class Services:
             settings.bundle_dir,
             bundle.fingerprint[:12],
             bundle.backbone("image").engine,
-            settings.index_dir,
+            settings.index_target,
             len(index),
         )
         return cls(settings, bundle, index, metrics)

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="directory with bundle/ and index/")
     bundle_dir: Path | None = Field(None, description="bundle directory (instead of model_dir)")
     index_dir: Path | None = Field(None, description="index directory (instead of model_dir)")
+    index_uri: str | None = Field(
+        None, description="a Milvus collection instead of index_dir: milvus://host:port/name"
+    )
     uploads_dir: Path | None = Field(
         None, description="where uploaded images go (default <model_dir>/uploads)"
     )
@@ -94,17 +97,24 @@ class Settings(BaseSettings):
     def _resolve_dirs(self) -> Settings:
         if self.model_dir is not None:
             self.bundle_dir = self.bundle_dir or self.model_dir / "bundle"
-            self.index_dir = self.index_dir or self.model_dir / "index"
-        if self.bundle_dir is None or self.index_dir is None:
+            if self.index_uri is None:
+                self.index_dir = self.index_dir or self.model_dir / "index"
+        if self.bundle_dir is None or self.index_target is None:
             raise ValueError(
                 f"need model_dir or both bundle_dir and index_dir, got model_dir={self.model_dir}, "
                 f"bundle_dir={self.bundle_dir}, index_dir={self.index_dir}"
             )
         if self.uploads_dir is None:
-            self.uploads_dir = (self.model_dir or self.index_dir.parent) / "uploads"
+            beside = self.index_dir.parent if self.index_dir else self.bundle_dir.parent
+            self.uploads_dir = (self.model_dir or beside) / "uploads"
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None
         return self
+
+    @property
+    def index_target(self) -> str | Path | None:
+        """What index.stores.open_product_index opens: the Milvus URI, else the directory."""
+        return self.index_uri or self.index_dir
 
     @property
     def media_root(self) -> Path:

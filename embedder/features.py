@@ -232,6 +232,29 @@ def _check_kind(backbone: Backbone, kind: type, fn: str) -> None:
         raise TypeError(f"{fn} needs a {kind.__name__}, got {backbone!r}")
 
 
+def encode_image_files(
+    paths: Sequence[Path],
+    keys: Sequence[str],
+    backbone: ImageBackbone,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Batches of (content keys, features) for image files whose sha256 must equal `keys`
+    (the local path and the Ray actors both run this); CatalogError when a file changed since
+    its key was taken (the features would belong to other bytes)."""
+    dataset = _ImageDataset(list(paths), backbone.preprocess, limits)
+    expected, done = list(keys), 0
+    for pixels, got in _image_batches(dataset, backbone, batch_size, num_workers):
+        want = expected[done : done + len(got)]
+        if got != want:
+            pairs = enumerate(zip(want, got, strict=True))
+            changed = [str(paths[done + i]) for i, (k, g) in pairs if k != g]
+            raise CatalogError(f"images changed since the catalog was read: {changed[:5]}")
+        yield want, backbone.forward_pixels(pixels)
+        done += len(got)
+
+
 def extract_image_features(
     products: Sequence[Product],
     backbone: ImageBackbone,
@@ -262,20 +285,14 @@ def extract_image_features(
         len(todo),
     )
     if todo:
-        dataset = _ImageDataset(list(todo.values()), backbone.preprocess, limits)
-        expected = list(todo)
-        start, done = time.perf_counter(), 0
+        start = time.perf_counter()
         with _progress(len(todo), show_progress, "img") as bar:
-            for pixels, got in _image_batches(dataset, backbone, batch_size, num_workers):
-                want = expected[done : done + len(got)]
-                if got != want:
-                    changed = [str(todo[k]) for k, g in zip(want, got, strict=True) if k != g]
-                    raise CatalogError(f"images changed since the catalog was read: {changed[:5]}")
-                vectors = backbone.forward_pixels(pixels)
+            for want, vectors in encode_image_files(
+                list(todo.values()), list(todo), backbone, batch_size, num_workers, limits
+            ):
                 cache.put(namespace, want, vectors)
                 found.update(zip(want, vectors, strict=True))
-                done += len(got)
-                bar.update(len(got))
+                bar.update(len(want))
         logger.info(
             "%s: computed %d image features in %.1f s",
             backbone.spec,

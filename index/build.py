@@ -42,6 +42,92 @@ def _measure(
     }
 
 
+def _fill_and_measure(
+    store: Any, records: Sequence[ProductRecord], xb: np.ndarray, config: BuildConfig, t0: float
+) -> dict[str, Any]:
+    """Upsert everything, tune the search effort to the target recall, save; -> manifest.
+
+    `store` is either implementation (index.store.ProductIndex, MilvusProductIndex).
+    """
+    store.upsert(records, xb)
+    build_s = time.perf_counter() - t0
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    xq = perturbed_queries(xb, config.n_eval_queries, config.query_noise, config.seed)
+    k = min(config.k, len(records))
+    ref = exact_knn(xq, xb, k)
+    positions = {r.id: i for i, r in enumerate(records)}
+    effort = store.search_effort
+    if effort is not None:
+        effort = store.set_search_effort(config.min_search_effort)
+    point = _measure(store, xq, ref, positions, k, config.timed_queries)
+    curve = [{"search_effort": effort, **point}]
+    while (
+        effort is not None
+        and point[f"recall_at_{k}"] < config.target_recall
+        and effort < config.max_search_effort
+    ):
+        new = store.set_search_effort(min(2 * effort, config.max_search_effort))
+        if new == effort:  # IVF: every list is probed already
+            break
+        effort, point = new, _measure(store, xq, ref, positions, k, config.timed_queries)
+        curve.append({"search_effort": effort, **point})
+    recall = point[f"recall_at_{k}"]
+    logger.info(
+        "built %s over %d products in %.1f s, recall@%d %.4f (effort %s)",
+        store.factory,
+        len(records),
+        build_s,
+        k,
+        recall,
+        effort,
+    )
+    store.record_build(
+        {
+            f"recall_at_{k}": recall,
+            "recall_method": "perturbed database vectors vs exact inner product",
+            "search_effort": effort,
+            "tuning": curve,  # recall and batch-1 q/s at each effort tried
+            "eval": asdict(config),
+            "build_seconds": round(build_s, 3),
+        }
+    )
+    return store.save()
+
+
+def build_milvus_index(
+    uri: str,
+    records: Sequence[ProductRecord],
+    xb: np.ndarray,
+    bundle_fingerprint: str,
+    factory: str = "auto",
+    config: BuildConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """build_product_index for a Milvus URI: a new collection is filled, measured, flushed,
+    and only then served under the URI's name (the one it replaces is dropped)."""
+    from index.milvus_store import MilvusProductIndex
+
+    t0 = time.perf_counter()
+    store = MilvusProductIndex.create(
+        uri,
+        d=int(np.asarray(xb).shape[-1]),
+        bundle_fingerprint=bundle_fingerprint,
+        factory=factory,
+        n_hint=len(records),
+        replace=overwrite,
+        staged=True,
+    )
+    try:
+        manifest = _fill_and_measure(store, records, xb, config or BuildConfig(), t0)
+        store.publish()
+        return manifest
+    except BaseException:
+        store.discard()
+        raise
+    finally:
+        store.close()
+
+
 def build_product_index(
     directory: str | Path,
     records: Sequence[ProductRecord],
@@ -63,7 +149,14 @@ def build_product_index(
 
     overwrite=True replaces an index already in `directory`: the new one is built beside it
     and swapped in only once saved, so a failed build leaves the old index serving.
+    A Milvus URI as `directory` builds there instead (build_milvus_index).
     """
+    from index.milvus_store import is_milvus_uri
+
+    if is_milvus_uri(directory):
+        return build_milvus_index(
+            str(directory), records, xb, bundle_fingerprint, factory, config, overwrite
+        )
     directory = Path(directory)
     if overwrite and directory.exists():
         staging = directory.with_name(directory.name + ".building")
@@ -97,48 +190,6 @@ def build_product_index(
         plan=plan,
     )
     try:
-        store.upsert(records, xb)
-        build_s = time.perf_counter() - t0
-        xb = np.ascontiguousarray(xb, dtype=np.float32)
-        xq = perturbed_queries(xb, config.n_eval_queries, config.query_noise, config.seed)
-        k = min(config.k, len(records))
-        ref = exact_knn(xq, xb, k)
-        positions = {r.id: i for i, r in enumerate(records)}
-        effort = store.search_effort
-        if effort is not None:
-            effort = store.set_search_effort(config.min_search_effort)
-        point = _measure(store, xq, ref, positions, k, config.timed_queries)
-        curve = [{"search_effort": effort, **point}]
-        while (
-            effort is not None
-            and point[f"recall_at_{k}"] < config.target_recall
-            and effort < config.max_search_effort
-        ):
-            new = store.set_search_effort(min(2 * effort, config.max_search_effort))
-            if new == effort:  # IVF: every list is probed already
-                break
-            effort, point = new, _measure(store, xq, ref, positions, k, config.timed_queries)
-            curve.append({"search_effort": effort, **point})
-        recall = point[f"recall_at_{k}"]
-        logger.info(
-            "built %s over %d products in %.1f s, recall@%d %.4f (effort %s)",
-            store.factory,
-            len(records),
-            build_s,
-            k,
-            recall,
-            effort,
-        )
-        store.record_build(
-            {
-                f"recall_at_{k}": recall,
-                "recall_method": "perturbed database vectors vs exact inner product",
-                "search_effort": effort,
-                "tuning": curve,  # recall and batch-1 q/s at each effort tried
-                "eval": asdict(config),
-                "build_seconds": round(build_s, 3),
-            }
-        )
-        return store.save()
+        return _fill_and_measure(store, records, xb, config, t0)
     finally:
         store.close()

@@ -43,7 +43,7 @@ from index.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Hit", "ProductFilter", "ProductIndex", "ProductRecord"]
+__all__ = ["Hit", "ProductFilter", "ProductIndex", "ProductRecord", "check_ids", "validate_batch"]
 
 UNIT_NORM_TOLERANCE = 1e-3  # stored vectors must be L2-normalised: scores are cosines
 
@@ -64,6 +64,44 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
     }
+
+
+def validate_batch(
+    records: Sequence[ProductRecord], xb: Any, d: int
+) -> tuple[list[ProductRecord], np.ndarray]:
+    """The write contract every store checks first: records + unit-norm (n, d) rows, unique ids.
+
+    Returns the records with normalised categories and xb as contiguous float32; raises
+    TypeError/ValueError (naming the bad rows) before anything is written.
+    """
+    if isinstance(records, ProductRecord) or not isinstance(records, Sequence):
+        raise TypeError(f"records must be a list of ProductRecord, got {type(records).__name__}")
+    bad = [r for r in records if not isinstance(r, ProductRecord)]
+    if bad:
+        raise TypeError(f"records must be ProductRecord, got {type(bad[0]).__name__}")
+    xb = as_matrix(xb, d)
+    if xb.shape[0] != len(records):
+        raise ValueError(f"got {len(records)} records but xb has shape {xb.shape}")
+    norms = row_norms(xb)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
+    if off.shape[0]:
+        raise ValueError(
+            f"xb rows must be L2-normalised; rows {off[:10].tolist()} have norms "
+            f"{np.round(norms[off[:10]], 4).tolist()}"
+        )
+    checked = [r.validated() for r in records]
+    ids = [r.id for r in checked]
+    dups = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dups:
+        raise ValueError(f"duplicate product ids within one batch: {dups[:10]}")
+    return checked, xb
+
+
+def check_ids(product_ids: Sequence[str]) -> list[str]:
+    """A list of str ids (a bare str is refused: it would iterate as characters)."""
+    if isinstance(product_ids, str) or not all(isinstance(i, str) for i in product_ids):
+        raise TypeError(f"product ids must be a list of str, got {product_ids!r:.200}")
+    return list(product_ids)
 
 
 class ProductIndex:
@@ -176,36 +214,9 @@ class ProductIndex:
             raise IndexStoreError(f"index in {self.directory} is closed")
 
     # ------------------------------------------------------------------ writes
-    def _validate_batch(
-        self, records: Sequence[ProductRecord], xb: Any
-    ) -> tuple[list[ProductRecord], np.ndarray]:
-        if isinstance(records, ProductRecord) or not isinstance(records, Sequence):
-            raise TypeError(
-                f"records must be a list of ProductRecord, got {type(records).__name__}"
-            )
-        bad = [r for r in records if not isinstance(r, ProductRecord)]
-        if bad:
-            raise TypeError(f"records must be ProductRecord, got {type(bad[0]).__name__}")
-        xb = as_matrix(xb, self._vi.d)
-        if xb.shape[0] != len(records):
-            raise ValueError(f"got {len(records)} records but xb has shape {xb.shape}")
-        norms = row_norms(xb)
-        off = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
-        if off.shape[0]:
-            raise ValueError(
-                f"xb rows must be L2-normalised; rows {off[:10].tolist()} have norms "
-                f"{np.round(norms[off[:10]], 4).tolist()}"
-            )
-        checked = [r.validated() for r in records]
-        ids = [r.id for r in checked]
-        dups = sorted(i for i, n in Counter(ids).items() if n > 1)
-        if dups:
-            raise ValueError(f"duplicate product ids within one batch: {dups[:10]}")
-        return checked, xb
-
     def upsert(self, records: Sequence[ProductRecord], xb: Any) -> None:
         """Insert or replace products (metadata and vector together); durable on return."""
-        checked, xb = self._validate_batch(records, xb)
+        checked, xb = validate_batch(records, xb, self._vi.d)
         if not checked:
             return
         with self._lock.write():
@@ -216,7 +227,7 @@ class ProductIndex:
 
     def delete(self, product_ids: Sequence[str]) -> None:
         """Delete products; ProductNotFound (nothing deleted) if any id is not live."""
-        ids = self._check_ids(product_ids)
+        ids = check_ids(product_ids)
         if not ids:
             return
         if len(set(ids)) != len(ids):
@@ -225,12 +236,6 @@ class ProductIndex:
             self._check_open()
             keys, _ = self._meta.delete(ids)
             self._vi.remove(keys)
-
-    @staticmethod
-    def _check_ids(product_ids: Sequence[str]) -> list[str]:
-        if isinstance(product_ids, str) or not all(isinstance(i, str) for i in product_ids):
-            raise TypeError(f"product ids must be a list of str, got {product_ids!r:.200}")
-        return list(product_ids)
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
@@ -297,7 +302,7 @@ class ProductIndex:
 
         `category_prefix` and `where` (categories, attribute equality) both restrict hits."""
         xq = as_matrix(xq, self._vi.d, "xq")
-        excluded_ids = self._check_ids(exclude_ids) if exclude_ids is not None else None
+        excluded_ids = check_ids(exclude_ids) if exclude_ids is not None else None
         with self._lock.read():
             self._check_open()
             allowed = None

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command: installs everything the tests need (venv + dev extras, and Debian's chromium
-# for the browser test when it is missing and we may install it), then lint + the test suite.
+# The test command: installs everything the tests need (venv + the dev, onnx and scale extras, and
+# Debian's chromium for the browser test when it is missing and we may install it), then lint +
+# the test suite.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "cpu,dev,onnx"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "cpu,dev,onnx,scale"
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo -n"; fi
   echo "[setup] installing Debian chromium for the browser test"

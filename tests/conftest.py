@@ -157,3 +157,12 @@ def pipeline_run(sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir
                       tfidf_max_features=200, num_workers=0, device="cpu",
                       index_factory="Flat")
     return cfg, run(cfg)
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Milvus Lite file per session (its in-process server starts once); a collection per
+    test keeps the tests apart."""
+    pytest.importorskip("pymilvus", reason="Milvus tests need the 'scale' extra")
+    pytest.importorskip("milvus_lite", reason="Milvus tests need the 'scale' extra")
+    return tmp_path_factory.mktemp("milvus") / "lite.db"

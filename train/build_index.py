@@ -74,7 +74,9 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
         text_feats=text_feats if modality in ("fused", "text") else None,
         titles=titles,
     )
-    out = Path(out_dir)
+    from index.milvus_store import is_milvus_uri
+
+    out = out_dir if is_milvus_uri(out_dir) else Path(out_dir)
     # overwrite: a rebuild is built beside the old index and swapped in only once saved.
     records = product_records(products, media_root=out.resolve().parent)
     manifest = build_product_index(out, records, xb, bundle.fingerprint,
@@ -85,16 +87,19 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
 
 def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path,
                 factory: str | None = None, modality: str = "fused",
-                cache_dir: str | None = None, show_progress: bool = False) -> Path:
-    """Read the catalog, extract (cached) features with the bundle's backbones, build the index.
-    factory None = the bundle's training config `index_factory`."""
+                cache_dir: str | None = None, show_progress: bool = False) -> str | Path:
+    """Read the catalog, extract (cached) features with the bundle's backbones, build the index
+    in a directory or a Milvus collection (`milvus://host:port/name`, bulk-loaded). factory
+    None = the bundle's training config `index_factory` (a FAISS one: Milvus chooses 'auto')."""
     from embedder.bundle import Bundle
+    from index.milvus_store import is_milvus_uri
     from train.data import config_from_bundle, load_features
 
     bundle = Bundle.load(bundle_dir)
     cfg = config_from_bundle(bundle, show_progress=show_progress, cache_dir=cache_dir)
     feats = load_features(catalog, cfg)
+    milvus = is_milvus_uri(out_dir)
     index_products(bundle, feats.products, feats.image, feats.text, out_dir,
-                   factory=factory or cfg.index_factory, modality=modality,
-                   plan=cfg.index_plan, build=cfg.index_build)
-    return Path(out_dir)
+                   factory=factory or ("auto" if milvus else cfg.index_factory),
+                   modality=modality, plan=cfg.index_plan, build=cfg.index_build)
+    return out_dir if milvus else Path(out_dir)

@@ -75,6 +75,27 @@ def load_features(catalog: str | Path, cfg: TrainConfig,
     return CatalogFeatures(report.products, image, text, image_info, text_bb, report.summary())
 
 
+def ray_features(catalog: str | Path, cfg: TrainConfig, address: str | None = None,
+                 out_shards: str | Path | None = None) -> Any:
+    """The catalog's frozen features computed on Ray (embedder.ray_features) into feature
+    shards, the feature cache filled as well; returns embedder.shards.FeatureShards."""
+    from embedder.catalog import ColumnMap, read_catalog
+    from embedder.errors import CatalogError
+    from embedder.features import FeatureCache
+    from embedder.ray_features import RayFeaturesConfig, extract_features_ray
+
+    report = read_catalog(catalog, columns=ColumnMap(**cfg.catalog_columns))
+    if not report.products:
+        raise CatalogError(f"{catalog}: no valid products ({report.summary()})")
+    device = None if cfg.device == "auto" else cfg.device
+    with FeatureCache(cfg.cache_dir or None) as cache:
+        out = Path(out_shards) if out_shards else cache.root / "shards" / Path(catalog).stem
+        return extract_features_ray(
+            report.products, cfg.image_backbone, cfg.text_backbone, out, cache,
+            RayFeaturesConfig(address=address, image_batch_size=cfg.feature_batch_size,
+                              device=device))
+
+
 def head_values(products: Sequence[Any], attribute_heads: Sequence[str]) -> dict[str, list]:
     """Every head's raw class name per product: category levels, then attribute columns."""
     from train.splits import attribute_values, level_heads

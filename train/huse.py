@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", formatter_class=fmt,
                        help="extract and cache frozen features only")
     s.add_argument("--catalog", required=True)
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: Ray Data actor pool writing feature shards (extra 'scale')")
+    s.add_argument("--address", help="Ray cluster to join (default: a local one on 127.0.0.1)")
+    s.add_argument("--out-shards", help="feature shard directory of --engine ray (default: "
+                                        "CACHE/shards/<catalog name>)")
     _add_config_args(s)
     s = sub.add_parser("evaluate", formatter_class=fmt, help="re-run the evaluation of a bundle")
     s.add_argument("bundle")
@@ -72,9 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="embed a catalog with a bundle into an index")
     s.add_argument("--bundle", required=True)
     s.add_argument("--catalog", required=True)
-    s.add_argument("--out", required=True)
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="FAISS index directory")
+    where.add_argument("--target", help="Milvus collection: milvus://host:port/name (or "
+                                        "milvus-lite:///file.db?collection=name; extra 'scale')")
     s.add_argument("--factory", default=None,
-                   help="FAISS factory or 'auto' (default: the bundle's training config)")
+                   help="FAISS factory or 'auto' (default: the bundle's training config); "
+                        "Milvus: auto, FLAT, IVF_FLAT")
     s.add_argument("--cache-dir", help="feature cache")
     return p
 
@@ -104,6 +113,13 @@ def _sample_catalog(args: argparse.Namespace) -> None:
 
 
 def _features(args: argparse.Namespace) -> None:
+    if args.engine == "ray":
+        from train.data import ray_features
+
+        shards = ray_features(args.catalog, _config_from_args(args), args.address,
+                              args.out_shards)
+        print(f"{len(shards)} products in {len(shards.files)} shards: {shards.directory}")
+        return
     from train.data import load_features
 
     feats = load_features(args.catalog, _config_from_args(args))
@@ -120,7 +136,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _build_index(args: argparse.Namespace) -> None:
     from train.build_index import build_index
 
-    print(build_index(args.bundle, args.catalog, args.out, factory=args.factory,
+    print(build_index(args.bundle, args.catalog, args.out or args.target, factory=args.factory,
                       cache_dir=args.cache_dir))
 
 
@@ -133,8 +149,15 @@ def _train(args: argparse.Namespace) -> None:
     cfg = _config_from_args(args, catalog=args.catalog, out=args.out,
                             resume=True if args.resume else None,
                             overwrite=True if args.overwrite else None)
-    out = run(cfg)
-    print((out / BUNDLE_DIR / "report.md").read_text())
+    from train import distributed
+
+    rank = distributed.init_from_env()  # under torchrun: join its job (else one process)
+    try:
+        out = run(cfg)
+    finally:
+        distributed.shutdown()
+    if rank.main:
+        print((out / BUNDLE_DIR / "report.md").read_text())
 
 
 COMMANDS: dict[str | None, Callable[[argparse.Namespace], None]] = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from embedder.towers import HuseModel, fuse
 from huse_common.atomic import replacing
+from train import distributed
 from train.config import TrainConfig
 from train.losses import classification_loss, cross_modal_gap_loss, semantic_graph_loss
 
@@ -65,13 +67,22 @@ def compute_losses(
     A: torch.Tensor,
     leaf_head: str,
     cfg: TrainConfig,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The weighted HUSE objective on one batch; also returns each term and the fused embedding."""
+    """The weighted HUSE objective on one batch; also returns each term and the fused embedding.
+
+    `model` may be wrapped in DistributedDataParallel; `gather` (train.distributed.gather)
+    then joins every rank's rows first, so each term is the global batch's.
+    """
     e_img, e_txt = model(xi, xt)
+    if gather is not None:
+        e_img, e_txt = gather(e_img), gather(e_txt)
+        ys = {head: gather(y) for head, y in ys.items()}
+    heads = getattr(model, "module", model)  # the classification layers, DDP or not
     cls_terms = [
         classification_loss(logits, ys[head])
         for emb in (e_img, e_txt)
-        for head, logits in model.logits(emb).items()
+        for head, logits in heads.logits(emb).items()
     ]
     cls = torch.stack(cls_terms).mean()
     y_leaf = ys[leaf_head]
@@ -119,14 +130,22 @@ def _score(val_loss: float, val_top1: float, train_loss: float) -> tuple[float, 
 def train_model(
     model: HuseModel, data: TrainData, cfg: TrainConfig, checkpoint_dir: Path | None
 ) -> TrainResult:
-    """Train in place (best weights restored at the end); resume when cfg.resume is set."""
+    """Train in place (best weights restored at the end); resume when cfg.resume is set.
+
+    Under torch.distributed (train.distributed) every rank runs this: the same permutation,
+    an equal slice of each global batch, DDP-averaged gradients, and its own dropout stream
+    (seed + rank, saved per rank in the checkpoint that rank 0 alone writes).
+    """
+    rank = distributed.current()
     device = pick_device(cfg.device)
+    if rank.parallel and device.type == "cuda":
+        device = torch.device("cuda", rank.local_rank)
     use_amp = cfg.amp and device.type == "cuda"
     model.to(device).train()
     A = torch.from_numpy(np.asarray(data.A, dtype=np.float32)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank.rank)
     history: list[dict] = []
     best = {"score": (-math.inf, -math.inf), "epoch": 0, "state": None}
     bad_epochs, step, start = 0, 0, 1
@@ -136,16 +155,22 @@ def train_model(
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["gen_state"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        rngs = ckpt.get("rng_by_rank", [{"cpu": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}])
+        if len(rngs) != rank.world:
+            raise ValueError(f"{ckpt_path} was written by {len(rngs)} ranks; resume it with "
+                             f"as many, not {rank.world}")
+        torch.set_rng_state(rngs[rank.rank]["cpu"].cpu())
+        if device.type == "cuda" and rngs[rank.rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(rngs[rank.rank]["cuda"].cpu())
         history = ckpt["history"]
         best = {"score": tuple(ckpt["best_score"]), "epoch": ckpt["best_epoch"],
                 "state": ckpt["best_state"]}
         bad_epochs, step, start = ckpt["bad_epochs"], ckpt["step"], ckpt["epoch"] + 1
         logger.info("resumed from %s at epoch %d (step %d)", ckpt_path, ckpt["epoch"], step)
-    elif ckpt_path is not None:
+    elif ckpt_path is not None and rank.main:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    net = distributed.wrap(model, rank, device)
+    gather = distributed.gather if rank.parallel else None
 
     n_train = len(data.train_idx)
     if n_train == 0:
@@ -158,14 +183,17 @@ def train_model(
         perm = data.train_idx[torch.randperm(n_train, generator=gen).numpy()]
         sums = {"loss": 0.0, "cls": 0.0, "graph": 0.0, "gap": 0.0}
         for lo in range(0, n_train, cfg.batch_size):
-            xi, xt, ys = _tensors(data, perm[lo : lo + cfg.batch_size], device)
+            rows = distributed.local_rows(perm[lo : lo + cfg.batch_size], rank)
+            if not len(rows):  # a last batch smaller than the world size
+                continue
+            xi, xt, ys = _tensors(data, rows, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = compute_losses(model, xi, xt, ys, A, data.leaf_head, cfg)
+                out = compute_losses(net, xi, xt, ys, A, data.leaf_head, cfg, gather)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
             step += 1
-            weight = len(xi) / n_train
+            weight = len(rows) * rank.world / n_train
             for k in sums:
                 sums[k] += float(out[k].detach()) * weight
         val_loss, val_top1 = (_validate(model, data, A, cfg, device) if len(data.val_idx)
@@ -185,14 +213,18 @@ def train_model(
         else:
             bad_epochs += 1
         if ckpt_path is not None:
-            ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                    "step": step, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "history": history, "best_score": list(best["score"]),
-                    "best_epoch": best["epoch"], "best_state": best["state"],
-                    "bad_epochs": bad_epochs}
-            if device.type == "cuda":
-                ckpt["cuda_rng"] = torch.cuda.get_rng_state()
-            _atomic_torch_save(ckpt, ckpt_path)
+            cuda_rng = torch.cuda.get_rng_state() if device.type == "cuda" else None
+            rngs = distributed.all_objects({"cpu": torch.get_rng_state(), "cuda": cuda_rng})
+            if rank.main:
+                ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "epoch": epoch, "step": step, "gen_state": gen.get_state(),
+                        "torch_rng": rngs[0]["cpu"], "rng_by_rank": rngs,
+                        "history": history, "best_score": list(best["score"]),
+                        "best_epoch": best["epoch"], "best_state": best["state"],
+                        "bad_epochs": bad_epochs}
+                if cuda_rng is not None:
+                    ckpt["cuda_rng"] = cuda_rng
+                _atomic_torch_save(ckpt, ckpt_path)
     stopped_early = bad_epochs >= cfg.patience
     if best["state"] is not None:
         model.load_state_dict(best["state"])

@@ -7,13 +7,14 @@ vectors.faiss, meta.sqlite).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from train import stages
+from train import distributed, stages
 from train.config import ConfigError, TrainConfig
 from train.data import bundle_data
 
@@ -44,15 +45,27 @@ def check_out(cfg: TrainConfig) -> Path:
 
 
 def run(cfg: TrainConfig) -> Path:
-    """prepare -> fit -> assemble -> evaluate -> index -> report; returns OUT."""
+    """prepare -> fit -> assemble -> evaluate -> index -> report; returns OUT.
+
+    In a torch.distributed job (train.distributed) every rank prepares (rank 0 first, filling
+    the feature cache; its semantic graph is broadcast) and fits; rank 0 alone writes the
+    rejects, checkpoints, bundle, report and index.
+    """
+    rank = distributed.current()
     cfg = cfg.validate()
     out = check_out(cfg)
     logger.info("resolved config: %s", cfg.to_dict())
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    prep = stages.prepare(cfg, rejects_path=out / REJECTS_FILE, timings=timings)
+    with distributed.rank_zero_first():
+        prep = stages.prepare(cfg, rejects_path=out / REJECTS_FILE if rank.main else None,
+                              timings=timings)
+    if rank.parallel:
+        prep = dataclasses.replace(prep, graph=distributed.broadcast(prep.graph))
     fitted = stages.fit(prep, out / CHECKPOINT_DIR, timings)
+    if not rank.main:
+        return out
     assembled = stages.assemble(prep, fitted)
     bundle_dir = assembled.bundle.save(out / BUNDLE_DIR)
     evaluated = stages.evaluate(prep.data, assembled.bundle, cfg.eval_config(), timings)

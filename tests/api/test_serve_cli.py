@@ -92,6 +92,20 @@ def test_busy_port(capsys, model_dir):
     assert f"127.0.0.1:{port}" in line and "--port" in line
 
 
+def test_model_that_fails_to_load(capsys, model_dir):
+    """A damaged file the checks cannot see: the server's startup fails, still one line."""
+    (model_dir / "index" / "meta.sqlite").write_bytes(b"not a database" * 100)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["--model", str(model_dir), "--port", str(port)]) == USAGE_ERROR
+    out, err = capsys.readouterr()
+    assert "open http" not in out and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "ERROR" in line or "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("huse-serve: error: "), err
+    assert "could not be loaded" in errors[0] and "CorruptIndexError" in errors[0]
+
+
 def test_debug_shows_the_traceback(capsys, tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         main(["--model", str(tmp_path / "nope"), "--debug"])

@@ -1,0 +1,116 @@
+"""Data-parallel training (`pytest -k ddp`): 2 ranks on CPU with gloo (torch.multiprocessing
+spawn + a file store, as CI runs it) through train.pipeline.run on the sample catalog.
+
+- every rank trains against the same semantic graph and ends with the same weights;
+- only rank 0 assembles and writes the bundle, report and index;
+- a resumed 2-rank run equals an uninterrupted one (per-rank dropout streams restored);
+- without dropout, 2 ranks equal 1 rank up to float rounding (the global batch is gathered for
+  every loss term); with dropout the masks differ, and the metrics agree within the tolerance
+  measured on this catalog (docs/scale.md, notes of issue 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from safetensors.numpy import load_file
+
+from train.pipeline import BUNDLE_DIR, CHECKPOINT_DIR, run
+
+WORLD = 2
+WEIGHTS = "towers.safetensors"
+# 1 rank vs 2 ranks with dropout on the 80-product sample catalog, 3 epochs: fused leaf top-1
+# and the final train loss moved by up to these over seeds 0-4 (measured, notes of issue 10).
+TOP1_TOLERANCE = 0.15
+LOSS_TOLERANCE = 0.05
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        h.update(key.encode() + np.ascontiguousarray(arrays[key]).tobytes())
+    return h.hexdigest()
+
+
+def _rank_worker(rank: int, store: str, jobs: list, results: str) -> None:
+    """One rank: join the job, run every pipeline job, record what this rank saw."""
+    from train import distributed, stages
+
+    torch.set_num_threads(1)
+    distributed.init(rank, WORLD, f"file://{store}", backend="gloo")
+    seen: list[dict] = []
+    real_fit, real_assemble = stages.fit, stages.assemble
+
+    def fit(prep, *args, **kwargs):
+        fitted = real_fit(prep, *args, **kwargs)
+        state = {k: v.detach().cpu().numpy() for k, v in fitted.model.state_dict().items()}
+        seen.append({"stage": "fit", "graph": _digest({"A": prep.graph}),
+                     "model": _digest(state)})
+        return fitted
+
+    def assemble(*args, **kwargs):
+        seen.append({"stage": "assemble"})
+        return real_assemble(*args, **kwargs)
+
+    stages.fit, stages.assemble = fit, assemble
+    try:
+        for cfg in jobs:
+            run(cfg)
+    finally:
+        distributed.shutdown()
+    Path(results, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def _weights(out: Path) -> dict[str, np.ndarray]:
+    return load_file(out / BUNDLE_DIR / WEIGHTS)
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / BUNDLE_DIR / "report.json").read_text())
+
+
+def _fused_top1(report: dict) -> float:
+    """Test-split leaf top-1 of the fused embedding's linear head."""
+    evaluation = report["evaluation"]
+    return evaluation["heads"][evaluation["leaf_head"]]["fused"]["linear"]["top1"]
+
+
+def test_ddp_two_ranks_match_one_and_resume_exactly(trained_run, tmp_path):
+    cfg, one_rank = trained_run
+    full = dataclasses.replace(cfg, out=str(tmp_path / "full"))
+    part = dataclasses.replace(cfg, out=str(tmp_path / "resumed"), max_epochs=2)
+    resumed = dataclasses.replace(part, max_epochs=cfg.max_epochs, resume=True)
+    still = dataclasses.replace(cfg, out=str(tmp_path / "still"), dropout=0.0)
+    jobs = [full, part, resumed, still]
+    mp.spawn(_rank_worker, args=(str(tmp_path / "store"), jobs, str(tmp_path)), nprocs=WORLD,
+             join=True)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+    fits = [[s for s in rank_seen if s["stage"] == "fit"] for rank_seen in seen]
+    assert len(fits[0]) == len(fits[1]) == len(jobs)
+    assert fits[0] == fits[1]  # same semantic graph and same final weights on every rank
+    assert [len([s for s in r if s["stage"] == "assemble"]) for r in seen] == [len(jobs), 0]
+
+    # resumed after 2 of 3 epochs == uninterrupted, to the bit
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert _report(tmp_path / "full")["history"] == _report(tmp_path / "resumed")["history"]
+    assert len(list((tmp_path / "full" / CHECKPOINT_DIR).iterdir())) == 1
+
+    # no dropout: 2 ranks == 1 rank up to float rounding
+    single = run(dataclasses.replace(still, out=str(tmp_path / "single")))
+    x, y = _weights(single), _weights(tmp_path / "still")
+    for k in x:
+        np.testing.assert_allclose(y[k], x[k], atol=1e-4, rtol=0, err_msg=k)
+
+    # with dropout: the same metrics within the measured tolerance
+    one, two = _report(one_rank), _report(tmp_path / "full")
+    assert abs(_fused_top1(two) - _fused_top1(one)) <= TOP1_TOLERANCE
+    loss_one, loss_two = one["history"][-1]["train_loss"], two["history"][-1]["train_loss"]
+    assert abs(loss_two - loss_one) <= LOSS_TOLERANCE * loss_one
