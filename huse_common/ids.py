@@ -1,4 +1,5 @@
-"""Product ids: one grammar for the catalog reader, the index and the API routes."""
+"""Product ids: one grammar for what the catalog reader accepts and the API routes take (the
+index itself stores any non-empty id its backend can hold)."""
 
 from __future__ import annotations
 

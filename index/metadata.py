@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from huse_common.categories import below, normalize_path
-from huse_common.ids import check_product_id
 from index.errors import CorruptIndexError, IndexMismatchError, ProductNotFound
 
 logger = logging.getLogger(__name__)
@@ -65,7 +64,8 @@ class ProductRecord:
 
     def validated(self) -> ProductRecord:
         """This record with its category normalised; ValueError/TypeError naming bad fields."""
-        check_product_id(self.id)
+        if not isinstance(self.id, str) or not self.id.strip():
+            raise ValueError(f"product id must be a non-empty str, got {self.id!r}")
         for name in ("title", "image"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} of {self.id!r} must be a str, got {getattr(self, name)!r}")

@@ -45,13 +45,15 @@ def adopt_image(src: str | Path, media_root: Path) -> str:
     return target.relative_to(media_root).as_posix()
 
 
-def product_records(products: Sequence[Any], media_root: Path) -> list[Any]:
+def product_records(products: Sequence[Any], media_root: Path | None) -> list[Any]:
     """index.store.ProductRecord per product: id, title, ' > '-joined category, image path
-    relative to media_root (see adopt_image), attributes."""
+    relative to media_root (see adopt_image; absolute when there is none, e.g. Milvus),
+    attributes."""
     from index.store import ProductRecord
 
     return [ProductRecord(id=p.id, title=p.title, category=p.category_path,
-                          image=adopt_image(p.image_path, media_root),
+                          image=adopt_image(p.image_path, media_root) if media_root
+                          else str(Path(p.image_path).resolve()),
                           attributes=dict(p.attributes))
             for p in products]
 
@@ -78,7 +80,12 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
 
     out = out_dir if is_milvus_uri(out_dir) else Path(out_dir)
     # overwrite: a rebuild is built beside the old index and swapped in only once saved.
-    records = product_records(products, media_root=out.resolve().parent)
+    # The media root: the FAISS index's parent, as the API resolves it; for a Milvus target
+    # the bundle's parent (the model dir), else none (absolute paths).
+    root = out.resolve().parent if isinstance(out, Path) else None
+    if root is None and getattr(bundle, "path", None):
+        root = Path(bundle.path).resolve().parent
+    records = product_records(products, root)
     manifest = build_product_index(out, records, xb, bundle.fingerprint,
                                    factory=factory, plan=plan, config=build, overwrite=True)
     logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
