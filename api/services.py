@@ -35,7 +35,8 @@ from api.schemas import (
 )
 from api.settings import Settings
 from embedder.classify import PATH_KEY
-from embedder.images import ImageLimits, load_image
+from embedder.images import ImageLimits, MemoryBudget, load_image
+from index.errors import IndexMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class Services:
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_pixels,
             min_side=settings.min_image_side,
+            max_work_bytes=settings.max_decode_bytes,
         )
+        # Concurrent decodes share this many bytes of working memory (see embedder.images).
+        self.decode_budget = MemoryBudget(settings.decode_budget_bytes)
         self.threshold = (
             settings.other_threshold
             if settings.other_threshold is not None
@@ -83,6 +87,12 @@ class Services:
 
         bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
         index = open_product_index(settings.index_target, expected_fingerprint=bundle.fingerprint)
+        if index.d != bundle.dim:
+            index.close()
+            raise IndexMismatchError(
+                f"index {settings.index_target} holds {index.d}-d vectors but bundle "
+                f"{settings.bundle_dir} embeds {bundle.dim}-d: rebuild the index with this bundle"
+            )
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
         logger.info(
@@ -107,7 +117,7 @@ class Services:
 
     def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
         """Decode and preprocess here, in the request's thread: the batch only runs the model."""
-        image = load_image(data, self.limits)
+        image = load_image(data, self.limits, self.decode_budget)
         return image, self.bundle.preprocess([image])[0]
 
     async def decode(self, image: bytes | None, title: str | None) -> Query:

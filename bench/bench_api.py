@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 
 from api.batching import IMAGE_BATCH_MAX
-from bench.common import machine_info, print_table, write_results
+from bench.common import machine_info, print_table, wait_healthy, write_results
 from embedder.backbones import ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -124,16 +124,7 @@ class Server:
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=self.log, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.3)
-        raise TimeoutError(f"server not ready; see {log_path}")
+        wait_healthy(self.url, self.proc, 180, f"; see {log_path}")
 
     def stop(self) -> None:
         self.proc.terminate()
