@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     setting("--batch-workers", "batch_workers", type=int, metavar="N")
     setting("--image-batch-max", "image_batch_max", type=int, metavar="N")
     setting("--image-engine", "image_engine", choices=ENGINES)
+    setting("--read-timeout", "request_read_timeout_s", type=float, metavar="S")
+    setting("--max-connections", "max_connections", type=int, metavar="N")
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -185,6 +187,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.server import uvicorn_config
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list | None = None) -> None:
@@ -193,7 +196,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
                 print(f"HUSE search: open http://{args.host}:{args.port}/  (API docs: /docs)",
                       flush=True)
 
-    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+    config = uvicorn_config(create_app(settings), settings, host=args.host, port=args.port,
                             log_level=args.log_level)
     failure = StartupFailure()
     uvicorn_log = logging.getLogger("uvicorn.error")

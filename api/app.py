@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import install_error_handlers
-from api.limits import BodyLimitMiddleware
+from api.errors import RequestIdMiddleware, install_error_handlers
+from api.limits import BodyLimitMiddleware, JsonDepthMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openapi import install_openapi
 from api.routes import classify, docs, facets, near_duplicates, ops, products, search, web
@@ -64,17 +64,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount(docs.ASSETS_URL, docs.assets(), name="docs-assets")
     install_openapi(app)
     install_error_handlers(app)
+    app.add_middleware(JsonDepthMiddleware, max_depth=settings.max_json_depth)  # after sizes
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=max_request_bytes(settings),
         path_limits={path: settings.max_batch_body_bytes for path in BATCH_PATHS},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(  # outermost: preflights and every answer, errors included
+    app.add_middleware(  # preflights and every answer, errors included
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "PUT", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["X-Request-ID"],
     )
+    app.add_middleware(RequestIdMiddleware)  # around everything: an id exists before failures
     return app

@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import threading
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.filters import resolve_filter
-from api.media import ImageStore
+from api.media import ImageStore, StoredImageResponse
 from api.metrics import ApiMetrics
 from api.requests import ProductBulkItemCreate, ProductCreate
 from api.results import answer_each
@@ -35,6 +33,7 @@ from api.schemas import (
 )
 from index.errors import ProductNotFound
 from index.metadata import ProductRecord
+from index.rwlock import RWLock
 
 
 def image_url(product_id: str, recorded_image: str) -> str | None:
@@ -94,9 +93,10 @@ class Catalog:
         self.metrics = metrics
         self._decode = decode
         self._embed = embed
-        # Held from storing an upload through the index write, and from a write through deleting
-        # the uploads it left unreferenced, so no upload is deleted while a write still needs it.
-        self._uploads_lock = threading.Lock()
+        # Written from storing an upload through the index write, and from a write through
+        # deleting the uploads it left unreferenced, so no upload is deleted while a write still
+        # needs it; read while an image GET looks up its record and opens the file.
+        self._uploads_lock = RWLock()
 
     async def _prepare(self, product_id: str, product: ProductCreate) -> _Prepared:
         query = await self._decode(product.image, product.title)
@@ -157,7 +157,7 @@ class Catalog:
     def _write(self, batch: Sequence[_Prepared]) -> tuple[list[ProductRecord], dict[str, str]]:
         """Store the uploads, upsert all in one transaction (durable on return), then drop the
         uploads no product records any more. -> (records as written, id -> created/updated)."""
-        with self._uploads_lock:
+        with self._uploads_lock.write():
             records = [
                 dataclasses.replace(p.record, image=self.images.save(p.image, p.decoded))
                 if p.image is not None
@@ -178,7 +178,7 @@ class Catalog:
         return DeletedPublic(id=product_id, deleted=True)
 
     def _delete(self, product_id: str) -> None:
-        with self._uploads_lock:
+        with self._uploads_lock.write():
             old = self.index.get(product_id).image
             self.index.delete([product_id])
             self._collect_upload(old)
@@ -202,12 +202,16 @@ class Catalog:
     async def get(self, product_id: str) -> ProductPublic:
         return public(await run_in_threadpool(self.index.get, product_id))
 
-    async def image(self, product_id: str) -> Path:
-        record = await run_in_threadpool(self.index.get, product_id)
-        path = await run_in_threadpool(self.images.resolve, record.image)
-        if path is None:
+    async def image(self, product_id: str) -> StoredImageResponse:
+        return await run_in_threadpool(self._open_image, product_id)
+
+    def _open_image(self, product_id: str) -> StoredImageResponse:
+        """Look up the record and open its file together, so no write can delete it between."""
+        with self._uploads_lock.read():
+            response = self.images.open(self.index.get(product_id).image)
+        if response is None:
             raise ApiError(404, "image_not_found", f"product {product_id!r} has no stored image")
-        return path
+        return response
 
     async def page(self, cursor: str | None, limit: int, category: str | None) -> ProductsPublic:
         """Products in insertion order after `cursor`: stable under concurrent writes (a key is

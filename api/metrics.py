@@ -13,6 +13,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # Latency buckets in seconds: 1 ms .. 10 s, dense where the model calls land.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Label values come from fixed sets, so no client can grow the registry: methods outside
+# METHODS count as OTHER, paths no route matches as UNMATCHED, statuses are HTTP's own 3 digits.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER = "other"
+UNMATCHED = "<unmatched>"
 
 
 class ApiMetrics:
@@ -91,7 +96,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "<unmatched>"
+            path = getattr(route, "path", None) or UNMATCHED
             method = scope.get("method", "")
+            method = method if method in METHODS else OTHER
             self.metrics.latency.labels(route=path, method=method).observe(time.perf_counter() - t0)
             self.metrics.requests.labels(route=path, method=method, status=str(status)).inc()

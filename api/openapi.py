@@ -30,7 +30,7 @@ class ErrorPublic(BaseModel):
 
     error: str = Field(description="short machine-readable code, e.g. product_not_found")
     detail: str = Field(description="what went wrong, for a person")
-    request_id: str | None = Field(None, description="the X-Request-ID of this request")
+    request_id: str = Field(description="this request's id (also its X-Request-ID header)")
 
 
 # status -> (description, example code, example detail)

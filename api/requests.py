@@ -15,12 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from api.errors import ApiError
+from api.errors import ApiError, InvalidInput
+from api.limits import loads_limited
 from embedder.classify import METHODS
 from huse_common.categories import normalize_path
+from huse_common.ids import MAX_PRODUCT_ID_CHARS, PRODUCT_ID_PATTERN
 from huse_common.limits import (
     DEFAULT_K,
     MAX_ATTRIBUTES_CHARS,
+    MAX_JSON_DEPTH,
     MAX_K,
     MAX_TITLE_CHARS,
     MAX_UPLOAD_BYTES,
@@ -33,8 +36,6 @@ MAX_BATCH_QUERIES = 64
 MAX_BULK_ITEMS = 256
 MAX_PAGE_ITEMS = 500
 DEFAULT_PAGE_ITEMS = 100
-PRODUCT_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-MAX_PRODUCT_ID_CHARS = 256
 
 _PIXEL_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAF0lEQVR4nGO8I8VAEmAiTfmohlENQ0kDAJ"
@@ -57,14 +58,19 @@ def _json_object(value: Any, name: str) -> dict[str, str]:
         if len(value) > MAX_ATTRIBUTES_CHARS:
             raise ValueError(f"{name} have {len(value)} characters, limit {MAX_ATTRIBUTES_CHARS}")
         try:
-            value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError as e:
+            value = loads_limited(value, MAX_JSON_DEPTH) if value.strip() else {}
+        except ValueError as e:  # not JSON, nested too deep, NaN/Infinity
             raise ValueError(f"{name} must be a JSON object: {e}") from e
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
     if len(json.dumps(value)) > MAX_ATTRIBUTES_CHARS:
         raise ValueError(f"{name} exceed {MAX_ATTRIBUTES_CHARS} characters as JSON")
-    return {str(key): str(item) for key, item in value.items()}
+    # A non-text value keeps its JSON text ({"b": [1, 2]} -> "[1, 2]"), never Python's repr;
+    # NaN/Infinity (json.loads takes them, JSON has none) are refused.
+    return {
+        str(key): item if isinstance(item, str) else json.dumps(item, allow_nan=False)
+        for key, item in value.items()
+    }
 
 
 def _decode_b64(value: str) -> bytes:
@@ -126,12 +132,12 @@ class _QueryCreate(_ImageCreate):
         return _title(value)
 
     def check_inputs(self) -> str:
-        """The query kind (image, text, fused, product); ApiError/ValueError when the inputs
-        do not make one query."""
+        """The query kind (image, text, fused, product); ApiError (422) when the inputs do not
+        make one query."""
         has_query = self.image is not None or self.title is not None
         if self.product_id is not None:
             if has_query:
-                raise ValueError("send either product_id or an image/title, not both")
+                raise InvalidInput("send either product_id or an image/title, not both")
             return "product"
         if not has_query:
             raise ApiError(422, "empty_request", "send an image, a title, or both")

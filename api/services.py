@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.batching import BatchConfig, EmbedBatcher
 from api.catalog import Catalog, image_url
+from api.embed_cache import EmbedCache
 from api.filters import empty_notice, resolve_filter
 from api.media import ImageStore
 from api.metrics import ApiMetrics
@@ -34,8 +35,9 @@ from api.schemas import (
 )
 from api.settings import Settings
 from embedder.classify import PATH_KEY
-from embedder.images import ImageLimits, load_image
+from embedder.images import ImageLimits, MemoryBudget, load_image
 from embedder.visual import DEFAULT_NEIGHBOURS, near_duplicates_of
+from index.errors import IndexMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,10 @@ class Services:
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_pixels,
             min_side=settings.min_image_side,
+            max_work_bytes=settings.max_decode_bytes,
         )
+        # Concurrent decodes share this many bytes of working memory (see embedder.images).
+        self.decode_budget = MemoryBudget(settings.decode_budget_bytes)
         self.threshold = (
             settings.other_threshold
             if settings.other_threshold is not None
@@ -84,6 +89,7 @@ class Services:
         self.batcher = EmbedBatcher(
             self._embed, BatchConfig.from_settings(settings), on_batch=metrics.observe_batch
         )
+        self.embed_cache = EmbedCache()
         assert settings.uploads_dir is not None
         images = ImageStore(settings.uploads_dir, settings.media_root)
         self.catalog = Catalog(index, images, metrics, self.decode, self.index_row)
@@ -96,6 +102,12 @@ class Services:
 
         bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
         index = open_product_index(settings.index_target, expected_fingerprint=bundle.fingerprint)
+        if index.d != bundle.dim:
+            index.close()
+            raise IndexMismatchError(
+                f"index {settings.index_target} holds {index.d}-d vectors but bundle "
+                f"{settings.bundle_dir} embeds {bundle.dim}-d: rebuild the index with this bundle"
+            )
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
         logger.info(
@@ -120,7 +132,7 @@ class Services:
 
     def _decode(self, data: bytes) -> tuple[Any, np.ndarray]:
         """Decode and preprocess here, in the request's thread: the batch only runs the model."""
-        image = load_image(data, self.limits)
+        image = load_image(data, self.limits, self.decode_budget)
         return image, self.bundle.preprocess([image])[0]
 
     async def decode(self, image: bytes | None, title: str | None) -> Query:
@@ -138,10 +150,17 @@ class Services:
         return self.bundle.embed_parts(texts=texts, pixels=stacked)
 
     async def embed(self, query: Query) -> np.ndarray:
-        """The query's (index_dim,) parts, computed in a micro-batch with other requests."""
+        """The query's (index_dim,) parts (Bundle.embed_parts): from the LRU cache for a
+        repeated title or image, else computed in a micro-batch with other requests."""
+        key = self.embed_cache.key(query.title, query.pixels)
+        cached = self.embed_cache.get(key)
+        if cached is not None:
+            return cached
         with self.metrics.stage("embed"):
             future = self.batcher.submit(image=query.pixels, text=query.title)
-            return await asyncio.wrap_future(future)
+            vec = await asyncio.wrap_future(future)
+        self.embed_cache.put(key, vec)
+        return vec
 
     async def index_row(self, query: Query) -> np.ndarray:
         """The (index_dim,) row the index stores for a product (catalog writes)."""

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.batching import IMAGE_BATCH_MAX
-from huse_common.limits import MAX_UPLOAD_BYTES
+from huse_common.limits import MAX_JSON_DEPTH, MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):
@@ -72,6 +72,25 @@ class Settings(BaseSettings):
     unbatched_workers: int = Field(default=8, ge=1)
     other_threshold: float | None = Field(
         None, description="overrides the bundle's 'other' threshold for classification"
+    )
+    # Hostile-input bounds (#13): working memory of one image decode, of all concurrent
+    # decodes together, and the nesting of JSON (request bodies and the attributes field).
+    max_decode_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024, description="working memory of one decode"
+    )
+    decode_budget_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024 * 1024, description="memory of all decodes at once"
+    )
+    max_json_depth: int = Field(
+        default=MAX_JSON_DEPTH, ge=1, le=MAX_JSON_DEPTH, description="nesting of request JSON"
+    )
+    # Connection bounds (#13): seconds a client has to send a request's headers and body, and
+    # the most connections served at once (more get 503) - see README "Behind a reverse proxy".
+    request_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="seconds a request has to arrive whole"
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="connections served at once (more get 503)"
     )
 
     @model_validator(mode="after")

@@ -1,10 +1,18 @@
 """`python -m bench.bench_api`: latency and throughput of a live `python -m api` on 127.0.0.1.
 
-Concurrent clients (threads, one httpx connection each) send text search, image search and
-classify (image + title) requests at 1, 8 and 32 clients, against the same model served with
-micro-batching on and then off (one model call per request, the baseline). Each cell is bounded
-in requests and seconds. Prints a markdown table and writes bench/results/bench_api.json (or
-OUT.json with `--out OUT`, for partial runs such as `--scenarios image_search --clients 8,32`).
+Closed loop: concurrent clients (threads, one httpx connection each) send text search, image
+search and classify (image + title) requests at 1, 8 and 32 clients, against the same model
+served with micro-batching on and then off (one model call per request, the baseline). Each cell
+is bounded in requests and seconds. With N closed-loop clients the mean latency is N /
+throughput (Little's law), so latency is measured open loop too: `--rates 50,100,150` sends
+requests at a fixed rate whatever the server does (a dispatcher thread hands each request to a
+pool at its scheduled time; latency counts from that time, so a slow server's queue is seen,
+not hidden). `--queries N` sets how many distinct catalog products the requests cycle over: with
+N at least the request count every title is unique (no repeats for a cache to answer). Each
+row reports the generator's own CPU share (this process's CPU seconds / wall / cores), since the
+generator runs on the server's cores. Prints a markdown table and writes
+bench/results/bench_api.json (or OUT.json with `--out OUT`, for partial runs such as
+`--scenarios image_search --clients 8,32`).
 
 The model directory defaults to `runs/bench_api` built from the sample catalog with the default
 packaged backbones (`python -m train.huse`), reused when it exists.
@@ -15,12 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +38,7 @@ import httpx
 import numpy as np
 
 from api.batching import IMAGE_BATCH_MAX
-from bench.common import machine_info, print_table, write_results
+from bench.common import machine_info, print_table, wait_healthy, write_results
 from embedder.backbones import ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +61,11 @@ class BenchConfig:
     image_engine: str = "torch"
     out: str = "bench_api"  # results name: bench/results/OUT.json (partial runs use another)
     scenarios: tuple[str, ...] = SCENARIOS
+    batching_modes: tuple[bool, ...] = (True, False)  # servers to measure (off: the baseline)
+    rates: tuple[float, ...] = ()  # open-loop arrival rates (requests/s); () = closed loop only
+    open_seconds: float = 20.0  # length of each open-loop cell
+    open_threads: int = 64  # most requests in flight in an open-loop cell
+    queries: int = 64  # distinct catalog products the requests cycle over
     seed: int = 0
 
 
@@ -74,10 +89,10 @@ def ensure_model(model: str) -> Path:
 
 
 def load_queries(catalog: Path, n: int, seed: int) -> list[tuple[str, bytes]]:
-    """(title, image bytes) of n random catalog products: the requests the clients send."""
+    """(title, image bytes) of n random catalog products with distinct titles: the requests."""
     from embedder.catalog import read_catalog
 
-    products = read_catalog(catalog).products
+    products = list({p.title: p for p in read_catalog(catalog).products}.values())
     rng = random.Random(seed)
     picked = rng.sample(products, min(n, len(products)))
     return [(p.title, p.image_path.read_bytes()) for p in picked]
@@ -109,16 +124,7 @@ class Server:
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=self.log, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.3)
-        raise TimeoutError(f"server not ready; see {log_path}")
+        wait_healthy(self.url, self.proc, 180, f"; see {log_path}")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -139,6 +145,77 @@ def _request(client: httpx.Client, scenario: str, query: tuple[str, bytes], k: i
         raise RuntimeError(f"{scenario}: HTTP {r.status_code}: {r.text[:200]}")
 
 
+def _record(client: httpx.Client, scenario: str, query: tuple[str, bytes], k: int, since: float,
+            latencies: list[float], errors: list[str], lock: threading.Lock) -> bool:
+    """Send one request; record its latency from `since` (or its error). True on success."""
+    try:
+        _request(client, scenario, query, k)
+    except Exception as e:  # counted and reported, never hidden
+        with lock:
+            errors.append(str(e))
+        return False
+    with lock:
+        latencies.append(time.perf_counter() - since)
+    return True
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stats(latencies: list[float], errors: list[str], wall: float, cpu_s: float) -> dict:
+    lat_ms = np.array(latencies) * 1000.0
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": round(wall, 2),
+        "req_per_s": len(latencies) / wall if wall > 0 else 0.0,
+        "p50_ms": float(np.percentile(lat_ms, 50)) if len(lat_ms) else None,
+        "p95_ms": float(np.percentile(lat_ms, 95)) if len(lat_ms) else None,
+        "p99_ms": float(np.percentile(lat_ms, 99)) if len(lat_ms) else None,
+        "generator_cpu_share": round(cpu_s / (wall * (os.cpu_count() or 1)), 3) if wall else None,
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def run_open_loop(url: str, scenario: str, rate: float, queries, cfg: BenchConfig) -> dict:
+    """Requests at `rate`/s for `open_seconds`, each sent at its scheduled time by a pool of
+    `open_threads`; latency from the scheduled time (a request the pool could not start on time
+    counts its wait). Returns latency stats, the rate achieved and how late sends were."""
+    total = max(1, int(rate * cfg.open_seconds))
+    local = threading.local()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    late: list[float] = []
+
+    def send(i: int, due: float) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=url, timeout=120)
+        start = time.perf_counter()
+        query = queries[i % len(queries)]
+        if _record(client, scenario, query, cfg.k, due, latencies, errors, lock):
+            with lock:
+                late.append(start - due)
+
+    cpu0, start = _cpu_seconds(), time.perf_counter()
+    with ThreadPoolExecutor(cfg.open_threads) as pool:
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(send, i, due)
+    wall = time.perf_counter() - start
+    row = _stats(latencies, errors, wall, _cpu_seconds() - cpu0)
+    row.update(scenario=scenario, mode="open", rate=rate, clients=None,
+               late_p99_ms=float(np.percentile(late, 99)) * 1e3 if late else None)
+    return row
+
+
 def run_cell(url: str, scenario: str, n_clients: int, queries, cfg: BenchConfig) -> dict:
     """n_clients threads share `requests_per_cell` requests; returns latency stats and req/s."""
     total = max(cfg.requests_per_cell, 2 * n_clients)
@@ -156,35 +233,20 @@ def run_cell(url: str, scenario: str, n_clients: int, queries, cfg: BenchConfig)
                     i = next(counter, None)
                 if i is None:
                     return
-                t0 = time.perf_counter()
-                try:
-                    _request(client, scenario, queries[i % len(queries)], cfg.k)
-                except Exception as e:  # counted and reported, never hidden
-                    with lock:
-                        errors.append(str(e))
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
+                query = queries[i % len(queries)]
+                _record(client, scenario, query, cfg.k, time.perf_counter(), latencies, errors,
+                        lock)
 
     threads = [threading.Thread(target=client_loop) for _ in range(n_clients)]
+    cpu0 = _cpu_seconds()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    lat_ms = np.array(latencies) * 1000.0
-    return {
-        "scenario": scenario,
-        "clients": n_clients,
-        "requests": len(latencies),
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
-        "seconds": round(wall, 2),
-        "req_per_s": len(latencies) / wall if wall > 0 else 0.0,
-        "p50_ms": float(np.percentile(lat_ms, 50)) if len(lat_ms) else None,
-        "p95_ms": float(np.percentile(lat_ms, 95)) if len(lat_ms) else None,
-        "p99_ms": float(np.percentile(lat_ms, 99)) if len(lat_ms) else None,
-    }
+    row = _stats(latencies, errors, wall, _cpu_seconds() - cpu0)
+    row.update(scenario=scenario, mode="closed", clients=n_clients)
+    return row
 
 
 def parse_args(argv: list[str] | None) -> BenchConfig:
@@ -200,12 +262,17 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--out", default=BenchConfig.out, help="results name (bench/results/OUT.json)")
     p.add_argument("--requests", type=int, default=BenchConfig.requests_per_cell)
     p.add_argument("--max-seconds", type=float, default=BenchConfig.max_seconds_per_cell)
+    p.add_argument("--rates", default="", help="open-loop requests/s, comma-separated")
+    p.add_argument("--open-seconds", type=float, default=BenchConfig.open_seconds)
+    p.add_argument("--queries", type=int, default=BenchConfig.queries,
+                   help="distinct products the requests cycle over (>= requests: all unique)")
+    p.add_argument("--no-unbatched", action="store_true", help="skip the batching-off server")
     args = p.parse_args(argv)
-    clients = tuple(int(c) for c in args.clients.split(","))
+    clients = tuple(int(c) for c in args.clients.split(",") if c)
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
-    if not clients or min(clients) < 1:
+    if clients and min(clients) < 1:
         raise ValueError(f"--clients must be positive integers, got {args.clients!r}")
     return BenchConfig(
         model=args.model,
@@ -219,16 +286,21 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         clients=clients,
         requests_per_cell=args.requests,
         max_seconds_per_cell=args.max_seconds,
+        rates=tuple(float(r) for r in args.rates.split(",") if r),
+        open_seconds=args.open_seconds,
+        queries=args.queries,
+        batching_modes=(True,) if args.no_unbatched else (True, False),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     model_dir = ensure_model(cfg.model)
-    queries = load_queries(Path(cfg.catalog) if cfg.catalog else SAMPLE_CATALOG, 64, cfg.seed)
+    catalog = Path(cfg.catalog) if cfg.catalog else SAMPLE_CATALOG
+    queries = load_queries(catalog, cfg.queries, cfg.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for batching in (True, False):
+        for batching in cfg.batching_modes:
             server = Server(model_dir, batching, cfg, Path(tmp) / "server.log")
             try:
                 health = httpx.get(f"{server.url}/healthz").json()
@@ -245,10 +317,19 @@ def main(argv: list[str] | None = None) -> None:
                             f"{row['req_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} ms",
                             file=sys.stderr,
                         )
+                    for rate in cfg.rates:
+                        row = run_open_loop(server.url, scenario, rate, queries, cfg)
+                        row["batching"] = "on" if batching else "off"
+                        rows.append(row)
+                        print(f"batching {row['batching']:3} {scenario:12} open {rate:g}/s: "
+                              f"{row['req_per_s']:.1f} req/s, p99 {row['p99_ms']:.0f} ms",
+                              file=sys.stderr)
             finally:
                 server.stop()
-    columns = ["scenario", "clients", "batching", "req_per_s", "p50_ms", "p95_ms", "p99_ms"]
-    rows.sort(key=lambda r: (SCENARIOS.index(r["scenario"]), r["clients"], r["batching"]))
+    columns = ["scenario", "mode", "clients", "rate", "batching", "req_per_s", "p50_ms", "p95_ms",
+               "p99_ms", "generator_cpu_share", "load_avg_1m"]
+    rows.sort(key=lambda r: (SCENARIOS.index(r["scenario"]), r["mode"], r["clients"] or 0,
+                             r.get("rate") or 0, r["batching"]))
     print_table(rows, [*columns, "requests", "errors"])
     path = write_results(
         cfg.out,
@@ -258,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
             "model": health["model"],
             "index_size": health["index"]["size"],
             "baseline": "batching off: one model call per request in a thread pool",
+            "load_average_at_end": os.getloadavg(),
             "results": rows,
         },
     )

@@ -34,6 +34,7 @@ from bench.common import machine_info, print_table, write_results
 from embedder.catalog import Product, read_catalog
 from embedder.features import FeatureCache, extract_image_features, extract_text_features
 from embedder.images import load_image
+from huse_common.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 COLUMNS = ["stage", "backbone", "items", "seconds", "items_per_s", "items_per_cpu_s",
@@ -151,7 +152,7 @@ def bench_extraction(
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos = (l2_normalize(a) * l2_normalize(b)).sum(1)
     return float(cos.min())
 
 

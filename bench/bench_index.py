@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine_info, print_table, write_results
-from huse_common.vectors import l2_normalize
+from huse_common.vectors import l2_normalize, row_norms
 from index.evaluation import exact_knn, recall_at_k
 from index.plan import Candidate, IndexPlan, candidates, choose_factory, pick
 
@@ -89,7 +89,7 @@ def real_vectors(index_dir: Path) -> np.ndarray:
 def median_nn_distance(x: np.ndarray) -> float:
     """Median Euclidean distance from each unit vector to its nearest other vector."""
     nearest = exact_knn(x, x, 2)[:, 1]
-    return float(np.median(np.linalg.norm(x - x[nearest], axis=1)))
+    return float(np.median(row_norms(x - x[nearest])))
 
 
 def dataset(name: str, n: int, n_queries: int, args: argparse.Namespace) -> tuple:

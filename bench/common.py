@@ -87,3 +87,21 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     """Print rows as a markdown table (benchmarks are CLIs, so printing is their job)."""
     print(format_table(rows, columns))
+
+
+def wait_healthy(url: str, proc: Any, timeout_s: float, log_hint: str = "") -> None:
+    """Return once `url`/healthz answers 200; RuntimeError if `proc` (a Popen) exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}{log_hint}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise TimeoutError(f"server not ready{log_hint}")

@@ -4,7 +4,8 @@ Directory layout (format version 1):
 - `config.json`: embedder.bundle_config.BundleConfig (backbones, tower shapes, heads, fusion,
   "other" threshold; package versions and the training config as provenance);
 - `towers.safetensors`: HuseModel state dict (towers incl. input normalisation, shared heads);
-- `labels.json`: {"separator": " > ", "heads": {head: [class names in label-index order]}};
+- `labels.json`: {"separator": huse_common.categories.SEPARATOR, "heads": {head: [class names
+  in label-index order]}};
 - `centroids.npz`: one (C_head, d) float32 array per head (unit-norm means of the training
   split's fused embeddings); written with fixed zip timestamps, so equal arrays give equal bytes;
 - `tfidf.json` when the text tower takes TF-IDF: vocabulary, idf, n-gram range (no pickle);

@@ -7,10 +7,11 @@ caught before training, and its sha256 is kept so the feature cache need not reh
 
 Reject reasons: bad_row (more cells than columns), bad_json, line_too_large (a JSONL line over
 RowLimits.max_line_bytes), field_too_large (a cell over RowLimits.max_cell_chars), bad_encoding
-(not UTF-8), missing_id, duplicate_id (an id already taken by an ACCEPTED earlier row; a row
-rejected for any other reason claims nothing), empty_title, title_too_long, empty_category
-(or an empty level), missing_image, and the image codes of embedder.images (truncated,
-not_an_image, too_many_pixels, too_small, too_many_bytes, unsupported_mode).
+(not UTF-8), missing_id, bad_id (outside the grammar of huse_common.ids), duplicate_id (an id
+already taken by an ACCEPTED earlier row; a row rejected for any other reason claims nothing),
+empty_title, title_too_long, empty_category (or an empty level), missing_image, and the image
+codes of embedder.images (truncated, not_an_image, too_many_pixels, too_small, too_many_bytes,
+unsupported_mode).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from embedder.errors import CatalogError, ImageError, MissingColumnsError
 from embedder.images import DEFAULT_LIMITS, ImageLimits, load_image, read_image_bytes, sha256_bytes
 from huse_common.atomic import replacing
 from huse_common.categories import SEPARATOR, join_path, split_path
+from huse_common.ids import check_product_id
 from huse_common.limits import MAX_TITLE_CHARS
 
 logger = logging.getLogger(__name__)
@@ -301,6 +303,10 @@ def _parse(
         return Reject(row, pid or None, "bad_encoding", f"invalid UTF-8 in {undecodable}")
     if not pid:
         return Reject(row, None, "missing_id", f"empty {columns.id!r}")
+    try:
+        check_product_id(pid)
+    except ValueError as e:
+        return Reject(row, pid, "bad_id", str(e))
     title = cells.get(columns.title, "")
     if not title:
         return Reject(row, pid, "empty_title", f"empty {columns.title!r}")

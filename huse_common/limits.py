@@ -10,3 +10,4 @@ MAX_INDEX_K = 10_000  # results one index search may return (IndexPlan.max_k); >
 MAX_TITLE_CHARS = 1000  # a product title, in the catalog and in requests
 MAX_ATTRIBUTES_CHARS = 10_000  # a product's attributes as JSON text, in requests
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # one uploaded image
+MAX_JSON_DEPTH = 32  # nesting of arrays/objects in request JSON (bodies, the attributes field)

@@ -72,7 +72,7 @@ class ProductRecord:
         if not isinstance(self.attributes, dict):
             raise TypeError(f"attributes of {self.id!r} must be a dict, got {self.attributes!r}")
         try:
-            json.dumps(self.attributes)
+            json.dumps(self.attributes, allow_nan=False)  # NaN/Infinity are not JSON
         except (TypeError, ValueError) as e:
             raise ValueError(f"attributes of {self.id!r} are not JSON: {e}") from e
         return ProductRecord(
@@ -246,7 +246,7 @@ class MetadataStore:
                         r.title,
                         r.category,
                         r.image,
-                        json.dumps(r.attributes),
+                        json.dumps(r.attributes, allow_nan=False),
                         x.tobytes(),
                         gen,
                     ),

@@ -8,6 +8,7 @@ Products are embedded from cached frozen features, fused (image + title) by defa
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,41 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("fused", "image", "text")
 
 
-def product_records(products: Sequence[Any]) -> list[Any]:
-    """index.store.ProductRecord per product: id, title, ' > '-joined category, absolute image
-    path, attributes."""
+# Catalog images are adopted into the model directory (beside bundle/ and index/, the API's
+# media root), so it can be copied to another path or machine without the catalog. Apart from
+# the uploads dir: the API only ever deletes uploads, never catalog images.
+MEDIA_DIRNAME = "catalog_images"
+
+
+def adopt_image(src: str | Path, media_root: Path) -> str:
+    """Content-addressed copy of a catalog image under media_root/catalog_images (a hard link where
+    the filesystem allows, else an atomic copy); returns its path relative to media_root."""
+    from embedder.images import sha256_bytes
+    from huse_common.atomic import write_atomic
+
+    data = Path(src).read_bytes()
+    target = media_root / MEDIA_DIRNAME / f"{sha256_bytes(data)}{Path(src).suffix.lower()}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, target)
+        except FileExistsError:
+            pass
+        except OSError:  # another filesystem, or links not allowed
+            write_atomic(target, data)
+    return target.relative_to(media_root).as_posix()
+
+
+def product_records(products: Sequence[Any], media_root: Path | None) -> list[Any]:
+    """index.store.ProductRecord per product: id, title, ' > '-joined category, image path
+    relative to media_root (see adopt_image; absolute when there is none, e.g. Milvus),
+    attributes."""
     from index.store import ProductRecord
 
     return [ProductRecord(id=p.id, title=p.title, category=p.category_path,
-                          image=str(Path(p.image_path).resolve()), attributes=dict(p.attributes))
+                          image=adopt_image(p.image_path, media_root) if media_root
+                          else str(Path(p.image_path).resolve()),
+                          attributes=dict(p.attributes))
             for p in products]
 
 
@@ -51,7 +80,13 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
 
     out = out_dir if is_milvus_uri(out_dir) else Path(out_dir)
     # overwrite: a rebuild is built beside the old index and swapped in only once saved.
-    manifest = build_product_index(out, product_records(products), xb, bundle.fingerprint,
+    # The media root: the FAISS index's parent, as the API resolves it; for a Milvus target
+    # the bundle's parent (the model dir), else none (absolute paths).
+    root = out.resolve().parent if isinstance(out, Path) else None
+    if root is None and getattr(bundle, "path", None):
+        root = Path(bundle.path).resolve().parent
+    records = product_records(products, root)
+    manifest = build_product_index(out, records, xb, bundle.fingerprint,
                                    factory=factory, plan=plan, config=build, overwrite=True)
     logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
     return manifest

@@ -181,6 +181,12 @@ COMMANDS: dict[str | None, Callable[[argparse.Namespace], None]] = {
 }
 
 
+def _check_catalog(catalog: str | None) -> None:
+    if catalog and not Path(catalog).is_file():
+        raise ConfigError(f"--catalog {catalog}: no such file; give the path of your catalog "
+                          "CSV/JSONL (or write one with `python -m train.huse sample-catalog DIR`)")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean a fixable input, not a bug (imported lazily: embedder is light)."""
     from embedder.errors import HuseError
@@ -199,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-variant probing
     try:
+        _check_catalog(getattr(args, "catalog", None))
         COMMANDS[args.command](args)
     except _user_errors() as e:
         if getattr(args, "debug", False):

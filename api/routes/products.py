@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import FileResponse
 
 from api.deps import CatalogDep, ServicesDep, WriteAccess
-from api.media import MEDIA_TYPES
+from api.media import MEDIA_TYPES, StoredImageResponse
 from api.openapi import errors, json_body, json_or_form
 from api.requests import (
     DEFAULT_PAGE_ITEMS,
@@ -107,12 +106,11 @@ async def get_product(catalog: CatalogDep, product_id: ProductId) -> ProductPubl
 
 @router.get(
     "/products/{product_id}/image",
-    response_class=FileResponse,
+    response_class=StoredImageResponse,
     responses={
         200: {"content": _IMAGE_TYPES, "description": "the stored image"},
         **errors(404, 422),
     },
 )
-async def get_product_image(catalog: CatalogDep, product_id: ProductId) -> FileResponse:
-    path = await catalog.image(product_id)
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()])
+async def get_product_image(catalog: CatalogDep, product_id: ProductId) -> StoredImageResponse:
+    return await catalog.image(product_id)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +155,12 @@ def start_server() -> Callable[..., tuple[subprocess.Popen, str]]:
 
 @contextmanager
 def serving(settings: Settings) -> Iterator[str]:
-    """uvicorn serving the app on 127.0.0.1:<free port> in a thread of this process."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning"
+    """uvicorn serving the app on 127.0.0.1:<free port> in a thread of this process, with the
+    read timeout and connection cap of `settings` (api.server)."""
+    from api.server import uvicorn_config
+
+    config = uvicorn_config(
+        create_app(settings), settings, host="127.0.0.1", port=free_port(), log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -169,6 +172,13 @@ def serving(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def serve_settings() -> Iterator[Callable[[Settings], str]]:
+    """`serve(settings)` -> base URL of a live server for `settings`, stopped after the test."""
+    with ExitStack() as stack:
+        yield lambda settings: stack.enter_context(serving(settings))
 
 
 @pytest.fixture

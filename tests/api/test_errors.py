@@ -25,7 +25,7 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
 def _assert_error(r, status: int, code: str | None = None) -> dict:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error", "detail"} and body["detail"]
+    assert set(body) == {"error", "detail", "request_id"} and body["detail"]
     if code is not None:
         assert body["error"] == code
     return body

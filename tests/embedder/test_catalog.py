@@ -68,6 +68,7 @@ ROWS = [
     ("10", "No category", "img/other.jpg", "", "empty_category"),
     ("11", "Hole in category", "img/other.jpg", "Apparel >  > Shirts", "empty_category"),
     ("", "No id", "img/other.jpg", "Apparel > Topwear > Shirts", "missing_id"),
+    ("..", "Dot-segment id", "img/other.jpg", "Apparel > Topwear > Shirts", "bad_id"),
     ("12", "CMYK", "img/cmyk.jpg", "Footwear > Shoes", None),
     ("13", "Palette", "img/palette.png", "Footwear > Shoes", None),
     ("14", "Alpha", "img/alpha.png", "Footwear > Sandals", None),

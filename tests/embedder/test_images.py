@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import random
 import struct
 import zlib
@@ -13,7 +14,15 @@ import pytest
 from PIL import Image
 
 from embedder.errors import ImageError
-from embedder.images import ImageLimits, load_image, read_image_bytes, sha256_bytes
+from embedder.images import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    MemoryBudget,
+    load_image,
+    plan_decode,
+    read_image_bytes,
+    sha256_bytes,
+)
 
 
 def encode(img: Image.Image, fmt: str, **save_args) -> bytes:
@@ -190,3 +199,90 @@ def test_random_corruption_never_escapes_as_another_exception(jpeg_bytes: bytes)
 
 def test_sha256_bytes_is_plain_sha256(jpeg_bytes: bytes) -> None:
     assert sha256_bytes(jpeg_bytes) == hashlib.sha256(jpeg_bytes).hexdigest()
+
+
+# ---- #13: working memory is planned from the header and bounded ------------------------------
+
+_PEAK_RSS_SCRIPT = """
+import io, resource, sys
+import numpy as np
+from PIL import Image
+from embedder.images import load_image
+values = np.zeros((6600, 6000), dtype=np.uint16 if sys.argv[1] == "png" else np.float32)
+values[::7, ::3] = 60000
+buf = io.BytesIO()
+if sys.argv[1] == "png":
+    Image.fromarray(values).save(buf, format="PNG")
+else:
+    Image.fromarray(values).save(buf, format="TIFF", compression="tiff_adobe_deflate")
+data = buf.getvalue()
+del values, buf
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_image(data)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("kind", ["png", "tiff"])
+def test_high_bit_depth_image_under_the_pixel_limit_stays_in_its_budget(kind: str) -> None:
+    """A 39.6 MP 16-bit PNG / float TIFF (well under 1 MB on disk) took ~1 GB to decode as full
+    size float64 arrays; now the peak growth stays under the default working budget."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_SCRIPT, kind], capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout.split()[-1]) <= DEFAULT_LIMITS.max_work_bytes
+
+
+def test_plans_never_exceed_the_working_budget() -> None:
+    limits = ImageLimits(max_work_bytes=4 * 1024 * 1024)
+    for mode, size in [("I;16", (1200, 1000)), ("F", (800, 800)), ("RGBA", (800, 600))]:
+        img = Image.new(mode, size)
+        buf = io.BytesIO()
+        img.save(buf, format="TIFF" if mode == "F" else "PNG")
+        plan = plan_decode(Image.open(io.BytesIO(buf.getvalue())), limits)
+        assert plan.reduce > 1 and plan.work_bytes <= limits.max_work_bytes
+        out = load_image(buf.getvalue(), ImageLimits(max_work_bytes=limits.max_work_bytes))
+        assert out.mode == "RGB" and out.size[0] <= math.ceil(size[0] / plan.reduce)
+
+
+def test_big_jpeg_is_decoded_at_a_reduced_dct_scale() -> None:
+    data = encode(Image.new("RGB", (2048, 2048), (10, 200, 30)), "JPEG")
+    limits = ImageLimits(max_work_bytes=4 * 1024 * 1024)
+    plan = plan_decode(Image.open(io.BytesIO(data)), limits)
+    assert plan.draft_size is not None and plan.draft_size[0] < 2048
+    img = load_image(data, limits)
+    assert img.size[0] <= plan.draft_size[0] and img.getpixel((5, 5))[1] > 150
+
+
+def test_decoded_buffer_over_the_budget_is_refused_unless_a_draft_fits() -> None:
+    data = encode(Image.new("RGB", (1024, 1024)), "PNG")
+    with pytest.raises(ImageError) as e:
+        load_image(data, ImageLimits(max_work_bytes=1024 * 1024))
+    assert e.value.reason == "too_many_pixels" and "working-memory" in str(e.value)
+
+
+def test_memory_budget_makes_concurrent_decodes_wait() -> None:
+    import threading
+
+    budget = MemoryBudget(100)
+    entered = threading.Event()
+    with budget.reserve(80):
+        def second() -> None:
+            with budget.reserve(50):
+                entered.set()
+
+        t = threading.Thread(target=second)
+        t.start()
+        assert not entered.wait(0.2) and budget.held == 80
+    t.join(timeout=5)
+    assert entered.is_set() and budget.held == 0
+
+
+def test_non_finite_floats_do_not_break_scaling() -> None:
+    values = np.full((20, 20), 500.0, dtype=np.float32)
+    values[0, :5] = [np.nan, np.inf, -np.inf, 0.0, 1000.0]
+    img = load_image(encode(Image.fromarray(values), "TIFF"))
+    assert img.mode == "RGB" and img.getpixel((5, 5))[0] > 0

@@ -57,7 +57,7 @@ def one_error_line(capsys) -> str:
 
 def test_missing_catalog(tmp_path, capsys):
     code = main(["--catalog", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")])
-    assert code == USAGE_ERROR and "does not exist" in one_error_line(capsys)
+    assert code == USAGE_ERROR and "no such file" in one_error_line(capsys)
     assert not (tmp_path / "o" / BUNDLE_DIR).exists()
 
 
@@ -105,9 +105,9 @@ def test_out_holding_a_model_needs_overwrite(pipeline_run, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from embedder.errors import CatalogError
+    from train.config import ConfigError
 
-    with pytest.raises(CatalogError):
+    with pytest.raises(ConfigError):
         main(["--catalog", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o"), "--debug"])
 
 

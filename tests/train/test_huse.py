@@ -70,7 +70,8 @@ def test_end_to_end_run_writes_loadable_bundle_report_and_index(trained_run):
     try:
         assert len(store) == report["data"]["accepted"]
         first = store.get(store_ids(out)[0])
-        assert " > " in first.category and first.image.startswith("/")
+        assert " > " in first.category and not first.image.startswith("/")
+        assert (out / first.image).is_file()  # adopted into the model dir (#13)
         hits = store.search(store.vector(first.id)[None, :], 1)
         assert hits[0][0].id == first.id and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
     finally:
