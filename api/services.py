@@ -102,11 +102,12 @@ class Services:
 
         bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
         index = open_product_index(settings.index_target, expected_fingerprint=bundle.fingerprint)
-        if index.d != bundle.dim:
+        if index.d != bundle.index_dim:
             index.close()
             raise IndexMismatchError(
                 f"index {settings.index_target} holds {index.d}-d vectors but bundle "
-                f"{settings.bundle_dir} embeds {bundle.dim}-d: rebuild the index with this bundle"
+                f"{settings.bundle_dir} embeds {bundle.index_dim}-d: rebuild the index with this "
+                "bundle"
             )
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
