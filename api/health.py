@@ -31,6 +31,9 @@ def health(services: Any) -> HealthPublic:
             "image_engine": bundle.backbone("image").engine,
             "text_backbone": config.text_backbone.spec,
             "other_threshold": services.threshold,
+            # the served default of POST /v1/search's visual_weight (the page's slider start);
+            # None when the bundle has no visual block (searches rank by HUSE alone)
+            "visual_weight": bundle.served.visual_weight if bundle.served is not None else None,
         },
         index={
             "index_uri" if settings.index_uri else "index_dir": str(settings.index_target),

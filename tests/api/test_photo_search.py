@@ -47,3 +47,13 @@ def test_near_duplicates_of_a_product(reader, catalog_products):
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True)
     assert reader.get("/v1/products/no-such-id/near-duplicates").status_code == 404
+
+
+def test_healthz_reports_the_served_visual_weight(reader, trained_model_dir):
+    """The web page's slider starts at the bundle's validated default, read from /healthz."""
+    from embedder.bundle import Bundle
+
+    served = Bundle.load(trained_model_dir / "bundle").served
+    reported = reader.get("/healthz").json()["model"]["visual_weight"]
+    assert served is not None and reported == served.visual_weight
+    assert 0.0 <= reported <= 1.0
