@@ -151,7 +151,7 @@ def build_product_index(
     and swapped in only once saved, so a failed build leaves the old index serving.
     A Milvus URI as `directory` builds there instead (build_milvus_index).
     """
-    from index.milvus_store import is_milvus_uri
+    from index.milvus_target import is_milvus_uri
 
     if is_milvus_uri(directory):
         return build_milvus_index(

@@ -25,199 +25,38 @@ write that has returned. Index types: FLAT and IVF_FLAT (filtered HNSW search me
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from huse_common.categories import join_path, split_path
 from index.arrays import as_matrix
 from index.errors import IndexMismatchError, IndexStoreError, ProductNotFound
 from index.metadata import ProductFilter, ProductRecord, normalize_category
-from index.plan import IndexPlan
+from index.milvus_expr import category_paths, literal, quotable, row_key, where_filter
+from index.milvus_target import (
+    MilvusPlan,
+    MilvusTarget,
+    connect,
+    milvus_index,
+    package_versions,
+    parse_milvus_uri,
+)
 from index.store import Hit, check_ids, validate_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MilvusPlan", "MilvusProductIndex", "MilvusTarget", "is_milvus_uri", "parse_milvus_uri"]
+__all__ = ["MilvusProductIndex"]
 
 FORMAT = "huse-index-milvus"
 FORMAT_VERSION = "1"
-SCHEMES = ("milvus", "milvus-lite")
-TOKEN_ENV = "HUSE_MILVUS_TOKEN"
-DEFAULT_COLLECTION = "products"
 META_FIELDS = ["id", "title", "category", "image", "attributes"]
-KEY_BITS = 63  # cursor keys are non-negative int64
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
-# Milvus string literals accept \" \\ \n \t \r escapes only (json.dumps' \uXXXX is refused).
-_UNQUOTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _PROP = "huse."  # prefix of every collection property this module writes
-# No keepalive pings to Milvus Lite: its in-process gRPC server keeps gRPC's default ping policy
-# (one per 5 min) and drops a pymilvus client (one per 10 s) after ~30 s ("too_many_pings").
-LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
-
-
-@dataclass(frozen=True)
-class MilvusPlan:
-    """Index type choice and Milvus' own limits, in one place."""
-
-    flat_max_n: int = IndexPlan().flat_max_n  # exact search up to here, as the FAISS plan does
-    ivf_lists_per_sqrt_n: float = 4.0  # Milvus' guide: nlist ~ 4 sqrt(n)
-    ivf_max_lists: int = 65_536  # Milvus' nlist limit
-    ivf_nprobe: int = 16
-    # A filtered IVF search keeps only the matching rows of the lists it probes, so it probes
-    # more: at 1/4-1/2 selectivity, recall@10 against exact search went 0.97-0.986 -> 1.0
-    # with 4x nprobe (3,000 clustered vectors, 256 lists, Milvus Lite).
-    filtered_effort_factor: int = 4
-    max_k: int = 16_384  # Milvus' topk limit
-    query_batch: int = 1024  # query rows per search call (Milvus allows nq up to 16384)
-    ids_per_filter: int = 1000  # ids per `id in [...]` expression
-    rows_per_write: int = 2000  # rows per upsert call (gRPC messages stay well under 64 MiB)
-    id_max_bytes: int = 1024
-    text_max_bytes: int = 65_535  # Milvus' VARCHAR limit (title, category, image, each level)
-    max_levels: int = 64  # category depth (array capacity of `paths`)
-
-
-@dataclass(frozen=True)
-class MilvusTarget:
-    """Where a Milvus index lives: what MilvusClient connects to and the served name."""
-
-    uri: str  # as given
-    client_uri: str  # http://host:port, or the Milvus Lite .db path
-    name: str  # the alias searched and served
-
-    @property
-    def lite(self) -> bool:
-        return not self.client_uri.startswith("http")
-
-
-def is_milvus_uri(target: object) -> bool:
-    """Whether an index target names Milvus (else it is a FAISS index directory)."""
-    return isinstance(target, str) and target.split(":", 1)[0] in SCHEMES
-
-
-def _check_name(name: str, uri: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError(
-            f"collection name {name!r} in {uri!r} must be letters, digits and _, "
-            "not starting with a digit"
-        )
-    return name
-
-
-def parse_milvus_uri(uri: str) -> MilvusTarget:
-    """`milvus://host:port/name` or `milvus-lite:///path.db[?collection=name]` -> target."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "milvus":
-        name = parsed.path.strip("/")
-        if not parsed.hostname or not parsed.port or not name:
-            raise ValueError(f"want milvus://host:port/collection, got {uri!r}")
-        return MilvusTarget(uri, f"http://{parsed.hostname}:{parsed.port}", _check_name(name, uri))
-    if parsed.scheme == "milvus-lite":
-        path = parsed.netloc + parsed.path
-        if not path.endswith(".db"):
-            raise ValueError(f"want milvus-lite:///path/to/file.db[?collection=name], got {uri!r}")
-        name = parse_qs(parsed.query).get("collection", [DEFAULT_COLLECTION])[0]
-        return MilvusTarget(uri, os.path.abspath(path), _check_name(name, uri))
-    raise ValueError(f"not a Milvus URI (schemes {SCHEMES}): {uri!r}")
-
-
-def _literal(value: str) -> str:
-    """A Milvus filter-expression string literal (ValueError where none can spell it)."""
-    if _UNQUOTABLE.search(value):
-        raise ValueError(f"{value!r:.100} has control characters a Milvus filter cannot spell")
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _quotable(value: str) -> bool:
-    return _UNQUOTABLE.search(value) is None
-
-
-def row_key(product_id: str) -> int:
-    """A stable non-negative int64 for an id (sha256 prefix): the page cursor's order."""
-    digest = hashlib.sha256(product_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> (64 - KEY_BITS)
-
-
-def where_filter(where: ProductFilter) -> str | None:
-    """A Milvus expression for a ProductFilter; None when nothing can match (no categories)."""
-    parts = []
-    if where.categories is not None:
-        if not where.categories:
-            return None
-        prefixes = ", ".join(_literal(normalize_category(c)) for c in where.categories)
-        parts.append(f"array_contains_any(paths, [{prefixes}])")
-    for name, value in where.attributes:
-        parts.append(f"attributes[{_literal(name)}] == {_literal(str(value))}")
-    return " and ".join(parts)
-
-
-def category_paths(category: str) -> list[str]:
-    """Every whole-level prefix of a category: 'A > B' -> ['A', 'A > B']."""
-    levels = split_path(category)
-    return [join_path(levels[: i + 1]) for i in range(len(levels))]
-
-
-def milvus_index(factory: str, n: int, plan: MilvusPlan) -> tuple[str, dict[str, int]]:
-    """(index_type, params) for n vectors from 'auto', a Milvus type or a FAISS Flat/IVF name."""
-    spec = factory.strip()
-    ivf = re.fullmatch(r"IVF(\d+),Flat", spec)
-    if spec == "auto":
-        spec = "FLAT" if n <= plan.flat_max_n else "IVF_FLAT"
-    if spec in ("FLAT", "Flat"):
-        return "FLAT", {}
-    if spec == "IVF_FLAT" or ivf:
-        auto = 2 ** round(math.log2(max(1.0, plan.ivf_lists_per_sqrt_n * math.sqrt(max(n, 1)))))
-        nlist = int(ivf.group(1)) if ivf else auto
-        return "IVF_FLAT", {"nlist": max(1, min(nlist, plan.ivf_max_lists))}
-    raise ValueError(
-        f"Milvus index type {factory!r}: use 'auto', 'FLAT', 'IVF_FLAT' or 'IVF<nlist>,Flat'"
-    )
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("pymilvus", "milvus-lite"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
-def _unimplemented_rpc(record: logging.LogRecord) -> bool:
-    """Milvus Lite logs a traceback for each RPC it lacks that pymilvus then works around."""
-    return "Method not implemented" not in record.getMessage()
-
-
-def _connect(target: MilvusTarget) -> Any:
-    from pymilvus import MilvusClient
-
-    if target.lite:
-        grpc_server = logging.getLogger("grpc._server")
-        if _unimplemented_rpc not in grpc_server.filters:
-            grpc_server.addFilter(_unimplemented_rpc)
-    kwargs: dict[str, Any] = {}
-    if (
-        target.lite
-    ):  # its gRPC server answers a client's 10 s keepalive pings with GOAWAY after 30 s
-        kwargs["grpc_options"] = dict(LITE_GRPC_OPTIONS)
-    token = os.environ.get(TOKEN_ENV, "")
-    if token:
-        kwargs["token"] = token
-    return MilvusClient(target.client_uri, **kwargs)
 
 
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -272,7 +111,7 @@ class MilvusProductIndex:
         if not isinstance(d, int) or isinstance(d, bool) or d < 1:
             raise ValueError(f"d must be a positive int, got {d!r}")
         index_type, params = milvus_index(factory, n_hint, plan)
-        client = _connect(target)
+        client = connect(target)
         if not replace and cls._exists(client, target.name):
             client.close()
             raise IndexStoreError(f"{uri} already holds an index; use MilvusProductIndex.open")
@@ -371,7 +210,7 @@ class MilvusProductIndex:
     ) -> MilvusProductIndex:
         """Open the collection `uri` serves; IndexMismatchError for another format or bundle."""
         target = parse_milvus_uri(uri)
-        client = _connect(target)
+        client = connect(target)
         try:
             if not cls._exists(client, target.name):
                 raise IndexStoreError(f"{uri} holds no index (no collection {target.name!r})")
@@ -417,7 +256,7 @@ class MilvusProductIndex:
     def _row(self, record: ProductRecord, x: np.ndarray) -> dict[str, Any]:
         plan = self.plan
         for name in ("id", "category", "image"):
-            _literal(getattr(record, name))  # these appear in filters: refuse what cannot
+            literal(getattr(record, name))  # these appear in filters: refuse what cannot
         sizes = {
             "id": (record.id, plan.id_max_bytes),
             "title": (record.title, plan.text_max_bytes),
@@ -477,11 +316,11 @@ class MilvusProductIndex:
     # ------------------------------------------------------------------ reads
     @staticmethod
     def _id_filter(ids: Sequence[str], negate: bool = False) -> str:
-        return f"id {'not in' if negate else 'in'} [{', '.join(_literal(i) for i in ids)}]"
+        return f"id {'not in' if negate else 'in'} [{', '.join(literal(i) for i in ids)}]"
 
     def _rows_for(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
         """Live rows of the ids that exist (ids no filter can spell cannot exist)."""
-        spellable = [i for i in ids if _quotable(i)]
+        spellable = [i for i in ids if quotable(i)]
         out: list[dict[str, Any]] = []
         for part in _chunks(spellable, self.plan.ids_per_filter):
             out.extend(
@@ -514,10 +353,10 @@ class MilvusProductIndex:
     def image_in_use(self, image: str) -> bool:
         """Whether any live product records `image` (the API deletes unreferenced uploads)."""
         self._check_open()
-        if not _quotable(image):
+        if not quotable(image):
             return False
         rows = self._client.query(
-            self.collection, filter=f"image == {_literal(image)}", output_fields=["id"], limit=1
+            self.collection, filter=f"image == {literal(image)}", output_fields=["id"], limit=1
         )
         return bool(rows)
 
@@ -562,10 +401,10 @@ class MilvusProductIndex:
             or not (1 <= k <= self.plan.max_k)
         ):
             raise ValueError(f"k must be in [1, {self.plan.max_k}], got {k!r}")
-        excluded = [i for i in check_ids(exclude_ids) if _quotable(i)] if exclude_ids else []
+        excluded = [i for i in check_ids(exclude_ids) if quotable(i)] if exclude_ids else []
         filters = []
         if category_prefix is not None:
-            prefix = _literal(normalize_category(category_prefix))
+            prefix = literal(normalize_category(category_prefix))
             filters.append(f"array_contains(paths, {prefix})")
         if excluded:
             filters.append(self._id_filter(excluded, negate=True))
@@ -664,7 +503,7 @@ class MilvusProductIndex:
             "search_effort": self.search_effort,
             "ntotal": len(self),
             "build": json.loads(self._props.get("build") or "{}"),
-            "versions": _versions(),
+            "versions": package_versions(),
         }
 
     def save(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from index.milvus_store import MilvusProductIndex, is_milvus_uri
+from index.milvus_store import MilvusProductIndex
+from index.milvus_target import is_milvus_uri
 from index.store import ProductIndex
 
 

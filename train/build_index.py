@@ -76,7 +76,7 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
         text_feats=text_feats if modality in ("fused", "text") else None,
         titles=titles,
     )
-    from index.milvus_store import is_milvus_uri
+    from index.milvus_target import is_milvus_uri
 
     out = out_dir if is_milvus_uri(out_dir) else Path(out_dir)
     # overwrite: a rebuild is built beside the old index and swapped in only once saved.
@@ -99,7 +99,7 @@ def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path
     in a directory or a Milvus collection (`milvus://host:port/name`, bulk-loaded). factory
     None = the bundle's training config `index_factory` (a FAISS one: Milvus chooses 'auto')."""
     from embedder.bundle import Bundle
-    from index.milvus_store import is_milvus_uri
+    from index.milvus_target import is_milvus_uri
     from train.data import config_from_bundle, load_features
 
     bundle = Bundle.load(bundle_dir)

@@ -11,7 +11,8 @@ from index_testdata import make_records, make_vectors, unit
 from index.build import build_product_index
 from index.errors import IndexMismatchError, IndexStoreError, ProductNotFound
 from index.evaluation import perturbed_queries, recall_at_k
-from index.milvus_store import MilvusPlan, MilvusProductIndex, milvus_index, parse_milvus_uri
+from index.milvus_store import MilvusProductIndex
+from index.milvus_target import MilvusPlan, milvus_index, parse_milvus_uri
 from index.plan import BuildConfig
 from index.store import ProductIndex, ProductRecord
 from index.stores import open_product_index
