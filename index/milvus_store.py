@@ -8,55 +8,38 @@ and `index.build` use either.
 
 Targets are URIs: `milvus://host:port/name` (a server; token from $HUSE_MILVUS_TOKEN) or
 `milvus-lite:///path/to/file.db?collection=name` (Milvus Lite, a local in-process server on
-127.0.0.1: the test double, not a performance reference). `name` is an alias of a physical
-collection `name__<stamp>`: a rebuild fills a new collection and then moves the alias (as the
-FAISS store swaps its directory), so a half-built index is never served.
+127.0.0.1: the test double, not a performance reference). `index.milvus_collection` holds the
+collection's schema, contract properties and alias swap (a half-built index is never served).
 
 One row per product: id (primary key), vector, title, category, image, attributes (JSON),
 `paths` (every whole-level prefix of the category, which category filters match exactly) and
 `key` (a stable int64 from the id: the cursor of `page`). Listings (`page`, `categories`,
 `facet_counts`) are scans within Milvus' query window of 16,384 rows: larger collections
-refuse them with a clear error (a separate facet store would lift this). Collection
-properties carry the contract facts (format, d, bundle fingerprint, index type, build facts).
-Writes flush before returning; the collection uses Strong consistency, so a read sees every
-write that has returned. Index types: FLAT and IVF_FLAT (filtered HNSW search measured recall
-0.23 in Milvus Lite, so it is not offered).
+refuse them with a clear error (a separate facet store would lift this). Writes flush before
+returning; the collection uses Strong consistency, so a read sees every write that has
+returned. Index types: FLAT and IVF_FLAT (filtered HNSW search measured recall 0.23 in Milvus
+Lite, so it is not offered).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from index import milvus_collection
 from index.arrays import as_matrix
-from index.errors import IndexMismatchError, IndexStoreError, ProductNotFound
+from index.errors import IndexStoreError, ProductNotFound
 from index.metadata import ProductFilter, ProductRecord, normalize_category
-from index.milvus_expr import category_paths, literal, quotable, row_key, where_filter
-from index.milvus_target import (
-    MilvusPlan,
-    MilvusTarget,
-    connect,
-    milvus_index,
-    package_versions,
-    parse_milvus_uri,
-)
+from index.milvus_collection import FORMAT, FORMAT_VERSION, META_FIELDS, product_record
+from index.milvus_expr import literal, quotable, where_filter
+from index.milvus_target import MilvusPlan, MilvusTarget, package_versions
 from index.store import Hit, check_ids, validate_batch
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["MilvusProductIndex"]
-
-FORMAT = "huse-index-milvus"
-FORMAT_VERSION = "1"
-META_FIELDS = ["id", "title", "category", "image", "attributes"]
-_PROP = "huse."  # prefix of every collection property this module writes
 
 
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -75,8 +58,7 @@ class MilvusProductIndex:
         self.target = target
         self.collection = collection
         self.plan = plan
-        props = client.describe_collection(collection).get("properties", {})
-        self._props = {k[len(_PROP) :]: v for k, v in props.items() if k.startswith(_PROP)}
+        self._props = milvus_collection.read_properties(client, collection)
         self.d = int(self._props["d"])
         self._index_params = json.loads(self._props["index_params"])
         self._nprobe = int(self._props.get("search_effort") or plan.ivf_nprobe)
@@ -103,137 +85,29 @@ class MilvusProductIndex:
         publish(), so until then it keeps serving.
         """
         plan = plan or MilvusPlan()
-        target = parse_milvus_uri(uri)
-        if not isinstance(bundle_fingerprint, str) or not bundle_fingerprint:
-            raise ValueError(
-                f"bundle_fingerprint must be a non-empty str, got {bundle_fingerprint!r}"
-            )
-        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-            raise ValueError(f"d must be a positive int, got {d!r}")
-        index_type, params = milvus_index(factory, n_hint, plan)
-        client = connect(target)
-        if not replace and cls._exists(client, target.name):
-            client.close()
-            raise IndexStoreError(f"{uri} already holds an index; use MilvusProductIndex.open")
-        collection = f"{target.name}__{time.strftime('%Y%m%d%H%M%S')}_{os.getpid()}"
-        cls._create_collection(
-            client,
-            collection,
-            d,
-            index_type,
-            params,
-            plan,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "d": str(d),
-                "bundle_fingerprint": bundle_fingerprint,
-                "factory": index_type,
-                "index_params": json.dumps(params),
-                "search_effort": str(plan.ivf_nprobe) if index_type == "IVF_FLAT" else "",
-                "build": "{}",
-            },
+        client, target, collection = milvus_collection.new_collection(
+            uri, d, bundle_fingerprint, factory, n_hint, plan, replace
         )
         store = cls(client, target, collection, plan)
         if not staged:
             store.publish()
         return store
 
-    @staticmethod
-    def _exists(client: Any, name: str) -> bool:
-        return bool(client.has_collection(name))
-
-    @staticmethod
-    def _create_collection(
-        client: Any,
-        collection: str,
-        d: int,
-        index_type: str,
-        params: dict[str, int],
-        plan: MilvusPlan,
-        props: dict[str, str],
-    ) -> None:
-        from pymilvus import DataType
-
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=plan.id_max_bytes)
-        schema.add_field("key", DataType.INT64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=d)
-        for name in ("title", "category", "image"):
-            schema.add_field(name, DataType.VARCHAR, max_length=plan.text_max_bytes)
-        schema.add_field("attributes", DataType.JSON)
-        schema.add_field(
-            "paths",
-            DataType.ARRAY,
-            element_type=DataType.VARCHAR,
-            max_capacity=plan.max_levels,
-            max_length=plan.text_max_bytes,
-        )
-        index_params = client.prepare_index_params()
-        index_params.add_index("vector", index_type=index_type, metric_type="IP", params=params)
-        client.create_collection(
-            collection,
-            schema=schema,
-            index_params=index_params,
-            consistency_level="Strong",
-            properties={_PROP + k: v for k, v in props.items()},
-        )
-
     def publish(self) -> None:
         """Point the served name at this collection; the collection it replaces is dropped."""
-        name = self.target.name
-        old = None
-        if self._exists(self._client, name):
-            old = self._client.describe_collection(name)["collection_name"]
-            if old == name:
-                raise IndexMismatchError(
-                    f"{self.target.uri}: {name!r} is a plain collection, not a huse alias"
-                )
-            self._client.alter_alias(self.collection, name)
-        else:
-            self._client.create_alias(self.collection, name)
-        if old is not None and old != self.collection:
-            self._client.drop_collection(old)
-        logger.info("%s now serves collection %s", self.target.uri, self.collection)
+        milvus_collection.publish(self._client, self.target, self.collection)
 
     def discard(self) -> None:
         """Drop this collection unless it is the served one (a failed staged build)."""
-        served = None
-        if self._exists(self._client, self.target.name):
-            served = self._client.describe_collection(self.target.name)["collection_name"]
-        if served != self.collection:
-            self._client.drop_collection(self.collection)
+        milvus_collection.discard(self._client, self.target, self.collection)
 
     @classmethod
     def open(
         cls, uri: str, expected_fingerprint: str | None = None, plan: MilvusPlan | None = None
     ) -> MilvusProductIndex:
         """Open the collection `uri` serves; IndexMismatchError for another format or bundle."""
-        target = parse_milvus_uri(uri)
-        client = connect(target)
-        try:
-            if not cls._exists(client, target.name):
-                raise IndexStoreError(f"{uri} holds no index (no collection {target.name!r})")
-            info = client.describe_collection(target.name)
-            props = info.get("properties", {})
-            if props.get(_PROP + "format") != FORMAT:
-                raise IndexMismatchError(f"{uri}: collection is not a {FORMAT} collection")
-            if props.get(_PROP + "format_version") != FORMAT_VERSION:
-                raise IndexMismatchError(
-                    f"{uri} has format version {props.get(_PROP + 'format_version')!r}, "
-                    f"this code reads {FORMAT_VERSION}"
-                )
-            fingerprint = props.get(_PROP + "bundle_fingerprint")
-            if expected_fingerprint is not None and fingerprint != expected_fingerprint:
-                raise IndexMismatchError(
-                    f"index at {uri} was built for bundle {fingerprint!r}, "
-                    f"not {expected_fingerprint!r}"
-                )
-            client.load_collection(info["collection_name"])
-        except BaseException:
-            client.close()
-            raise
-        return cls(client, target, info["collection_name"], plan or MilvusPlan())
+        client, target, collection = milvus_collection.open_served(uri, expected_fingerprint)
+        return cls(client, target, collection, plan or MilvusPlan())
 
     def close(self) -> None:
         """Drop the connection (writes are flushed already)."""
@@ -253,33 +127,6 @@ class MilvusProductIndex:
             raise IndexStoreError(f"index at {self.target.uri} is closed")
 
     # ------------------------------------------------------------------ writes
-    def _row(self, record: ProductRecord, x: np.ndarray) -> dict[str, Any]:
-        plan = self.plan
-        for name in ("id", "category", "image"):
-            literal(getattr(record, name))  # these appear in filters: refuse what cannot
-        sizes = {
-            "id": (record.id, plan.id_max_bytes),
-            "title": (record.title, plan.text_max_bytes),
-            "category": (record.category, plan.text_max_bytes),
-            "image": (record.image, plan.text_max_bytes),
-        }
-        for name, (value, limit) in sizes.items():
-            if len(value.encode()) > limit:
-                raise ValueError(f"{name} of {record.id!r:.100} is over {limit} bytes")
-        paths = category_paths(record.category)
-        if len(paths) > plan.max_levels:
-            raise ValueError(f"category of {record.id!r} has over {plan.max_levels} levels")
-        return {
-            "id": record.id,
-            "key": row_key(record.id),
-            "vector": x.tolist(),
-            "title": record.title,
-            "category": record.category,
-            "image": record.image,
-            "attributes": record.attributes,
-            "paths": paths,
-        }
-
     def upsert(self, records: Sequence[ProductRecord], xb: Any) -> None:
         """Insert or replace products (metadata and vector in one row); flushed on return.
 
@@ -287,7 +134,9 @@ class MilvusProductIndex:
         written in parts, so a failure mid-way (a lost server) can leave a prefix written.
         """
         checked, xb = validate_batch(records, xb, self.d)
-        rows = [self._row(r, x) for r, x in zip(checked, xb, strict=True)]
+        rows = [
+            milvus_collection.product_row(r, x, self.plan) for r, x in zip(checked, xb, strict=True)
+        ]
         if not rows:
             return
         with self._write_lock:
@@ -338,14 +187,8 @@ class MilvusProductIndex:
             raise ProductNotFound(product_id)
         return rows[0]
 
-    @staticmethod
-    def _record(row: dict[str, Any]) -> ProductRecord:
-        return ProductRecord(
-            row["id"], row["title"], row["category"], row["image"], dict(row["attributes"])
-        )
-
     def get(self, product_id: str) -> ProductRecord:
-        return self._record(self._one(product_id, META_FIELDS))
+        return product_record(self._one(product_id, META_FIELDS))
 
     def vector(self, product_id: str) -> np.ndarray:
         return np.asarray(self._one(product_id, ["vector"])["vector"], dtype=np.float32)
@@ -433,7 +276,7 @@ class MilvusProductIndex:
             )
             for row in results:
                 hits = [
-                    Hit(h["entity"]["id"], float(h["distance"]), self._record(h["entity"]))
+                    Hit(h["entity"]["id"], float(h["distance"]), product_record(h["entity"]))
                     for h in row
                 ]
                 out.append(sorted(hits, key=lambda h: -h.score))
@@ -463,7 +306,7 @@ class MilvusProductIndex:
             return []
         expr = " and ".join(e for e in (f"key > {int(after)}", matching) if e)
         rows = sorted(self._scan(["key", *META_FIELDS], expr), key=lambda r: r["key"])
-        return [(int(r["key"]), self._record(r)) for r in rows[:limit]]
+        return [(int(r["key"]), product_record(r)) for r in rows[:limit]]
 
     def categories(self) -> list[str]:
         """Distinct categories of live products, sorted."""
@@ -513,8 +356,9 @@ class MilvusProductIndex:
             self._client.flush(self.collection)
             if self.search_effort is not None:
                 self._props["search_effort"] = str(self.search_effort)
-            self._client.alter_collection_properties(
+            milvus_collection.write_properties(
+                self._client,
                 self.collection,
-                properties={_PROP + k: self._props[k] for k in ("search_effort", "build")},
+                {k: self._props[k] for k in ("search_effort", "build")},
             )
         return self.manifest

@@ -1,5 +1,6 @@
 """Where a Milvus index lives and how it is built: target URIs, the plan (index type and
-Milvus' limits) and the client connection. `index.milvus_store` holds the store itself."""
+Milvus' limits) and the client connection. `index.milvus_store` holds the store itself,
+`index.milvus_collection` its collection."""
 
 from __future__ import annotations
 

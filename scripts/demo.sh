@@ -12,7 +12,8 @@ CATALOG="${HUSE_CATALOG:-}"
 if [ -z "$CATALOG" ]; then
   CATALOG="runs/sample/catalog.csv"
   # (re)written when missing or older than its generator, e.g. after a pull that changed it
-  if [ ! -f "$CATALOG" ] || [ train/sample_catalog.py -nt "$CATALOG" ]; then
+  if [ ! -f "$CATALOG" ] || [ train/sample_catalog.py -nt "$CATALOG" ] \
+    || [ train/sample_drawing.py -nt "$CATALOG" ]; then
     python -m train.huse sample-catalog runs/sample
   fi
 fi

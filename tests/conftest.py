@@ -71,7 +71,8 @@ def tiny_image_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _tiny_vocab() -> list[str]:
     """Special tokens, the sample catalog's words, and single characters (so little is [UNK])."""
-    from train.sample_catalog import BRANDS, COLOURS, GENDERS, MATERIALS, NOISE, leaves
+    from train.sample_catalog import BRANDS, GENDERS, MATERIALS, NOISE, leaves
+    from train.sample_drawing import COLOURS
 
     chars = "abcdefghijklmnopqrstuvwxyz0123456789-"
     words = {w.lower() for w in (*BRANDS, *COLOURS, *GENDERS, *MATERIALS, *NOISE)}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+GENERATORS = ("sample_catalog.py", "sample_drawing.py")  # a newer one rewrites the sample
 STUB_ENV = """ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$ROOT/bin:$PATH"
 cd "$ROOT"
@@ -39,7 +40,8 @@ def repo(tmp_path: Path) -> Path:
     (root / "train").mkdir()
     shutil.copy(REPO_ROOT / "scripts" / "demo.sh", root / "scripts" / "demo.sh")
     (root / "scripts" / "env.sh").write_text(STUB_ENV)
-    (root / "train" / "sample_catalog.py").write_text("# generator\n")
+    for generator in GENERATORS:
+        (root / "train" / generator).write_text("# generator\n")
     stub = root / "bin" / "python"
     stub.write_text(STUB_PYTHON)
     stub.chmod(0o755)
@@ -92,11 +94,11 @@ def test_huse_catalog_wins_over_a_cached_model(repo: Path, tmp_path: Path) -> No
     assert len(trainings(calls)) == 1  # back to the sample: rebuilt from it
 
 
-def test_a_newer_generator_rewrites_the_sample(repo: Path) -> None:
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_a_newer_generator_rewrites_the_sample(repo: Path, generator: str) -> None:
     demo(repo)
-    generator = repo / "train" / "sample_catalog.py"
     later = (repo / "runs/sample/catalog.csv").stat().st_mtime + 10
-    os.utime(generator, (later, later))
+    os.utime(repo / "train" / generator, (later, later))
     _, calls = demo(repo)
     assert calls[0] == "-m train.huse sample-catalog runs/sample"
 

@@ -1,4 +1,5 @@
-"""train.sample_catalog: a deterministic, valid, structured catalog that covers every leaf."""
+"""train.sample_catalog (with train.sample_drawing): a deterministic, valid, structured catalog
+that covers every leaf."""
 
 from __future__ import annotations
 
@@ -11,19 +12,16 @@ import pytest
 from PIL import Image
 
 from embedder.catalog import read_catalog
-from train.sample_catalog import (
+from train.sample_catalog import SampleConfig, leaves, main, write_sample_catalog
+from train.sample_drawing import (
     COLOURS,
     PATTERNS,
     PROP_ABOVE,
     PROP_BELOW,
     SCENES,
     Look,
-    SampleConfig,
-    _draw_product,
     _place,
-    leaves,
-    main,
-    write_sample_catalog,
+    draw_product,
 )
 
 
@@ -110,7 +108,7 @@ def test_outlines_leave_room_for_every_scene_prop_over_many_seeds() -> None:
         rng = random.Random(seed)
         for leaf in leaves():
             w, h = sizes[seed % len(sizes)]
-            pts = _place(leaf.shape, (w, h), rng, config)
+            pts = _place(leaf.shape, (w, h), rng, config.stretch)
             xs, ys = [x for x, _ in pts], [y for _, y in pts]
             assert 0 <= min(xs) and max(xs) <= w, (seed, leaf.shape, (w, h))
             assert PROP_ABOVE[0] * h + PROP_ABOVE[1] - 1e-6 <= min(ys), (seed, leaf.shape, (w, h))
@@ -125,4 +123,7 @@ def test_every_leaf_draws_in_every_scene_at_the_extreme_sizes() -> None:
             for scene in SCENES:
                 rng = random.Random(f"{seed}:{leaf.path}:{scene}")
                 look = Look(scene, rng.choice(PATTERNS), colour, COLOURS["white"])
-                assert _draw_product(size, leaf, look, rng, config).size == size
+                image = draw_product(
+                    size, leaf.shape, look, rng, config.stretch, config.distractor_fraction
+                )
+                assert image.size == size
