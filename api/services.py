@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -206,13 +207,12 @@ class Services:
         """`request.visual_weight` in [0, 1] (None: the bundle's validated value) weighs the
         visual block against the universal space (embedder.visual.served_search); the rest of
         the request is applied here."""
-        resolved = await run_in_threadpool(
-            resolve_filter, request.category, request.filters, self.index.categories
-        )
-        if resolved.notice is not None:  # nothing can match: no need to embed
-            kind = request.check_inputs()
-            return SearchPublic(hits=[], count=0, query=kind, notice=resolved.notice)
+        resolve = partial(resolve_filter, request.category, request.filters, self.index.categories)
+        # only a category reads the index (SQLite); otherwise no thread hand-off on the hot path
+        resolved = resolve() if request.category is None else await run_in_threadpool(resolve)
         kind = request.check_inputs()
+        if resolved.notice is not None:  # nothing can match: no need to embed
+            return SearchPublic(hits=[], count=0, query=kind, notice=resolved.notice)
         with self.metrics.stage("search"):
             if kind == "product":
                 stored = await run_in_threadpool(self.index.vector, request.product_id)
