@@ -219,3 +219,21 @@ def test_approximate_index_still_returns_k(xq, factory, plan):
     vi.add(ids_of(np.arange(len(xb))), xb)
     _, I = vi.search(xq, 300)  # far beyond efSearch / one probed list
     assert (I >= 0).all() and all(len(set(row)) == 300 for row in I)
+
+
+def test_omp_threads_is_per_thread_and_restored() -> None:
+    """Small-batch searches pin FAISS to one OpenMP thread on the calling thread only."""
+    import threading
+
+    import faiss
+
+    from index.vectors import omp_threads
+
+    before = faiss.omp_get_max_threads()
+    seen: list[int] = []
+    with omp_threads(1):
+        assert faiss.omp_get_max_threads() == 1
+        other = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
+        other.start()
+        other.join()
+    assert faiss.omp_get_max_threads() == before and seen == [faiss.omp_get_max_threads()]
