@@ -229,11 +229,15 @@ def test_omp_threads_is_per_thread_and_restored() -> None:
 
     from index.vectors import omp_threads
 
-    before = faiss.omp_get_max_threads()
-    seen: list[int] = []
-    with omp_threads(1):
-        assert faiss.omp_get_max_threads() == 1
+    def in_other_thread() -> int:
+        seen: list[int] = []
         other = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
         other.start()
         other.join()
-    assert faiss.omp_get_max_threads() == before and seen == [faiss.omp_get_max_threads()]
+        return seen[0]
+
+    before, elsewhere = faiss.omp_get_max_threads(), in_other_thread()
+    with omp_threads(1):
+        assert faiss.omp_get_max_threads() == 1
+        assert in_other_thread() == elsewhere
+    assert faiss.omp_get_max_threads() == before
