@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     setting("--image-batch-max", "image_batch_max", type=int, metavar="N")
     setting("--image-engine", "image_engine", choices=ENGINES)
     setting("--text-engine", "text_engine", choices=ENGINES)
+    setting("--event-loop", "event_loop", choices=("auto", "asyncio", "uvloop"))
+    setting("--http-parser", "http_parser", choices=("auto", "h11", "httptools"))
     setting("--read-timeout", "request_read_timeout_s", type=float, metavar="S")
     setting("--max-connections", "max_connections", type=int, metavar="N")
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")

@@ -164,6 +164,24 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc; 0.0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu(row: dict, pid: int, cpu0: float) -> dict:
+    """The server's CPU milliseconds per answered request during a cell: less sensitive to other
+    jobs on the machine than requests/s."""
+    used = process_cpu_seconds(pid) - cpu0
+    n = row["requests"]
+    row["server_cpu_ms_per_req"] = round(1e3 * used / n, 3) if n else None
+    return row
+
+
 def _stats(latencies: list[float], errors: list[str], wall: float, cpu_s: float) -> dict:
     lat_ms = np.array(latencies) * 1000.0
     return {
@@ -309,7 +327,9 @@ def main(argv: list[str] | None = None) -> None:
                         with httpx.Client(base_url=server.url, timeout=120) as client:
                             _request(client, scenario, queries[i % len(queries)], cfg.k)
                     for n_clients in cfg.clients:
+                        cpu0 = process_cpu_seconds(server.proc.pid)
                         row = run_cell(server.url, scenario, n_clients, queries, cfg)
+                        _server_cpu(row, server.proc.pid, cpu0)
                         row["batching"] = "on" if batching else "off"
                         rows.append(row)
                         print(
@@ -318,7 +338,9 @@ def main(argv: list[str] | None = None) -> None:
                             file=sys.stderr,
                         )
                     for rate in cfg.rates:
+                        cpu0 = process_cpu_seconds(server.proc.pid)
                         row = run_open_loop(server.url, scenario, rate, queries, cfg)
+                        _server_cpu(row, server.proc.pid, cpu0)
                         row["batching"] = "on" if batching else "off"
                         rows.append(row)
                         print(f"batching {row['batching']:3} {scenario:12} open {rate:g}/s: "
@@ -327,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 server.stop()
     columns = ["scenario", "mode", "clients", "rate", "batching", "req_per_s", "p50_ms", "p95_ms",
-               "p99_ms", "generator_cpu_share", "load_avg_1m"]
+               "p99_ms", "generator_cpu_share", "server_cpu_ms_per_req", "load_avg_1m"]
     rows.sort(key=lambda r: (SCENARIOS.index(r["scenario"]), r["mode"], r["clients"] or 0,
                              r.get("rate") or 0, r["batching"]))
     print_table(rows, [*columns, "requests", "errors"])
