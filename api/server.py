@@ -42,6 +42,21 @@ class _ReadDeadline:
     def _request_in(self) -> bool:
         raise NotImplementedError
 
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._read_deadline is None:
+            self._arm()
+        super().data_received(data)  # type: ignore[misc]
+        if self._request_in():
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def _arm(self) -> None:
         self._read_deadline = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
 
@@ -65,21 +80,6 @@ class _ReadDeadline:
 class ReadTimeoutProtocol(_ReadDeadline, H11Protocol):
     """uvicorn's h11 protocol (pure Python) with a deadline for each request to arrive whole."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        if self._read_deadline is None:
-            self._arm()
-        super().data_received(data)
-        if self._request_in():
-            self._disarm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
     def _request_in(self) -> bool:
         return self.conn.their_state in _REQUEST_IN
 
@@ -94,21 +94,6 @@ def _httptools_protocol() -> type | None:
 
     class HttpToolsReadTimeoutProtocol(_ReadDeadline, HttpToolsProtocol):
         _whole = False  # the current request has arrived (set by the parser's callbacks)
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            if self._read_deadline is None:
-                self._arm()
-            super().data_received(data)
-            if self._request_in():
-                self._disarm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
         def on_message_begin(self) -> None:
             self._whole = False
