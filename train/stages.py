@@ -90,7 +90,7 @@ def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
     from embedder.tfidf import TfidfText
     from train.semantic_graph import build_semantic_graph
     from train.splits import build_label_spaces, oversample
-    from train.streaming import held_rows, load_training_features
+    from train.streaming import held_rows, load_training_features, tower_text_input
 
     if feats is None:
         with timed("catalog + features", timings):
@@ -104,11 +104,8 @@ def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
     if cfg.use_tfidf:
         titles = feats.titles
         tfidf = TfidfText.fit([titles[i] for i in splits.train], cfg.tfidf_max_features)
-    text_input = None
-    if not feats.streamed:
-        text_input = feats.text if tfidf is None else np.hstack(
-            [feats.text, tfidf.transform(feats.titles)])
-        text_input = text_input.astype(np.float32)
+    # in memory: the text tower's whole input at once; streaming: per batch (ShardTrainData)
+    text_input = None if feats.streamed else tower_text_input(feats.text, feats.titles, tfidf)
     with timed("semantic graph", timings):
         graph = build_semantic_graph(spaces.labels[leaf], feats.text_backbone)
     train_rows = (oversample(splits.train, spaces.y[leaf], cfg.oversample_percentile, cfg.seed)

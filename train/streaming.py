@@ -248,7 +248,7 @@ def held_rows(splits: Any, cfg: Any) -> Any:
                   sample_rows(splits.test, s.max_test_rows, cfg.seed + 2))
 
 
-def text_input(text: np.ndarray, titles: list[str], tfidf: Any) -> np.ndarray:
+def tower_text_input(text: np.ndarray, titles: list[str], tfidf: Any) -> np.ndarray:
     """The text tower's input rows: backbone features [+ TF-IDF of the titles]."""
     if tfidf is None:
         return text
@@ -268,24 +268,35 @@ class ShardTrainData:
     A: np.ndarray
     shuffle_shards: int
     _val: Batch | None = field(default=None, repr=False)
+    _shard_rows: list[np.ndarray] | None = field(default=None, repr=False)
 
     def _batch(self, rows: np.ndarray, image: np.ndarray, text: np.ndarray) -> Batch:
         titles = [self.feats.products[i].title for i in rows]
-        return (image, text_input(text, titles, self.tfidf),
+        return (image, tower_text_input(text, titles, self.tfidf),
                 {h: y[rows] for h, y in self.y.items()})
+
+    def _by_shard(self) -> list[np.ndarray]:
+        """Each shard's training rows, in train_idx order (computed once: O(n) row indices)."""
+        if self._shard_rows is None:
+            starts = np.array([a for a, _ in self.feats.shards.ranges], dtype=np.int64)
+            shard_of = np.searchsorted(starts, self.train_idx, side="right") - 1
+            order = np.argsort(shard_of, kind="stable")
+            bounds = np.searchsorted(shard_of[order], np.arange(len(starts) + 1))
+            self._shard_rows = [self.train_idx[order[a:b]]
+                                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return self._shard_rows
 
     def _buffers(self, gen: Any) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(rows, image, text) of each shuffle buffer's training rows, shuffled."""
         import torch
 
         ranges = self.feats.shards.ranges
-        starts = np.array([a for a, _ in ranges], dtype=np.int64)
-        shard_of = np.searchsorted(starts, self.train_idx, side="right") - 1
+        by_shard = self._by_shard()
         order = (torch.randperm(len(ranges), generator=gen).numpy() if len(ranges) > 1
                  else np.zeros(1, dtype=np.int64))
         for g in range(0, len(order), self.shuffle_shards):
             group = [int(s) for s in order[g:g + self.shuffle_shards]]
-            rows = np.concatenate([self.train_idx[shard_of == s] for s in group])
+            rows = np.concatenate([by_shard[s] for s in group])
             if not len(rows):
                 continue
             rows = rows[torch.randperm(len(rows), generator=gen).numpy()]

@@ -18,6 +18,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from embedder.catalog import Product
@@ -109,7 +110,7 @@ def test_stream_resume_equals_uninterrupted_run(trained_run, tmp_path):
 # --- synthetic shards: the batch stream itself, and memory ---
 
 LEAVES = 8
-DI, DT = 64, 16
+DI, DT = 384, 128
 
 
 def synthetic_features(directory: Path, n: int, shard_size: int,
@@ -187,24 +188,70 @@ def _fit_peak(tmp_path: Path, n: int, text_backbone, monkeypatch) -> int:
 
     monkeypatch.setattr(train_data, "load_features", _refuse)
     (tmp_path / str(n)).mkdir()
-    feats = synthetic_features(tmp_path / str(n), n, 2000, text_backbone)
-    cfg = TrainConfig(embed_dim=8, image_tower=(16,), text_tower=(16,), batch_size=512,
+    feats = synthetic_features(tmp_path / str(n), n, 500, text_backbone)
+    cfg = TrainConfig(embed_dim=8, image_tower=(16,), text_tower=(16,), batch_size=128,
                       max_epochs=1, tfidf_max_features=64, device="cpu", min_per_class=1,
                       photo_visual_dims=(),
                       streaming=StreamConfig(min_products=0, shuffle_shards=2, max_val_rows=500,
                                              max_test_rows=500, max_train_sample=500))
     prep = stages.prepare(cfg, feats=feats)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only wait for each other
     tracemalloc.start()
     try:
         stages.fit(prep, None)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+        torch.set_num_threads(threads)
 
 
 def test_stream_fit_memory_does_not_grow_with_the_catalog(tmp_path, tiny_text_backbone,
                                                           monkeypatch):
-    small, large = 20_000, 80_000
+    small, large = 4_000, 16_000
     peaks = [_fit_peak(tmp_path, n, tiny_text_backbone, monkeypatch) for n in (small, large)]
     data_growth = (large - small) * (DI + DT) * 4  # bytes the in-memory arrays would add
     assert peaks[1] - peaks[0] < 0.1 * data_growth, peaks
+
+
+def test_stream_reads_given_shards_in_memory_or_streamed(trained_run, tmp_path, monkeypatch):
+    """`--features-shards DIR`: a small catalog loads the shards whole (the in-memory path's
+    features to the bit), past the threshold it streams from them; shards of other backbones
+    or another catalog are refused by name."""
+    from embedder.errors import FeatureCacheError
+    from train.huse import main
+    from train.streaming import load_training_features
+
+    cfg, _ = trained_run
+    written = load_training_features(_streamed(cfg, tmp_path / "w", shard_size=32))
+    assert len(written.shards.files) == 3
+    given = dataclasses.replace(cfg, streaming=StreamConfig(shards=str(written.shards.directory)))
+    memory, from_shards = train_data.load_features(cfg.catalog, cfg), load_training_features(given)
+    assert not from_shards.streamed
+    np.testing.assert_array_equal(from_shards.image, memory.image)
+    np.testing.assert_array_equal(from_shards.text, memory.text)
+    streamed = load_training_features(dataclasses.replace(
+        given, streaming=dataclasses.replace(given.streaming, min_products=10)))
+    assert streamed.streamed and streamed.shards.directory == written.shards.directory
+
+    other = dataclasses.replace(given, image_backbone="efficientnet-lite0")
+    with pytest.raises(FeatureCacheError, match="--set image_backbone="):
+        load_training_features(other)
+    manifest = json.loads((written.shards.directory / "manifest.json").read_text())
+    manifest["n_products"] -= 1
+    (written.shards.directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FeatureCacheError, match="another catalog|valid ones"):
+        load_training_features(given)
+
+    seen = {}
+
+    def fake_run(c):
+        seen["cfg"] = c
+        (tmp_path / "cli" / BUNDLE_DIR).mkdir(parents=True)
+        (tmp_path / "cli" / BUNDLE_DIR / "report.md").write_text("report")
+        return tmp_path / "cli"
+
+    monkeypatch.setattr("train.pipeline.run", fake_run)
+    assert main(["--catalog", cfg.catalog, "--out", str(tmp_path / "cli"),
+                 "--features-shards", "123", "--no-progress"]) == 0
+    assert seen["cfg"].streaming.shards == "123"  # a path, even one that reads as a number
