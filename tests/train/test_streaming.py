@@ -2,8 +2,8 @@
 
 - one shard: the streamed run draws the same batches as the in-memory one, so weights, splits,
   labels and every metric agree (float rounding only);
-- several shards, shuffled in a buffer: the batch order differs; metrics within the tolerance
-  measured on this catalog;
+- several shards, shuffled in a buffer: the batch order differs; splits and labels are the
+  same, metrics within the tolerance measured on this catalog;
 - a resumed streamed run equals an uninterrupted one (shard order and buffer shuffle come from
   the checkpointed generator);
 - the streamed fit reads no whole feature array: its traced peak memory barely moves when the
@@ -90,16 +90,37 @@ def _refuse(*args, **kwargs):
     raise AssertionError("the streamed run called load_features")
 
 
-def test_stream_resume_equals_uninterrupted_run(trained_run, tmp_path):
-    cfg, _ = trained_run
+# 5 shuffled shards vs in memory, this config, seeds 0-5 (notes of issue 10): fused leaf top-1
+# equal in every seed (the tiny config learns little: 0-9 %), final train loss -3.1 % to +1.5 %.
+# The bounds allow about 2x that.
+TOP1_TOLERANCE = 0.1
+LOSS_TOLERANCE = 0.06
+
+
+def _fused_top1(report: dict) -> float:
+    evaluation = report["evaluation"]
+    return evaluation["heads"][evaluation["leaf_head"]]["fused"]["linear"]["top1"]
+
+
+def test_stream_shuffled_shards_match_within_tolerance_and_resume_exactly(trained_run, tmp_path):
+    cfg, memory_out = trained_run
     shards = {"shard_size": 16, "shuffle_shards": 2}  # 80 products: 5 shards, 3 buffers
     full = _streamed(cfg, tmp_path / "full", **shards)
+    run(full)
+    mem, st = _report(memory_out), _report(tmp_path / "full")
+    assert "features streamed from 5 shards" in st["data"]["streaming"]
+    assert mem["data"]["splits"] == st["data"]["splits"]
+    assert mem["label_spaces"] == st["label_spaces"]
+    assert abs(_fused_top1(st) - _fused_top1(mem)) <= TOP1_TOLERANCE
+    loss_mem, loss_st = mem["history"][-1]["train_loss"], st["history"][-1]["train_loss"]
+    assert abs(loss_st - loss_mem) <= LOSS_TOLERANCE * loss_mem
+    assert not _close(_checkpoint(memory_out)["model"], _checkpoint(tmp_path / "full")["model"],
+                      atol=1e-3)  # the batches did change
+
     part = dataclasses.replace(full, out=str(tmp_path / "resumed"), max_epochs=2)
     resumed = dataclasses.replace(part, max_epochs=cfg.max_epochs, resume=True)
-    for c in (full, part, resumed):
-        prep = stages.prepare(c)
-        assert prep.data.feats.streamed and len(prep.data.feats.shards.files) == 5
-        stages.fit(prep, Path(c.out) / CHECKPOINT_DIR)
+    for c in (part, resumed):
+        stages.fit(stages.prepare(c), Path(c.out) / CHECKPOINT_DIR)
     a, b = _checkpoint(tmp_path / "full"), _checkpoint(tmp_path / "resumed")
     assert [h["epoch"] for h in b["history"]] == [1, 2, 3]
     assert a["history"] == b["history"]
