@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,14 +38,27 @@ class VisualBlock:
     block is the unit-normalised projection onto the top components, each axis divided by its
     standard deviation to the power `whiten` (0: plain PCA, 1: full whitening). Whitening lets
     the fine detail that tells two look-alike products apart weigh as much as the coarse layout
-    and colour a whole class shares; the power is chosen on validation photos."""
+    and colour a whole class shares; the power is chosen on validation photos.
 
-    mean: np.ndarray  # (D,) mean of the unit training features
+    With a `+colour` image backbone (embedder.colour) the last `colour_dim` feature columns are
+    a colour histogram; the block is then [sqrt(1 - c) * pca, sqrt(c) * colour] (unit), so its
+    cosine is (1 - c) * cos(pca) + c * cos(colour), with c = `colour_weight` chosen on
+    validation photos too."""
+
+    mean: np.ndarray  # (D,) mean of the unit training features (backbone columns)
     components: np.ndarray  # (r, D) principal axes, scaled by std ** -whiten
+    colour_dim: int = 0
+    colour_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.colour_dim < 0 or not 0.0 <= self.colour_weight <= 1.0:
+            raise ValueError(f"colour_dim must be >= 0 and colour_weight in [0, 1], got "
+                             f"{self.colour_dim}, {self.colour_weight}")
 
     @classmethod
-    def fit(cls, image_feats: np.ndarray, dim: int, whiten: float = 0.0) -> VisualBlock:
-        x = l2n(image_feats).astype(np.float64)
+    def fit(cls, image_feats: np.ndarray, dim: int, whiten: float = 0.0,
+            colour_dim: int = 0, colour_weight: float = 0.0) -> VisualBlock:
+        x = l2n(image_feats[:, : image_feats.shape[1] - colour_dim]).astype(np.float64)
         if dim < 1 or dim > min(x.shape):
             raise ValueError(f"visual dim must be in [1, {min(x.shape)}], got {dim}")
         if not 0.0 <= whiten <= 1.0:
@@ -55,25 +68,37 @@ class VisualBlock:
         std = s[:dim] / np.sqrt(max(len(x) - 1, 1))
         scale = np.maximum(std, WHITEN_FLOOR * std[0]) ** -whiten
         axes = vt[:dim] * scale[:, None]
-        return cls(mean.astype(np.float32), np.ascontiguousarray(axes, dtype=np.float32))
+        return cls(mean.astype(np.float32), np.ascontiguousarray(axes, dtype=np.float32),
+                   colour_dim, colour_weight)
+
+    def with_colour_weight(self, colour_weight: float) -> VisualBlock:
+        return replace(self, colour_weight=float(colour_weight))
 
     @property
     def dim(self) -> int:
-        return int(self.components.shape[0])
+        return int(self.components.shape[0]) + self.colour_dim
 
     @property
     def in_dim(self) -> int:
-        return int(self.components.shape[1])
+        return int(self.components.shape[1]) + self.colour_dim
 
     def transform(self, image_feats: np.ndarray) -> np.ndarray:
         """(n, D) frozen features -> (n, r) unit visual vectors."""
         x = np.asarray(image_feats, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"expected (n, {self.in_dim}) image features, got {x.shape}")
-        return l2n((l2n(x) - self.mean) @ self.components.T)
+        deep = x[:, : x.shape[1] - self.colour_dim]
+        pca = l2n((l2n(deep) - self.mean) @ self.components.T)
+        if not self.colour_dim:
+            return pca
+        c = self.colour_weight
+        colour = l2n(x[:, deep.shape[1]:])
+        return np.hstack([np.sqrt(1.0 - c) * pca, np.sqrt(c) * colour]).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "components": self.components}
+        return {"mean": self.mean, "components": self.components,
+                "colour_dim": np.asarray(self.colour_dim, np.int64),
+                "colour_weight": np.asarray(self.colour_weight, np.float64)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> VisualBlock:
@@ -82,7 +107,9 @@ class VisualBlock:
         if mean.ndim != 1 or comp.ndim != 2 or comp.shape[1] != mean.shape[0]:
             raise ValueError(f"visual block: mean {mean.shape} and components {comp.shape} "
                              "do not match")
-        return cls(mean, comp)
+        # bundles written before the colour block have neither entry
+        return cls(mean, comp, int(arrays.get("colour_dim", 0)),
+                   float(arrays.get("colour_weight", 0.0)))
 
 
 def stored_vectors(huse: np.ndarray, visual: np.ndarray | None) -> np.ndarray:
@@ -140,7 +167,8 @@ class ServedSpace:
     def config(self) -> dict[str, Any]:
         """The bundle config's "photo_search" entries (the arrays are the bundle's visual.npz)."""
         return {"visual_dim": self.visual_dim, "visual_weight": self.visual_weight,
-                "near_duplicate_threshold": self.near_duplicate_threshold}
+                "near_duplicate_threshold": self.near_duplicate_threshold,
+                "colour_weight": self.block.colour_weight}
 
     @classmethod
     def from_bytes(cls, data: bytes, config: Mapping[str, Any], image_dim: int) -> ServedSpace:

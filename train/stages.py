@@ -200,7 +200,8 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
     from train.photo_search import PhotoGrid, fit_served_space
 
     grid = PhotoGrid(cfg.photo_visual_dims, cfg.photo_whiten, cfg.photo_weights,
-                     cfg.photo_min_instance_r1)
+                     cfg.photo_min_instance_r1, cfg.photo_colour_weights or (0.0,),
+                     cfg.photo_leaf_tolerance)
     served, photo = fit_served_space(bundle, feats.products, feats.image, feats.text, tr, val,
                                      grid, cfg.seed, cache_dir=cfg.cache_dir or None)
     bundle = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained,

@@ -93,6 +93,44 @@ def test_visual_block_round_trips_and_projects_to_unit_rows():
         block.transform(x[:, :5])
 
 
+def test_visual_block_weighs_the_colour_histogram_columns():
+    rng = np.random.default_rng(3)
+    deep, colour = rng.normal(size=(40, 16)), np.abs(rng.normal(size=(40, 8)))
+    x = np.hstack([deep, colour]).astype(np.float32)
+    fitted = VisualBlock.fit(x, 6, colour_dim=8)
+    assert (fitted.dim, fitted.in_dim) == (14, 24)
+    plain = VisualBlock(fitted.mean, fitted.components)  # the same PCA, no colour columns
+    pca = plain.transform(deep)
+    cn = colour / np.linalg.norm(colour, axis=1, keepdims=True)
+    for c in (0.0, 0.3, 1.0):
+        z = fitted.with_colour_weight(c).transform(x)
+        assert np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+        assert np.allclose(z @ z.T, (1 - c) * pca @ pca.T + c * cn @ cn.T, atol=1e-5)
+    block = fitted.with_colour_weight(0.3)
+    again = VisualBlock.from_arrays(block.arrays())
+    assert (again.colour_dim, again.colour_weight) == (8, 0.3)
+    assert np.allclose(again.transform(x), block.transform(x))
+    old = {k: v for k, v in block.arrays().items() if not k.startswith("colour")}
+    assert VisualBlock.from_arrays(old).colour_dim == 0  # bundles from before the colour block
+    with pytest.raises(ValueError, match="colour_weight"):
+        fitted.with_colour_weight(1.5)
+
+
+def test_selection_rule_keeps_leaf_precision_then_maximises_look_alikes():
+    def row(w, c, leaf, colour, usage):
+        return {"visual_weight": w, "colour_weight": c, "instance_r1": 0.99, "leaf_p10": leaf,
+                "queries": 10_000, "attr_p10": {"colour": colour, "usage": usage}}
+
+    rows = [row(0.1, 0.0, 0.920, 0.25, 0.8), row(0.1, 0.2, 0.915, 0.35, 0.8),
+            row(0.1, 0.3, 0.905, 0.40, 0.8), row(0.2, 0.2, 0.912, 0.35, 0.8)]
+    assert pick(rows, 0.97)["colour_weight"] == 0.0  # no tolerance: the best leaf precision
+    best = pick(rows, 0.97, leaf_tolerance=0.01)  # 0.905 is outside the band
+    assert (best["colour_weight"], best["visual_weight"]) == (0.2, 0.1)  # tie: smaller weight
+    assert pick(rows, 0.97, leaf_tolerance=0.02)["colour_weight"] == 0.3
+    bare = [{**r, "attr_p10": {}} for r in rows]  # no attribute columns: leaf precision
+    assert pick(bare, 0.97, leaf_tolerance=0.02)["colour_weight"] == 0.0
+
+
 def test_selection_rule_finds_the_product_then_maximises_leaf_precision():
     def row(w, r1, leaf, colour):
         return {"visual_weight": w, "instance_r1": r1, "leaf_p10": leaf, "queries": 10_000,
