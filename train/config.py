@@ -172,10 +172,11 @@ class TrainConfig:
                                                      *self.photo_colour_weights,
                                                      self.photo_min_instance_r1,
                                                      self.photo_leaf_tolerance))
+                or not all(c < 1.0 for c in self.photo_colour_weights)
                 or (self.photo_visual_dims and not (self.photo_whiten and self.photo_weights))):
             raise ConfigError(f"photo_visual_dims must be >= 1, photo_whiten, photo_weights, "
-                              f"photo_colour_weights, photo_min_instance_r1 and "
-                              f"photo_leaf_tolerance in [0, 1] (grids non-empty), got "
+                              f"photo_min_instance_r1 and photo_leaf_tolerance in [0, 1], "
+                              f"photo_colour_weights in [0, 1) (grids non-empty), got "
                               f"{self.photo_visual_dims}, {self.photo_whiten}, "
                               f"{self.photo_weights}, {self.photo_colour_weights}, "
                               f"{self.photo_min_instance_r1}, {self.photo_leaf_tolerance}")

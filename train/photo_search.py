@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from embedder.visual import ServedSpace, VisualBlock, l2n, query_vectors, split_stored
+from embedder.visual import (
+    ServedSpace,
+    VisualBlock,
+    instance_probe,
+    l2n,
+    query_vectors,
+    split_stored,
+)
 from train.photo_eval import (
     instance_recall_at_1,
     photo_query_features,
@@ -47,7 +54,7 @@ K = 10
 RULE = ("validation photo queries: among settings with instance R@1 - 1 standard error >= "
         "{min_r1} and leaf P@10 within {tol} of the best such, the highest mean attribute-column "
         "P@10 (ties: smaller weights); near-duplicate threshold: Youden's J of own-product vs "
-        "nearest-other visual cosine")
+        "nearest-other instance cosine (the visual block without its colour histogram)")
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,8 @@ class PhotoSearchChoice:
 
 def duplicate_threshold(visual_db: np.ndarray, visual_q: np.ndarray,
                         own_rows: np.ndarray) -> float:
-    """Youden's J threshold between own-product and nearest-other visual cosines."""
+    """Youden's J threshold between own-product and nearest-other cosines of (instance)
+    visual vectors."""
     sims = visual_q @ visual_db.T
     rows = np.arange(len(own_rows))
     own = sims[rows, own_rows].copy()
@@ -77,14 +85,17 @@ def duplicate_threshold(visual_db: np.ndarray, visual_q: np.ndarray,
 
 
 def served_scores(db: np.ndarray, huse_q: np.ndarray, visual_q: np.ndarray, weight: float,
-                  threshold: float, visual_dim: int) -> np.ndarray:
+                  threshold: float, block: VisualBlock) -> np.ndarray:
     """(n_queries, n_products) scores whose ranking is served_search's answer: recognised
-    queries rank their product first, then its neighbours under the weight."""
-    huse_db, visual_db = split_stored(db, db.shape[1] - visual_dim)
+    queries (instance cosine, embedder.visual.instance_probe) rank their product first, then
+    its neighbours under the weight."""
+    visual_dim = block.dim
+    huse_dim = db.shape[1] - visual_dim
+    huse_db, visual_db = split_stored(db, huse_dim)
     scores = query_vectors(huse_q, visual_q, weight, visual_dim) @ db.T
     if weight <= 0:
         return scores
-    vis = visual_q @ visual_db.T
+    vis = instance_probe(visual_q, huse_dim, block) @ db.T
     top = vis.argmax(axis=1)
     recognised = vis[np.arange(len(top)), top] >= threshold
     around = query_vectors(huse_db[top], visual_db[top], weight, visual_dim) @ db.T
@@ -154,12 +165,13 @@ def choose_served_space(huse_db: np.ndarray, image: np.ndarray, train_rows: np.n
             for colour in (grid.colour_weights if colour_dim else (0.0,)):
                 block = fitted.with_colour_weight(colour)
                 visual_db, visual_q = block.transform(image), block.transform(q_feats)
-                threshold = duplicate_threshold(visual_db, visual_q, own_rows)
+                threshold = duplicate_threshold(block.instance(visual_db),
+                                                block.instance(visual_q), own_rows)
                 served = ServedSpace(block, DEFAULT_WEIGHT, threshold)
                 db = served.stored(huse_db, visual_db)
                 blocks[(block.dim, power, colour)] = served
                 for w in grid.weights:
-                    scores = served_scores(db, huse_q, visual_q, w, threshold, block.dim)
+                    scores = served_scores(db, huse_q, visual_q, w, threshold, block)
                     validation.append({"visual_dim": block.dim, "whiten": power,
                                        "colour_weight": colour, "visual_weight": w,
                                        "near_duplicate_threshold": threshold,
@@ -244,7 +256,7 @@ def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: 
         "universal space alone": (huse_q @ huse_db.T, huse_t @ huse_db.T),
         "served": (served_scores(db, huse_q, served.block.transform(q_feats),
                                  served.visual_weight, served.near_duplicate_threshold,
-                                 served.visual_dim),
+                                 served.block),
                    served.query(huse_t, None) @ db.T),
     }
     out: dict[str, Any] = {"queries": len(query_ids), "k": K, "query_seed": seed,
