@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     setting("--batch-workers", "batch_workers", type=int, metavar="N")
     setting("--image-batch-max", "image_batch_max", type=int, metavar="N")
     setting("--image-engine", "image_engine", choices=ENGINES)
+    setting("--text-engine", "text_engine", choices=ENGINES)
     setting("--read-timeout", "request_read_timeout_s", type=float, metavar="S")
     setting("--max-connections", "max_connections", type=int, metavar="N")
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
@@ -144,11 +145,12 @@ def check_backbones(config_file: Path) -> None:
 
 
 def check_engine(settings: Settings) -> None:
-    if settings.image_engine == "onnx":
+    for flag, engine in (("--image-engine", settings.image_engine),
+                         ("--text-engine", settings.text_engine)):
         missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
-        if missing:
-            raise UsageError(f"--image-engine onnx needs {', '.join(missing)}: pip install "
-                             "'huse-search[onnx]' (or use --image-engine torch)")
+        if engine.startswith("onnx") and missing:
+            raise UsageError(f"{flag} {engine} needs {', '.join(missing)}: pip install "
+                             f"'huse-search[onnx]' (or use {flag} torch)")
 
 
 def check_port(host: str, port: int) -> None:

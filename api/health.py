@@ -30,6 +30,7 @@ def health(services: Any) -> HealthPublic:
             "image_backbone": config.image_backbone.spec,
             "image_engine": bundle.backbone("image").engine,
             "text_backbone": config.text_backbone.spec,
+            "text_engine": bundle.backbone("text").engine,
             "other_threshold": services.threshold,
             # the served default of POST /v1/search's visual_weight (the page's slider start);
             # None when the bundle has no visual block (searches rank by HUSE alone)

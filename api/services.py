@@ -101,7 +101,11 @@ class Services:
         from embedder.bundle import Bundle
         from index.stores import open_product_index
 
-        bundle = Bundle.load(settings.bundle_dir, image_engine=settings.image_engine)
+        bundle = Bundle.load(
+            settings.bundle_dir,
+            image_engine=settings.image_engine,
+            text_engine=settings.text_engine,
+        )
         index = open_product_index(settings.index_target, expected_fingerprint=bundle.fingerprint)
         if index.d != bundle.index_dim:
             index.close()
@@ -113,10 +117,11 @@ class Services:
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
         logger.info(
-            "serving bundle %s (%s, image engine %s) and index %s (%d products)",
+            "serving bundle %s (%s, image engine %s, text engine %s) and index %s (%d products)",
             settings.bundle_dir,
             bundle.fingerprint[:12],
             bundle.backbone("image").engine,
+            bundle.backbone("text").engine,
             settings.index_target,
             len(index),
         )

@@ -63,10 +63,15 @@ class Settings(BaseSettings):
     image_batch_max: int = Field(
         default=IMAGE_BATCH_MAX, ge=1, description="most image requests per model call"
     )
-    image_engine: Literal["torch", "onnx", "auto"] = Field(
+    image_engine: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
         "auto",
         description="image backbone runtime: torch, onnx (ONNX Runtime, extra 'onnx'), or auto "
         "(onnx where installed and it applies)",
+    )
+    text_engine: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
+        "auto",
+        description="text backbone runtime: auto (int8 MiniLM in ONNX Runtime on CPU; its "
+        "title-search R@10 equals fp32's, docs/performance.md), onnx (fp32), onnx-int8, torch",
     )
     # Threads that run model calls when micro-batching is off (one request per call).
     unbatched_workers: int = Field(default=8, ge=1)

@@ -3,9 +3,10 @@
 Cold extraction end to end from the JPEG files (empty feature cache: read, hash, decode,
 preprocess, model, cache write; the functions `train.huse` calls) with each engine side by side
 in the same run, alternating `--repeats` times so a shared machine's load drifts over both:
-"torch" is the previous default (DataLoader worker processes, PyTorch), "onnx" the default now
+"torch" is the first default (DataLoader worker processes, PyTorch), "onnx" the previous one
 (ONNX Runtime, decode threads overlapped with the model, reused batch buffer, glibc malloc
-thresholds raised), and "onnx, malloc untuned" the same without the malloc thresholds. Each row
+thresholds raised; fp32 for both models), "auto" the default now (the same with the int8 text
+model), and "onnx, malloc untuned" the onnx row without the malloc thresholds. Each row
 also records CPU seconds (this process and its DataLoader workers), minor page faults and the
 load average, since wall time on a shared machine is noisy. Then a cached run (the cache answers
 everything), catalog validation, and the image model alone on the same batches: the package's
@@ -44,6 +45,7 @@ EXTRACTION_ENGINES = {
     "torch": ("torch", True),
     "onnx, malloc untuned": ("onnx", True),
     "onnx": ("onnx", False),
+    "auto (default: int8 text)": ("auto", False),
 }
 IMAGE_SPEC, TEXT_SPEC = "efficientnet-lite0", "minilm"
 
@@ -109,7 +111,7 @@ def bench_extraction(
 
     titles = [p.title for p in products]
     rows, loaded = [], {}
-    for engine in ("torch", "onnx"):
+    for engine in ("torch", "onnx", "auto"):
         for spec in (IMAGE_SPEC, TEXT_SPEC):
             loaded[engine, spec], seconds = _timed(
                 lambda s=spec, e=engine: load_backbone(s, device="cpu", engine=e))
@@ -258,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             "text": TEXT_SPEC,
         },
         "load_average_at_end": os.getloadavg(),
-        "baseline": "cold extraction: torch (previous default) vs onnx (default), same run, "
-        "alternating; cold vs cached; model as shipped vs ours vs onnxruntime",
+        "baseline": "cold extraction: torch vs onnx (fp32, previous default) vs auto (default: "
+        "int8 text), same run, alternating; cold vs cached; model as shipped vs ours vs "
+        "onnxruntime",
         "summary": summarise(rows),
         "extraction_agreement": agreement,
         "results": rows,

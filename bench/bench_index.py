@@ -39,6 +39,7 @@ from bench.common import machine_info, print_table, write_results
 from huse_common.vectors import l2_normalize, row_norms
 from index.evaluation import exact_knn, recall_at_k
 from index.plan import Candidate, IndexPlan, candidates, choose_factory, pick
+from index.vectors import omp_threads
 
 logger = logging.getLogger(__name__)
 COLUMNS = ["data", "n", "index", "effort", "recall@10", "qps_b1", "qps_cpu", "cpu_ms", "p50_ms",
@@ -147,28 +148,22 @@ def batch1(
 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Every query alone (batch 1), `threads` callers at once with one FAISS thread each:
     (ids found, queries/s, per-query wall seconds, per-query CPU seconds of its thread)."""
-    import faiss
-
     found = np.empty((xq.shape[0], K), np.int64)
     took = np.empty(xq.shape[0])
     cpu = np.empty(xq.shape[0])
 
     def run(rows: np.ndarray) -> None:
-        for i in rows:
-            c0, t0 = time.thread_time(), time.perf_counter()
-            found[i] = search(xq[i : i + 1], K)[1][0]
-            took[i], cpu[i] = time.perf_counter() - t0, time.thread_time() - c0
+        with omp_threads(1):  # OpenMP keeps this per thread: set it in each searching thread
+            for i in rows:
+                c0, t0 = time.thread_time(), time.perf_counter()
+                found[i] = search(xq[i : i + 1], K)[1][0]
+                took[i], cpu[i] = time.perf_counter() - t0, time.thread_time() - c0
 
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        search(xq[:1], K)  # warm up
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, np.array_split(np.arange(xq.shape[0]), threads)))
-        qps = xq.shape[0] / (time.perf_counter() - t0)
-    finally:
-        faiss.omp_set_num_threads(before)
+    run(np.arange(1))  # warm up
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, np.array_split(np.arange(xq.shape[0]), threads)))
+    qps = xq.shape[0] / (time.perf_counter() - t0)
     return found, qps, took, cpu
 
 

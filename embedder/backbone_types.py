@@ -93,9 +93,16 @@ class Backbone:
         self.engine = engine
 
     @property
+    def onnx(self) -> bool:
+        """Whether `model` is an onnxruntime session (engines "onnx" and "onnx-int8")."""
+        return self.engine.startswith("onnx")
+
+    @property
     def cache_namespace(self) -> str:
-        """Identity of the vectors this backbone produces; the feature cache is keyed by it."""
-        return f"{self.spec}|{self.kind}|dim={self.dim}|pre={PREPROCESS_VERSION}"
+        """Identity of the vectors this backbone produces; the feature cache is keyed by it.
+        int8 features are close to fp32's but not equal, so they have their own namespace."""
+        precision = "|int8" if self.engine.endswith("int8") else ""
+        return f"{self.spec}|{self.kind}|dim={self.dim}|pre={PREPROCESS_VERSION}{precision}"
 
     def _autocast(self) -> Any:
         import torch
@@ -157,7 +164,7 @@ class ImageBackbone(Backbone):
         return np.hstack([out, hist])
 
     def _forward_model(self, pixels: Any) -> np.ndarray:
-        if self.engine == "onnx":
+        if self.onnx:
             feed = np.ascontiguousarray(pixels, dtype=np.float32)
             return self.model.run(None, {"pixels": feed})[0]
         import torch
@@ -230,7 +237,7 @@ class TextBackbone(Backbone):
             max_length=self.config.max_length,
             return_tensors="np",
         )
-        if self.engine == "onnx":  # the exported graph pools over the mask itself
+        if self.onnx:  # the exported graph pools over the mask itself
             feeds = {name: batch[name].astype(np.int64, copy=False) for name in TEXT_INPUTS}
             return self.model.run(None, feeds)[0]
         import torch

@@ -44,7 +44,7 @@ class Bundle:
                  centroids: Mapping[str, np.ndarray] | None = None,
                  tfidf: TfidfText | None = None, device: str = "cpu", path: Path | None = None,
                  image_engine: str = "torch", files: Mapping[str, bytes] | None = None,
-                 served: ServedSpace | None = None):
+                 served: ServedSpace | None = None, text_engine: str = "auto"):
         heads = config.head_names
         if list(labels) != heads:
             raise BundleError(f"label heads {list(labels)} differ from config heads {heads}")
@@ -54,8 +54,9 @@ class Bundle:
         if bool(config.tfidf_dim) != (tfidf is not None):
             raise BundleError(f"config tfidf_dim={config.tfidf_dim} but tfidf "
                               f"{'given' if tfidf is not None else 'missing'}")
-        if image_engine not in ENGINES:
-            raise ValueError(f"image_engine must be one of {ENGINES}, got {image_engine!r}")
+        for name, engine in (("image_engine", image_engine), ("text_engine", text_engine)):
+            if engine not in ENGINES:
+                raise ValueError(f"{name} must be one of {ENGINES}, got {engine!r}")
         if device == "auto":
             import torch
 
@@ -68,6 +69,7 @@ class Bundle:
         self.device = device
         self.path = path
         self.image_engine = image_engine  # "torch" or "onnx" (see backbones.load_backbone)
+        self.text_engine = text_engine  # "auto": int8 MiniLM on CPU (bench_text_int8)
         self._backbones: dict[str, Any] = {}
         self.served = served  # the index's space beside HUSE (embedder.visual); None: HUSE alone
         if served is not None and not config.photo_search:
@@ -193,7 +195,7 @@ class Bundle:
             from embedder.backbones import load_backbone
 
             info: BackboneInfo = getattr(self.config, f"{kind}_backbone")
-            engine = self.image_engine if kind == "image" else "auto"
+            engine = self.image_engine if kind == "image" else self.text_engine
             bb = load_backbone(info.spec, device=self.device, engine=engine)
             if bb.dim != info.dim:
                 raise BundleError(f"{kind} backbone {info.spec} gives {bb.dim}-d features, "
@@ -351,11 +353,12 @@ class Bundle:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, device: str = "cpu",
-             image_engine: str = "torch") -> Bundle:
+             image_engine: str = "torch", text_engine: str = "auto") -> Bundle:
         """Strict load (see bundle_io.read_files); the fingerprint comes from the bytes read.
-        `image_engine` picks how the image backbone runs when first used ("torch"/"onnx")."""
+        `image_engine` / `text_engine` pick how each backbone runs when first used (one of
+        embedder.backbones.ENGINES)."""
         root = Path(bundle_dir)
         parts, files = bundle_io.read_files(root)
         return cls(parts.config, parts.model, parts.labels, parts.centroids, parts.tfidf,
                    device=device, path=root, image_engine=image_engine, files=files,
-                   served=parts.served)
+                   served=parts.served, text_engine=text_engine)

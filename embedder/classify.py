@@ -73,10 +73,16 @@ def rank_labels(ranked_by: dict[str, np.ndarray], names: dict[str, list[str]], k
 def class_centroids(emb: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, d) unit-norm class means of unit embeddings; rows with y == -1 are skipped,
     a class without rows gets a zero vector (it then never wins a cosine ranking)."""
+    return l2_normalize(class_sums(emb, y, n_classes)).astype(np.float32)
+
+
+def class_sums(emb: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, d) float64 per-class sums of the rows with y >= 0: added up over chunks of
+    a catalog, then normalised, they give class_centroids of the whole without holding it."""
     emb = np.asarray(emb, dtype=np.float32)
     if len(emb) != len(y):
         raise ValueError(f"{len(emb)} embeddings but {len(y)} labels")
     sums = np.zeros((n_classes, emb.shape[1]), np.float64)
     keep = y >= 0
     np.add.at(sums, y[keep], emb[keep])
-    return l2_normalize(sums).astype(np.float32)
+    return sums

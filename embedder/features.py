@@ -205,7 +205,7 @@ def _image_batches(
 ) -> Iterable[tuple[Any, list[str]]]:
     """ONNX Runtime (CPU): decode threads + a reused batch buffer, with glibc's malloc tuned.
     torch: a DataLoader with worker processes (decode scales past one core for a GPU)."""
-    if backbone.engine == "onnx":
+    if backbone.onnx:
         tune_malloc()
         return _overlapped_batches(dataset, batch_size, max(1, num_workers))
     from torch.utils.data import DataLoader

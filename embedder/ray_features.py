@@ -39,6 +39,7 @@ from embedder.shards import (
     ShardData,
     ShardSpec,
     plan_shards,
+    shard_manifest,
     write_manifest,
     write_shard,
 )
@@ -270,18 +271,7 @@ def extract_features_ray(
             sum(int(r["rows"]) for r in results),
             time.perf_counter() - t0,
         )
-    write_manifest(
-        out_dir,
-        {
-            "n_products": len(ids),
-            "shard_size": config.shard_size,
-            "image_backbone": backbones["image"],
-            "text_backbone": backbones["text"],
-            "shards": [
-                {"file": s.file, "start": s.start, "stop": s.stop, "digest": s.digest} for s in plan
-            ],
-        },
-    )
+    write_manifest(out_dir, shard_manifest(len(ids), config.shard_size, backbones, plan))
     shards = FeatureShards(out_dir)
     added = _fill_cache(shards, backbones, cache)
     logger.info("feature cache: %d vectors added from the shards", added)

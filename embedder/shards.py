@@ -130,6 +130,19 @@ def read_shard(path: Path) -> ShardData:
     )
 
 
+def shard_manifest(n_products: int, shard_size: int, backbones: dict[str, dict],
+                   plan: Sequence[ShardSpec]) -> dict[str, Any]:
+    """The manifest body: `backbones` maps "image"/"text" to {spec, dim, namespace}."""
+    return {
+        "n_products": n_products,
+        "shard_size": shard_size,
+        "image_backbone": backbones["image"],
+        "text_backbone": backbones["text"],
+        "shards": [{"file": s.file, "start": s.start, "stop": s.stop, "digest": s.digest}
+                   for s in plan],
+    }
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     path = Path(directory) / MANIFEST
     body = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, indent=2)
@@ -156,6 +169,15 @@ class FeatureShards:
     @property
     def files(self) -> list[Path]:
         return [self.directory / s["file"] for s in self.manifest["shards"]]
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """Catalog rows [start, stop) of each shard."""
+        return [(int(s["start"]), int(s["stop"])) for s in self.manifest["shards"]]
+
+    def read(self, i: int) -> ShardData:
+        """Shard i's rows (its catalog rows are ranges[i])."""
+        return read_shard(self.files[i])
 
     def __iter__(self) -> Iterator[ShardData]:
         for path in self.files:

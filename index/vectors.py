@@ -12,7 +12,8 @@ searches run concurrently, as the FAISS wiki allows for CPU indexes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,20 @@ from index.strategies import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """FAISS's OpenMP loops use `n` threads inside the block, on this thread only (OpenMP keeps
+    the setting per thread; other threads keep theirs)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class VectorIndex:
@@ -321,10 +336,19 @@ class VectorIndex:
 
         `allowed` restricts results to those ids, `excluded` removes ids. Whenever at least k
         live ids pass the filters, every row holds k results: selective filters are searched
-        exactly over their subset; broad ones over-fetch, growing k until k pass.
+        exactly over their subset; broad ones over-fetch, growing k until k pass. A small
+        batch runs on the calling thread alone (IndexPlan.single_thread_max_queries).
         """
         xq = as_matrix(xq, self.d, "xq")
         k = self._check_k(k)
+        if xq.shape[0] > self.plan.single_thread_max_queries:
+            return self._search(xq, k, allowed, excluded)
+        with omp_threads(1):
+            return self._search(xq, k, allowed, excluded)
+
+    def _search(
+        self, xq: np.ndarray, k: int, allowed: Any, excluded: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         nq = xq.shape[0]
         if self.ntotal == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)

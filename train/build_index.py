@@ -63,8 +63,6 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
                    modality: str = "fused", plan: Any = None, build: Any = None) -> dict:
     """Embed products from their frozen features with `bundle`, build the index at out_dir;
     returns the index manifest (recall@10 vs exact included)."""
-    from index.build import build_product_index
-
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if not len(products) == len(image_feats) == len(text_feats):
@@ -76,6 +74,14 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
         text_feats=text_feats if modality in ("fused", "text") else None,
         titles=titles,
     )
+    return write_index(bundle, products, xb, out_dir, factory, plan, build)
+
+
+def write_index(bundle: Any, products: Sequence[Any], xb: np.ndarray, out_dir: str | Path,
+                factory: str = "auto", plan: Any = None, build: Any = None) -> dict:
+    """The index of `products` with their index vectors `xb` (rows aligned) at out_dir (a
+    directory or a Milvus URI); returns its manifest."""
+    from index.build import build_product_index
     from index.milvus_target import is_milvus_uri
 
     out = out_dir if is_milvus_uri(out_dir) else Path(out_dir)
@@ -88,7 +94,7 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
     records = product_records(products, root)
     manifest = build_product_index(out, records, xb, bundle.fingerprint,
                                    factory=factory, plan=plan, config=build, overwrite=True)
-    logger.info("index of %d products (%s embeddings) written to %s", len(products), modality, out)
+    logger.info("index of %d products written to %s", len(products), out)
     return manifest
 
 

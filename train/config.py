@@ -63,6 +63,30 @@ class EvalConfig:
 
 
 @dataclass
+class StreamConfig:
+    """When and how training reads features from feature shards (embedder.shards) instead of
+    holding them (train.streaming): past `min_products` valid products, memory stays bounded
+    by the shuffle buffer and the samples below, plus O(n) ids, titles and labels."""
+
+    # Stream above this many valid products (0 = always). In memory a product costs ~15 kB
+    # (1280 + 384 backbone floats and 2000 dense TF-IDF columns): 200k is ~3 GB.
+    min_products: int = 200_000
+    shards: str = ""  # feature shard dir to read (features --engine ray --out-shards DIR)
+    shard_size: int = 10_000  # products per shard the local path writes
+    shuffle_shards: int = 4  # shards whose training rows are shuffled together (the buffer)
+    max_val_rows: int = 20_000  # seeded sample of the validation split held in memory
+    max_test_rows: int = 20_000  # seeded sample of the test split evaluated
+    max_train_sample: int = 20_000  # training rows for the photo-search fit and baselines
+
+    def __post_init__(self) -> None:
+        sizes = (self.shard_size, self.shuffle_shards, self.max_val_rows, self.max_test_rows,
+                 self.max_train_sample)
+        if self.min_products < 0 or min(sizes) < 1:
+            raise ConfigError(f"streaming: min_products must be >= 0 and shard_size, "
+                              f"shuffle_shards, max_*_rows, max_train_sample >= 1, got {self}")
+
+
+@dataclass
 class TrainConfig:
     # --- data and output ---
     catalog: str = ""  # catalog CSV/JSONL (required by the pipeline)
@@ -129,6 +153,8 @@ class TrainConfig:
     index_build: BuildConfig = field(default_factory=BuildConfig)  # recall measured at build
     # --- evaluation (--set evaluation.knn_k=20) ---
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    # --- streaming from feature shards (--set streaming.min_products=0) ---
+    streaming: StreamConfig = field(default_factory=StreamConfig)
     # --- runtime ---
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)

@@ -7,7 +7,7 @@ torch, faiss and sklearn are imported inside the functions, so the CLI's `--help
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,12 @@ logger = logging.getLogger(__name__)
 LEVEL_PREFIX = "level"  # category heads are level1..levelN (train.splits.level_heads)
 
 
-@dataclass(frozen=True)
-class CatalogFeatures:
-    """Valid products and their frozen features, row-aligned."""
+class ProductFeatures:
+    """What every holder of the catalog's features has (CatalogFeatures, and
+    train.streaming.ShardedFeatures, which reads them from feature shards)."""
 
-    products: list[Any]  # embedder.catalog.Product
-    image: np.ndarray  # (n, Di) float32
-    text: np.ndarray  # (n, Dt) float32
-    image_backbone: Any  # embedder.bundle_config.BackboneInfo
+    products: list[Any]  # embedder.catalog.Product, valid ones in catalog order
     text_backbone: Any  # the loaded text backbone (it also embeds class names)
-    catalog_summary: dict
 
     @property
     def titles(self) -> list[str]:
@@ -43,20 +39,55 @@ class CatalogFeatures:
         return BackboneInfo(self.text_backbone.spec, self.text_backbone.dim)
 
 
-def load_features(catalog: str | Path, cfg: TrainConfig,
-                  rejects_path: Path | None = None) -> CatalogFeatures:
-    """Read + validate the catalog, then extract (cached) image and title features."""
-    from embedder.backbones import load_backbone
-    from embedder.bundle_config import BackboneInfo
+@dataclass(frozen=True)
+class CatalogFeatures(ProductFeatures):
+    """Valid products and their frozen features, row-aligned, in memory."""
+
+    products: list[Any]  # embedder.catalog.Product
+    image: np.ndarray  # (n, Di) float32
+    text: np.ndarray  # (n, Dt) float32
+    image_backbone: Any  # embedder.bundle_config.BackboneInfo
+    text_backbone: Any
+    catalog_summary: dict
+    streamed = False  # train.streaming.ShardedFeatures: True
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return self.image.shape[1], self.text.shape[1]
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.image[rows], self.text[rows]
+
+    def chunks(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(rows, image, text) in one chunk (ShardedFeatures: one per shard)."""
+        yield (rows, *self.take(rows))
+
+
+def read_products(catalog: str | Path, cfg: TrainConfig,
+                  rejects_path: Path | None = None) -> Any:
+    """The validated catalog (embedder.catalog.CatalogReport); CatalogError when it has no
+    valid product."""
     from embedder.catalog import ColumnMap, read_catalog
     from embedder.errors import CatalogError
-    from embedder.features import FeatureCache, extract_image_features, extract_text_features
 
     report = read_catalog(catalog, columns=ColumnMap(**cfg.catalog_columns),
                           rejects_path=rejects_path)
     if not report.products:
         raise CatalogError(f"{catalog}: no valid products ({report.summary()})")
     logger.info("catalog: %s", report.summary())
+    return report
+
+
+def load_features(catalog: str | Path, cfg: TrainConfig, rejects_path: Path | None = None,
+                  report: Any = None) -> CatalogFeatures:
+    """Read + validate the catalog (unless its `report` is given), then extract (cached) image
+    and title features."""
+    from embedder.backbones import load_backbone
+    from embedder.bundle_config import BackboneInfo
+    from embedder.features import FeatureCache, extract_image_features, extract_text_features
+
+    if report is None:
+        report = read_products(catalog, cfg, rejects_path)
     device = None if cfg.device == "auto" else cfg.device
     cache = FeatureCache(cfg.cache_dir or None)
     try:
@@ -79,21 +110,18 @@ def ray_features(catalog: str | Path, cfg: TrainConfig, address: str | None = No
                  out_shards: str | Path | None = None) -> Any:
     """The catalog's frozen features computed on Ray (embedder.ray_features) into feature
     shards, the feature cache filled as well; returns embedder.shards.FeatureShards."""
-    from embedder.catalog import ColumnMap, read_catalog
-    from embedder.errors import CatalogError
     from embedder.features import FeatureCache
     from embedder.ray_features import RayFeaturesConfig, extract_features_ray
+    from train.streaming import default_shards_dir
 
-    report = read_catalog(catalog, columns=ColumnMap(**cfg.catalog_columns))
-    if not report.products:
-        raise CatalogError(f"{catalog}: no valid products ({report.summary()})")
+    report = read_products(catalog, cfg)
     device = None if cfg.device == "auto" else cfg.device
     with FeatureCache(cfg.cache_dir or None) as cache:
-        out = Path(out_shards) if out_shards else cache.root / "shards" / Path(catalog).stem
+        out = Path(out_shards) if out_shards else default_shards_dir(cache.root, catalog)
         return extract_features_ray(
             report.products, cfg.image_backbone, cfg.text_backbone, out, cache,
             RayFeaturesConfig(address=address, image_batch_size=cfg.feature_batch_size,
-                              device=device))
+                              device=device, shard_size=cfg.streaming.shard_size))
 
 
 def head_values(products: Sequence[Any], attribute_heads: Sequence[str]) -> dict[str, list]:
@@ -142,35 +170,44 @@ class LabeledFeatures:
 class SplitData:
     """Features, the train/val/test row split and every head's labels, for the whole catalog."""
 
-    feats: CatalogFeatures
+    feats: Any  # CatalogFeatures, or train.streaming.ShardedFeatures
     splits: Any  # train.splits.Splits
     y: dict[str, np.ndarray]  # head -> (n,) int64, -1 = outside the label space
     leaf: str
+    # Streaming: the bounded samples of each split held in memory (train.streaming.held_rows)
+    # for validation-time choices and evaluation; None = the whole splits.
+    held: Any = None
+
+    @property
+    def used(self) -> Any:
+        """The rows validation-time choices and evaluation use: `held`, else the splits."""
+        return self.splits if self.held is None else self.held
 
     def rows(self, rows: np.ndarray) -> LabeledFeatures:
         f = self.feats
+        image, text = f.take(rows)
         return LabeledFeatures(
             product_ids=[f.products[i].id for i in rows],
             titles=[f.products[i].title for i in rows],
-            image=f.image[rows], text=f.text[rows],
+            image=image, text=text,
             labels={h: v[rows] for h, v in self.y.items()},
             categories=[f.products[i].category_path for i in rows],
         )
 
     @property
     def train(self) -> LabeledFeatures:
-        return self.rows(self.splits.train)
+        return self.rows(self.used.train)
 
     @property
     def val(self) -> LabeledFeatures | None:
-        return self.rows(self.splits.val) if len(self.splits.val) else None
+        return self.rows(self.used.val) if len(self.used.val) else None
 
     @property
     def test(self) -> LabeledFeatures:
-        return self.rows(self.splits.test)
+        return self.rows(self.used.test)
 
 
-def split_catalog(feats: CatalogFeatures, cfg: TrainConfig) -> tuple[dict[str, list], str, Any]:
+def split_catalog(feats: ProductFeatures, cfg: TrainConfig) -> tuple[dict[str, list], str, Any]:
     """(head values, leaf head, seeded stratified split by leaf class)."""
     from train.splits import stratified_split
 

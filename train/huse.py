@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the model already in OUT (refused otherwise)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    p.add_argument("--features-shards", metavar="DIR",
+                   help="read features from these feature shards (features --engine ray "
+                        "--out-shards DIR); same as --set streaming.shards=DIR")
     _add_config_args(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("sample-catalog", formatter_class=fmt,
@@ -161,6 +164,8 @@ def _train(args: argparse.Namespace) -> None:
     if not args.catalog or not args.out:
         raise ConfigError("--catalog and --out are required for the full pipeline "
                           "(see --help)")
+    sets = [f"streaming.shards={args.features_shards!r}"] if args.features_shards else []
+    args.set = [*args.set, *sets]
     cfg = _config_from_args(args, catalog=args.catalog, out=args.out,
                             resume=True if args.resume else None,
                             overwrite=True if args.overwrite else None)

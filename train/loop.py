@@ -1,4 +1,9 @@
-"""Training loop on cached features held in memory: AdamW, early stopping, atomic checkpoints.
+"""Training loop on cached features: AdamW, early stopping, atomic checkpoints.
+
+Batches come from a `BatchSource`: `TrainData` (every feature in memory) or
+train.streaming.ShardTrainData (read from feature shards past a catalog size threshold);
+both draw each epoch's order from the loop's seeded generator, so the checkpointed generator
+state replays the same batches on resume.
 
 Early stopping watches the validation split's fused (image + text) top-1 at the leaf head, ties
 broken by the lower validation loss; without labelled validation rows it watches the train loss.
@@ -12,9 +17,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,6 +36,7 @@ from train.losses import (
     cross_modal_gap_loss,
     semantic_graph_loss,
 )
+from train.streaming import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,39 @@ class TrainData:
     val_idx: np.ndarray
     leaf_head: str
     A: np.ndarray  # (C_leaf, C_leaf) class-name distances for the leaf head
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_idx)
+
+    def _rows(self, rows: np.ndarray) -> Batch:
+        return self.image[rows], self.text[rows], {h: y[rows] for h, y in self.y.items()}
+
+    def epoch(self, gen: torch.Generator, batch_size: int,
+              rank: distributed.Rank) -> Iterator[Batch]:
+        """This rank's slice of each global batch of a seeded permutation of the epoch's rows."""
+        perm = self.train_idx[torch.randperm(self.n_train, generator=gen).numpy()]
+        for lo in range(0, self.n_train, batch_size):
+            rows = distributed.local_rows(perm[lo : lo + batch_size], rank)
+            if len(rows):  # a last batch smaller than the world size is skipped
+                yield self._rows(rows)
+
+    def validation(self) -> Batch:
+        return self._rows(self.val_idx)
+
+
+class BatchSource(Protocol):
+    """What train_model reads: TrainData, or train.streaming.ShardTrainData."""
+
+    val_idx: np.ndarray
+    leaf_head: str
+    A: np.ndarray
+
+    @property
+    def n_train(self) -> int: ...
+    def epoch(self, gen: torch.Generator, batch_size: int,
+              rank: distributed.Rank) -> Iterator[Batch]: ...
+    def validation(self) -> Batch: ...
 
 
 @dataclass
@@ -107,10 +147,11 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _tensors(data: TrainData, rows: np.ndarray, device: torch.device):
-    xi = torch.from_numpy(data.image[rows]).to(device)
-    xt = torch.from_numpy(data.text[rows]).to(device)
-    ys = {h: torch.from_numpy(y[rows]).to(device) for h, y in data.y.items()}
+def _tensors(batch: Batch, device: torch.device):
+    image, text, y = batch
+    xi = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    xt = torch.from_numpy(np.ascontiguousarray(text)).to(device)
+    ys = {h: torch.from_numpy(np.ascontiguousarray(v)).to(device) for h, v in y.items()}
     return xi, xt, ys
 
 
@@ -118,7 +159,7 @@ def _tensors(data: TrainData, rows: np.ndarray, device: torch.device):
 def _validate(model, data, A, cfg, device) -> tuple[float, float]:
     """(val loss, fused leaf top-1) on the whole validation split, in eval mode."""
     model.eval()
-    xi, xt, ys = _tensors(data, data.val_idx, device)
+    xi, xt, ys = _tensors(data.validation(), device)
     out = compute_losses(model, xi, xt, ys, A, data.leaf_head, cfg)
     y = ys[data.leaf_head]
     labelled = y >= 0
@@ -136,7 +177,7 @@ def _score(val_loss: float, val_top1: float, train_loss: float) -> tuple[float, 
 
 
 def train_model(
-    model: HuseModel, data: TrainData, cfg: TrainConfig, checkpoint_dir: Path | None
+    model: HuseModel, data: BatchSource, cfg: TrainConfig, checkpoint_dir: Path | None
 ) -> TrainResult:
     """Train in place (best weights restored at the end); resume when cfg.resume is set.
 
@@ -180,7 +221,7 @@ def train_model(
     net = distributed.wrap(model, rank, device)
     gather = distributed.gather if rank.parallel else None
 
-    n_train = len(data.train_idx)
+    n_train = data.n_train
     if n_train == 0:
         raise ValueError("empty training split")
     bar = tqdm(range(start, cfg.max_epochs + 1), desc="train", unit="epoch",
@@ -188,20 +229,16 @@ def train_model(
     for epoch in bar:
         if bad_epochs >= cfg.patience:
             break
-        perm = data.train_idx[torch.randperm(n_train, generator=gen).numpy()]
         sums = {"loss": 0.0, "cls": 0.0, "graph": 0.0, "gap": 0.0, "nce": 0.0}
-        for lo in range(0, n_train, cfg.batch_size):
-            rows = distributed.local_rows(perm[lo : lo + cfg.batch_size], rank)
-            if not len(rows):  # a last batch smaller than the world size
-                continue
-            xi, xt, ys = _tensors(data, rows, device)
+        for batch in data.epoch(gen, cfg.batch_size, rank):
+            xi, xt, ys = _tensors(batch, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = compute_losses(net, xi, xt, ys, A, data.leaf_head, cfg, gather)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
             step += 1
-            weight = len(rows) * rank.world / n_train
+            weight = len(xi) * rank.world / n_train
             for k in sums:
                 sums[k] += float(out[k].detach()) * weight
         val_loss, val_top1 = (_validate(model, data, A, cfg, device) if len(data.val_idx)

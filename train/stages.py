@@ -15,12 +15,7 @@ from typing import Any
 import numpy as np
 
 from train.config import TrainConfig
-from train.data import (
-    CatalogFeatures,
-    SplitData,
-    load_features,
-    split_catalog,
-)
+from train.data import SplitData, split_catalog
 from train.timing import timed
 
 logger = logging.getLogger(__name__)
@@ -38,7 +33,8 @@ class Prepared:
     data: SplitData  # features, split, labels in the training label spaces
     spaces: Any  # train.splits.LabelSpaces
     tfidf: Any  # embedder.tfidf.TfidfText | None
-    text_input: np.ndarray  # (n, Dt [+ tfidf]) float32 text-tower input
+    # (n, Dt [+ tfidf]) float32 text-tower input; None when streaming (TF-IDF per batch)
+    text_input: np.ndarray | None
     train_rows: np.ndarray  # rows per epoch (rare classes repeated when oversampling)
     graph: np.ndarray  # (C_leaf, C_leaf) class-name distances (semantic graph loss)
 
@@ -87,37 +83,47 @@ def check_trainable(data: SplitData, spaces: Any, cfg: TrainConfig) -> None:
 
 def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
             timings: dict[str, float] | None = None,
-            feats: CatalogFeatures | None = None) -> Prepared:
+            feats: Any = None) -> Prepared:
     """Catalog -> features -> split -> label spaces -> TF-IDF -> semantic graph -> epoch rows.
-    `feats` skips reading the catalog (features already in memory)."""
+    `feats` (train.data.CatalogFeatures, or train.streaming.ShardedFeatures) skips reading the
+    catalog; without it, the catalog's size decides between the two (cfg.streaming)."""
     from embedder.tfidf import TfidfText
     from train.semantic_graph import build_semantic_graph
     from train.splits import build_label_spaces, oversample
+    from train.streaming import held_rows, load_training_features, tower_text_input
 
     if feats is None:
         with timed("catalog + features", timings):
-            feats = load_features(cfg.catalog, cfg, rejects_path=rejects_path)
+            feats = load_training_features(cfg, rejects_path=rejects_path)
     values, leaf, splits = split_catalog(feats, cfg)
     spaces = build_label_spaces(values, splits.train, cfg.min_per_class)
-    data = SplitData(feats, splits, spaces.y, leaf)
+    data = SplitData(feats, splits, spaces.y, leaf,
+                     held=held_rows(splits, cfg) if feats.streamed else None)
     check_trainable(data, spaces, cfg)
     tfidf = None
-    text_input = feats.text
     if cfg.use_tfidf:
-        tfidf = TfidfText.fit([feats.titles[i] for i in splits.train], cfg.tfidf_max_features)
-        text_input = np.hstack([feats.text, tfidf.transform(feats.titles)])
+        titles = feats.titles
+        tfidf = TfidfText.fit([titles[i] for i in splits.train], cfg.tfidf_max_features)
+    # in memory: the text tower's whole input at once; streaming: per batch (ShardTrainData)
+    text_input = None if feats.streamed else tower_text_input(feats.text, feats.titles, tfidf)
     with timed("semantic graph", timings):
         graph = build_semantic_graph(spaces.labels[leaf], feats.text_backbone)
     train_rows = (oversample(splits.train, spaces.y[leaf], cfg.oversample_percentile, cfg.seed)
                   if cfg.oversample_percentile is not None else splits.train)
-    return Prepared(cfg, data, spaces, tfidf, text_input.astype(np.float32), train_rows, graph)
+    return Prepared(cfg, data, spaces, tfidf, text_input, train_rows, graph)
 
 
-def _input_norm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column standardisation fit on training rows (constant columns left unscaled)."""
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    return mean.astype(np.float32), (1.0 / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
+def _input_norms(feats: Any, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-column (shift, scale) of the image and text features, fit on `rows` in one pass
+    over the features' chunks (constant columns left unscaled)."""
+    from train.streaming import Moments
+
+    moments = (Moments(), Moments())
+    for _, image, text in feats.chunks(rows):
+        moments[0].add(image)
+        moments[1].add(text)
+    return [(m.mean.astype(np.float32),
+             (1.0 / np.where(m.std > 1e-6, m.std, 1.0)).astype(np.float32)) for m in moments]
 
 
 def build_towers(prep: Prepared):
@@ -131,16 +137,16 @@ def build_towers(prep: Prepared):
     cfg, feats, rows = prep.cfg, prep.data.feats, prep.data.splits.train
     torch.manual_seed(cfg.seed)
     tfidf_dim = prep.tfidf.dim if prep.tfidf is not None else 0
-    dt = feats.text.shape[1]
+    di, dt = feats.dims
     model = HuseModel(
-        Tower(feats.image.shape[1], cfg.image_tower, cfg.embed_dim, cfg.dropout),
+        Tower(di, cfg.image_tower, cfg.embed_dim, cfg.dropout),
         Tower(dt + tfidf_dim, cfg.text_tower, cfg.embed_dim, cfg.dropout),
         prep.heads,
         logit_scale=cfg.logit_scale,
     )
-    shift, scale = _input_norm(feats.image[rows])
+    (shift, scale), (text_shift, text_scale) = _input_norms(feats, rows)
     model.image_tower.set_input_norm(torch.from_numpy(shift), torch.from_numpy(scale))
-    shift, scale = _input_norm(feats.text[rows])
+    shift, scale = text_shift, text_scale
     shift = np.concatenate([shift, np.zeros(tfidf_dim, np.float32)])
     scale = np.concatenate([scale, np.full(tfidf_dim, math.sqrt(dt), np.float32)])
     model.text_tower.set_input_norm(torch.from_numpy(shift), torch.from_numpy(scale))
@@ -151,11 +157,19 @@ def fit(prep: Prepared, checkpoint_dir: Path | None,
         timings: dict[str, float] | None = None) -> Fitted:
     """Towers built from the data and trained (best epoch restored; resumes with cfg.resume)."""
     from train.loop import TrainData, train_model
+    from train.streaming import ShardTrainData
 
     model = build_towers(prep)
-    data = TrainData(image=prep.data.feats.image, text=prep.text_input, y=prep.spaces.y,
-                     train_idx=prep.train_rows, val_idx=prep.data.splits.val,
-                     leaf_head=prep.data.leaf, A=prep.graph)
+    feats, cfg = prep.data.feats, prep.cfg
+    data: Any
+    if feats.streamed:
+        data = ShardTrainData(feats, prep.tfidf, prep.spaces.y, prep.train_rows,
+                              prep.data.used.val, prep.data.leaf, prep.graph,
+                              cfg.streaming.shuffle_shards)
+    else:
+        data = TrainData(image=feats.image, text=prep.text_input, y=prep.spaces.y,
+                         train_idx=prep.train_rows, val_idx=prep.data.splits.val,
+                         leaf_head=prep.data.leaf, A=prep.graph)
     with timed("training", timings):
         result = train_model(model, data, prep.cfg, checkpoint_dir)
     return Fitted(model, result)
@@ -166,7 +180,8 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
     centroids of the training split's fused embeddings, then the served space (visual block,
     visual weight, near-duplicate threshold) chosen on the validation split's photo queries."""
     from embedder.bundle import Bundle
-    from embedder.classify import class_centroids
+    from embedder.classify import class_sums
+    from huse_common.vectors import l2_normalize
     from train.fusion import FusionChoice, choose_fusion_weight
 
     cfg, data = prep.cfg, prep.data
@@ -179,20 +194,22 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
                       "graph_margin": cfg.graph_margin},
         train_config=cfg.to_dict())
     draft = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained)
-    val = data.splits.val
+    val = data.used.val
+    titles = feats.titles
     if cfg.fusion_image_weight is not None:
         fusion = FusionChoice(cfg.fusion_image_weight, {})
     else:
-        fusion = choose_fusion_weight(draft, feats.image[val], feats.text[val],
-                                      [feats.titles[i] for i in val], data.y[leaf][val],
-                                      cfg.fusion_grid)
-    tr = data.splits.train
-    titles = [feats.titles[i] for i in tr]
-    train_emb = draft.fuse_embeddings(draft.embed_features(image_feats=feats.image[tr]),
-                                      draft.embed_features(text_feats=feats.text[tr],
-                                                           titles=titles),
-                                      fusion.image_weight)
-    centroids = {h: class_centroids(train_emb, data.y[h][tr], n) for h, n in prep.heads.items()}
+        fusion = choose_fusion_weight(draft, *feats.take(val), [titles[i] for i in val],
+                                      data.y[leaf][val], cfg.fusion_grid)
+    sums = {h: np.zeros((n, draft.dim), np.float64) for h, n in prep.heads.items()}
+    for rows, image, text in feats.chunks(data.splits.train):  # every training row
+        emb = draft.fuse_embeddings(draft.embed_features(image_feats=image),
+                                    draft.embed_features(text_feats=text,
+                                                         titles=[titles[i] for i in rows]),
+                                    fusion.image_weight)
+        for h, n in prep.heads.items():
+            sums[h] += class_sums(emb, data.y[h][rows], n)
+    centroids = {h: l2_normalize(v).astype(np.float32) for h, v in sums.items()}
     bundle = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained,
                                  fusion_image_weight=fusion.image_weight, centroids=centroids)
     if not cfg.photo_visual_dims:
@@ -202,7 +219,8 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
     grid = PhotoGrid(cfg.photo_visual_dims, cfg.photo_whiten, cfg.photo_weights,
                      cfg.photo_min_instance_r1, cfg.photo_colour_weights or (0.0,),
                      cfg.photo_leaf_tolerance)
-    served, photo = fit_served_space(bundle, feats.products, feats.image, feats.text, tr, val,
+    products, image, text, rows = _photo_rows(data)
+    served, photo = fit_served_space(bundle, products, image, text, rows.train, rows.val,
                                      grid, cfg.seed, cache_dir=cfg.cache_dir or None)
     bundle = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained,
                                  fusion_image_weight=fusion.image_weight, centroids=centroids,
@@ -224,24 +242,60 @@ def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
     if bundle.served is not None:
         from train.photo_search import photo_report
 
-        feats = data.feats
+        products, image, text, rows = _photo_rows(data)
         with timed("photo search evaluation", timings):
             evaluation["photo_search"] = {
-                **photo_report(bundle, feats.products, feats.image, feats.text, feats.text,
-                               data.splits.test, getattr(cfg, "seed", 0), cache_dir),
+                **photo_report(bundle, products, image, text, text, rows.test,
+                               getattr(cfg, "seed", 0), cache_dir),
                 "rule": bundle.config.photo_search.get("rule", "")}
     return Evaluated(evaluation, artifacts)
 
 
-def index(feats: CatalogFeatures, bundle: Any, out_dir: Path, cfg: TrainConfig,
+def _photo_rows(data: SplitData) -> tuple[list[Any], np.ndarray, np.ndarray, Any]:
+    """The products photo search is fit and scored against, their features, and each split's
+    rows among them: the whole catalog in memory; when streaming, the held samples of the
+    three splits together (a bounded database, so fewer distractors than the catalog)."""
+    from train.splits import Splits
+
+    feats = data.feats
+    if not feats.streamed:
+        return feats.products, feats.image, feats.text, data.splits
+    held = data.held
+    rows = np.unique(np.concatenate([held.train, held.val, held.test]))
+    image, text = feats.take(rows)
+    return ([feats.products[i] for i in rows], image, text,
+            Splits(*(np.searchsorted(rows, r) for r in (held.train, held.val, held.test))))
+
+
+def index(feats: Any, bundle: Any, out_dir: Path, cfg: TrainConfig,
           timings: dict[str, float] | None = None) -> dict[str, Any]:
-    """Every valid product embedded (fused) into a FAISS index; returns its manifest."""
-    from train.build_index import index_products
+    """Every valid product embedded (fused) into a FAISS index; returns its manifest. Shard
+    by shard when streaming: only the index vectors (what the index holds) are kept."""
+    from train.build_index import index_products, write_index
 
     with timed("index build", timings):
-        return index_products(bundle, feats.products, feats.image, feats.text, out_dir,
-                              factory=cfg.index_factory, plan=cfg.index_plan,
-                              build=cfg.index_build)
+        if not feats.streamed:
+            return index_products(bundle, feats.products, feats.image, feats.text, out_dir,
+                                  factory=cfg.index_factory, plan=cfg.index_plan,
+                                  build=cfg.index_build)
+        titles = feats.titles
+        xb = np.empty((len(feats.products), bundle.index_dim), np.float32)
+        for rows, image, text in feats.chunks(np.arange(len(feats.products))):
+            xb[rows] = bundle.index_vectors(image, text, [titles[i] for i in rows])
+        return write_index(bundle, feats.products, xb, out_dir, factory=cfg.index_factory,
+                           plan=cfg.index_plan, build=cfg.index_build)
+
+
+def _streaming_note(prep: Prepared) -> str:
+    """How a streamed run read its features and which rows its held samples have."""
+    feats, held = prep.data.feats, prep.data.held
+    return (f"features streamed from {len(feats.shards.files)} shards in "
+            f"{feats.shards.directory} (more than streaming.min_products="
+            f"{prep.cfg.streaming.min_products}); training, input standardisation, centroids "
+            f"and the index read every row; held seeded samples: {len(held.val)} validation "
+            f"rows (early stopping, fusion weight, photo queries), {len(held.train)} training "
+            f"rows (photo-search block, baselines (a) and (b)), {len(held.test)} test rows "
+            f"(evaluation; photo search against these three samples)")
 
 
 def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assembled,
@@ -264,6 +318,7 @@ def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assemble
             "train_only_classes": splits.summary()["train_only_classes"] or "none",
             "rare_classes": {h: list(ex) for h, ex in spaces.excluded.items()},
             "oversampled_rows": int(len(prep.train_rows) - len(splits.train)),
+            **({"streaming": _streaming_note(prep)} if prep.data.held is not None else {}),
         },
         "label_spaces": spaces.summary(cfg.min_per_class),
         "training": {"best_epoch": result.best_epoch, "epochs": len(result.history),

@@ -184,7 +184,7 @@ TITLES = ["Turtle Check Men Navy Blue Shirt", "mug", "Titan Women Silver Watch "
 def test_onnx_engine_matches_torch(no_network, one_thread, images, spec) -> None:
     """ONNX Runtime (the default on CPU) gives torch's features within 1e-4 cosine."""
     torch_bb = load_backbone(spec, device="cpu", engine="torch")
-    onnx_bb = load_backbone(spec, device="cpu")
+    onnx_bb = load_backbone(spec, device="cpu", engine="onnx")
     assert (torch_bb.engine, onnx_bb.engine) == ("torch", "onnx")
     assert onnx_bb.cache_namespace == torch_bb.cache_namespace  # they share cached features
     assert type(onnx_bb) is type(torch_bb) and onnx_bb.dim == torch_bb.dim
@@ -219,9 +219,38 @@ def test_onnx_export_is_cached_on_disk(no_network, one_thread, images, monkeypat
 
 def test_onnx_cache_key_names_the_versions(monkeypatch) -> None:
     path = backbones.onnx_model_path("minilm")
-    assert path != backbones.onnx_model_path("efficientnet-lite0")
+    int8 = backbones.onnx_model_path("minilm", int8=True)
+    assert path != backbones.onnx_model_path("efficientnet-lite0") and int8 != path
+    monkeypatch.setattr(backbones, "ONNX_INT8_VERSION", backbones.ONNX_INT8_VERSION + 1)
+    assert backbones.onnx_model_path("minilm", int8=True) != int8
+    assert backbones.onnx_model_path("minilm") == path  # the fp32 export is not re-made
     monkeypatch.setattr(backbones, "ONNX_EXPORT_VERSION", backbones.ONNX_EXPORT_VERSION + 1)
     assert backbones.onnx_model_path("minilm") != path
+
+
+def test_int8_text_engine_is_near_fp32_cached_and_kept_apart(no_network, one_thread,
+                                                             monkeypatch, tmp_path) -> None:
+    """The default text engine: int8 weights, features near fp32's (cosine > 0.95 on these
+    titles; bench_text_int8 measures search quality), cached on disk next to the fp32 export,
+    and a feature-cache namespace of its own so int8 and fp32 features never mix."""
+    fp32 = load_backbone("minilm", device="cpu", engine="onnx")
+    export = backbones.onnx_model_path("minilm")
+    monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
+    (tmp_path / export.name).symlink_to(export)  # quantised from the shared export
+    int8 = load_backbone("minilm", device="cpu")
+    assert int8.engine == "onnx-int8" and int8.dim == fp32.dim
+    assert int8.cache_namespace != fp32.cache_namespace
+    out, expected = int8.encode(TITLES), fp32.encode(TITLES)
+    assert 0.95 < _cosine(out, expected).min() < 1 - 1e-4  # close, and really quantised
+    path = backbones.onnx_model_path("minilm", int8=True)
+    assert path.parent == tmp_path and path.stat().st_size < export.stat().st_size / 2
+
+    def no_quantize(*args):
+        raise AssertionError("quantised again although the cached model is there")
+
+    monkeypatch.setattr(backbones, "_quantize_onnx", no_quantize)
+    again = load_backbone("minilm", device="cpu", engine="onnx-int8")
+    assert np.array_equal(again.encode(TITLES), out)
 
 
 def test_auto_engine_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path) -> None:
@@ -238,7 +267,7 @@ def test_auto_engine_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path
 
 def test_auto_engine_picks_onnx_only_where_it_applies(monkeypatch, tiny_image_backbone_dir):
     assert resolve_engine("efficientnet-lite0", "cpu", "auto") == "onnx"  # installed here
-    assert resolve_engine("minilm", "cpu", "auto") == "onnx"
+    assert resolve_engine("minilm", "cpu", "auto") == "onnx-int8"
     assert resolve_engine("efficientnet-lite0", "cuda", "auto") == "torch"
     assert resolve_engine(f"hf:{tiny_image_backbone_dir}", "cpu", "auto") == "torch"
     assert resolve_engine("efficientnet-lite0", "cpu", "torch") == "torch"

@@ -219,3 +219,25 @@ def test_approximate_index_still_returns_k(xq, factory, plan):
     vi.add(ids_of(np.arange(len(xb))), xb)
     _, I = vi.search(xq, 300)  # far beyond efSearch / one probed list
     assert (I >= 0).all() and all(len(set(row)) == 300 for row in I)
+
+
+def test_omp_threads_is_per_thread_and_restored() -> None:
+    """Small-batch searches pin FAISS to one OpenMP thread on the calling thread only."""
+    import threading
+
+    import faiss
+
+    from index.vectors import omp_threads
+
+    def in_other_thread() -> int:
+        seen: list[int] = []
+        other = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
+        other.start()
+        other.join()
+        return seen[0]
+
+    before, elsewhere = faiss.omp_get_max_threads(), in_other_thread()
+    with omp_threads(1):
+        assert faiss.omp_get_max_threads() == 1
+        assert in_other_thread() == elsewhere
+    assert faiss.omp_get_max_threads() == before

@@ -7,7 +7,9 @@ spawn + a file store, as CI runs it) through train.pipeline.run on the sample ca
 - a resumed 2-rank run equals an uninterrupted one (per-rank dropout streams restored);
 - without dropout, 2 ranks equal 1 rank up to float rounding (the global batch is gathered for
   every loss term); with dropout the masks differ, and the metrics agree within the tolerance
-  measured on this catalog (docs/scale.md, notes of issue 10).
+  measured on this catalog (docs/scale.md, notes of issue 10);
+- streamed from feature shards (train.streaming, one shard), 2 ranks take the same slices of
+  the same batches as in memory: the weights are the in-memory 2-rank run's to the bit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.multiprocessing as mp
 
 from train import stages
+from train.config import StreamConfig
 from train.loop import CHECKPOINT_NAME
 from train.pipeline import BUNDLE_DIR, CHECKPOINT_DIR, run
 
@@ -109,7 +112,9 @@ def test_ddp_two_ranks_match_one_and_resume_exactly(trained_run, tmp_path):
     part = dataclasses.replace(cfg, out=str(tmp_path / "resumed"), max_epochs=2)
     resumed = dataclasses.replace(part, max_epochs=cfg.max_epochs, resume=True)
     still = dataclasses.replace(cfg, out=str(tmp_path / "still"), dropout=0.0)
-    jobs = [full, part, resumed, still]
+    streamed = dataclasses.replace(still, out=str(tmp_path / "streamed"),
+                                   streaming=StreamConfig(min_products=0))
+    jobs = [full, part, resumed, still, streamed]
     mp.spawn(_rank_worker, args=(str(tmp_path / "store"), jobs, str(tmp_path)), nprocs=WORLD,
              join=True)
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
@@ -131,6 +136,7 @@ def test_ddp_two_ranks_match_one_and_resume_exactly(trained_run, tmp_path):
     stages.fit(stages.prepare(single), tmp_path / "single" / CHECKPOINT_DIR)
     x, y = _checkpoint(tmp_path / "single"), _checkpoint(tmp_path / "still")
     assert _same_tensors(x["model"], y["model"], atol=1e-4)
+    assert _same_tensors(_checkpoint(tmp_path / "streamed")["model"], y["model"])
 
     # with dropout: the same metrics within the measured tolerance
     one, two = _report(one_rank), _report(tmp_path / "full")
