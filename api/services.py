@@ -116,6 +116,10 @@ class Services:
             )
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
+        if settings.torch_threads:  # after the backbones: ONNX sessions size their own pools
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         logger.info(
             "serving bundle %s (%s, image engine %s, text engine %s) and index %s (%d products)",
             settings.bundle_dir,
