@@ -262,7 +262,8 @@ class Services:
         k = k if k is not None else DEFAULT_NEIGHBOURS
         threshold = self.bundle.near_duplicate_threshold if threshold is None else threshold
         found = await run_in_threadpool(
-            near_duplicates_of, self.index, product_id, self.bundle.dim, threshold, k
+            near_duplicates_of, self.index, product_id, self.bundle.dim,
+            self.bundle.visual_block, threshold, k
         )
         public = hits_public(found)
         return SearchPublic(hits=public, count=len(public), query="near-duplicates")
