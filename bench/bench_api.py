@@ -301,6 +301,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     p.add_argument("--batch-max-size", type=int, default=BenchConfig.batch_max_size)
     p.add_argument("--batch-workers", type=int, default=BenchConfig.batch_workers)
+    p.add_argument("--batch-max-wait-ms", type=float, default=BenchConfig.batch_max_wait_ms)
     p.add_argument("--image-batch-max", type=int, default=BenchConfig.image_batch_max)
     p.add_argument("--image-engine", choices=ENGINES, default=BenchConfig.image_engine)
     p.add_argument("--out", default=BenchConfig.out, help="results name (bench/results/OUT.json)")
@@ -324,6 +325,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         scenarios=tuple(s for s in args.scenarios.split(",") if s),
         batch_max_size=args.batch_max_size,
         batch_workers=args.batch_workers,
+        batch_max_wait_ms=args.batch_max_wait_ms,
         image_batch_max=args.image_batch_max,
         image_engine=args.image_engine,
         out=args.out,
