@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from api.settings import Settings
 from embedder.backbones import ENGINES, ONNX_MODULES
+from embedder.colour import split_spec as split_colour_spec
 
 USAGE_ERROR = 2
 PROG = "huse-serve"
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     setting("--image-batch-max", "image_batch_max", type=int, metavar="N")
     setting("--image-engine", "image_engine", choices=ENGINES)
     setting("--text-engine", "text_engine", choices=ENGINES)
+    setting("--event-loop", "event_loop", choices=("auto", "asyncio", "uvloop"))
+    setting("--http-parser", "http_parser", choices=("auto", "h11", "httptools"))
+    setting("--torch-threads", "torch_threads", type=int, metavar="N")
     setting("--read-timeout", "request_read_timeout_s", type=float, metavar="S")
     setting("--max-connections", "max_connections", type=int, metavar="N")
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
@@ -135,8 +139,9 @@ def check_backbones(config_file: Path) -> None:
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise UsageError(f"{config_file} is not a bundle config ({e!r}): pass {TRAIN_HINT}") from e
     for kind, spec in specs.items():
-        local = str(spec).removeprefix("hf:")
-        is_dir_spec = str(spec).startswith("hf:") and local.startswith(("/", "."))
+        spec = split_colour_spec(str(spec))[0]  # a "+colour" suffix is not part of the path
+        local = spec.removeprefix("hf:")
+        is_dir_spec = spec.startswith("hf:") and local.startswith(("/", "."))
         if is_dir_spec and not Path(local).is_dir():
             raise UsageError(f"the bundle's {kind} backbone {spec} is not on this machine: copy "
                              "that directory here, or train with a packaged backbone")

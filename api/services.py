@@ -116,6 +116,10 @@ class Services:
             )
         for kind in ("image", "text"):  # load backbones now, not in the first request
             bundle.backbone(kind)
+        if settings.torch_threads:  # after the backbones: ONNX sessions size their own pools
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         logger.info(
             "serving bundle %s (%s, image engine %s, text engine %s) and index %s (%d products)",
             settings.bundle_dir,
@@ -254,7 +258,8 @@ class Services:
         k = k if k is not None else DEFAULT_NEIGHBOURS
         threshold = self.bundle.near_duplicate_threshold if threshold is None else threshold
         found = await run_in_threadpool(
-            near_duplicates_of, self.index, product_id, self.bundle.dim, threshold, k
+            near_duplicates_of, self.index, product_id, self.bundle.dim,
+            self.bundle.visual_block, threshold, k
         )
         public = hits_public(found)
         return SearchPublic(hits=public, count=len(public), query="near-duplicates")

@@ -73,6 +73,18 @@ class Settings(BaseSettings):
         description="text backbone runtime: auto (int8 MiniLM in ONNX Runtime on CPU; its "
         "title-search R@10 equals fp32's, docs/performance.md), onnx (fp32), onnx-int8, torch",
     )
+    # torch threads once the backbones are loaded (ONNX Runtime keeps its own threads). The
+    # towers' small matmuls (a batch of <= 32 rows) on a team of 2 OpenMP threads spin-wait:
+    # 18 ms of CPU per batch of 16 titles against 1.7 ms on one thread. 0 leaves torch's default.
+    torch_threads: int = Field(default=1, ge=0, description="torch threads (0: torch's default)")
+    http_parser: Literal["auto", "h11", "httptools"] = Field(
+        "auto", description="HTTP/1.1 parser: auto (httptools where installed, else h11)"
+    )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="uvicorn's event loop: auto (uvloop where installed: less CPU per request, "
+        "docs/performance.md), asyncio, uvloop",
+    )
     # Threads that run model calls when micro-batching is off (one request per call).
     unbatched_workers: int = Field(default=8, ge=1)
     other_threshold: float | None = Field(

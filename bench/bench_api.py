@@ -7,8 +7,10 @@ is bounded in requests and seconds. With N closed-loop clients the mean latency 
 throughput (Little's law), so latency is measured open loop too: `--rates 50,100,150` sends
 requests at a fixed rate whatever the server does (a dispatcher thread hands each request to a
 pool at its scheduled time; latency counts from that time, so a slow server's queue is seen,
-not hidden). `--queries N` sets how many distinct catalog products the requests cycle over: with
-N at least the request count every title is unique (no repeats for a cache to answer). Each
+not hidden). `--queries N` sets how many distinct catalog products the requests cycle over; the
+queries continue across the cells of one server (a later cell never resends an earlier one's),
+and with N above the catalog's distinct titles every title is unique (a title that comes round
+again gets a numeric suffix), so no repeat is answered by the embedding cache. Each
 row reports the generator's own CPU share (this process's CPU seconds / wall / cores), since the
 generator runs on the server's cores. Prints a markdown table and writes
 bench/results/bench_api.json (or OUT.json with `--out OUT`, for partial runs such as
@@ -21,6 +23,7 @@ packaged backbones (`python -m train.huse`), reused when it exists.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import resource
@@ -98,6 +101,27 @@ def load_queries(catalog: Path, n: int, seed: int) -> list[tuple[str, bytes]]:
     return [(p.title, p.image_path.read_bytes()) for p in picked]
 
 
+class QueryStream:
+    """The requests' queries in order, continuing across the cells of one server, so a later
+    cell never repeats what an earlier one sent (the server's embedding cache would answer it).
+    With `unique`, a title that comes round again gets a numeric suffix, so text queries stay
+    all-unique past the catalog's distinct titles (images, keyed by their pixels, do not)."""
+
+    def __init__(self, queries: Sequence[tuple[str, bytes]], unique: bool) -> None:
+        self.queries = list(queries)
+        self.unique = unique
+        self._next = itertools.count()  # thread-safe in CPython
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def take(self) -> tuple[str, bytes]:
+        i = next(self._next)
+        title, image = self.queries[i % len(self.queries)]
+        lap = i // len(self.queries)
+        return (f"{title} {lap}" if self.unique and lap else title), image
+
+
 class Server:
     """`python -m api` in a subprocess on a free 127.0.0.1 port; `extra`: more arguments
     (`--bundle B --index I` instead of a model dir)."""
@@ -164,6 +188,24 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc; 0.0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu(row: dict, pid: int, cpu0: float) -> dict:
+    """The server's CPU milliseconds per answered request during a cell: less sensitive to other
+    jobs on the machine than requests/s."""
+    used = process_cpu_seconds(pid) - cpu0
+    n = row["requests"]
+    row["server_cpu_ms_per_req"] = round(1e3 * used / n, 3) if n else None
+    return row
+
+
 def _stats(latencies: list[float], errors: list[str], wall: float, cpu_s: float) -> dict:
     lat_ms = np.array(latencies) * 1000.0
     return {
@@ -180,7 +222,8 @@ def _stats(latencies: list[float], errors: list[str], wall: float, cpu_s: float)
     }
 
 
-def run_open_loop(url: str, scenario: str, rate: float, queries, cfg: BenchConfig) -> dict:
+def run_open_loop(url: str, scenario: str, rate: float, queries: QueryStream,
+                  cfg: BenchConfig) -> dict:
     """Requests at `rate`/s for `open_seconds`, each sent at its scheduled time by a pool of
     `open_threads`; latency from the scheduled time (a request the pool could not start on time
     counts its wait). Returns latency stats, the rate achieved and how late sends were."""
@@ -196,7 +239,7 @@ def run_open_loop(url: str, scenario: str, rate: float, queries, cfg: BenchConfi
         if client is None:
             client = local.client = httpx.Client(base_url=url, timeout=120)
         start = time.perf_counter()
-        query = queries[i % len(queries)]
+        query = queries.take()
         if _record(client, scenario, query, cfg.k, due, latencies, errors, lock):
             with lock:
                 late.append(start - due)
@@ -216,7 +259,8 @@ def run_open_loop(url: str, scenario: str, rate: float, queries, cfg: BenchConfi
     return row
 
 
-def run_cell(url: str, scenario: str, n_clients: int, queries, cfg: BenchConfig) -> dict:
+def run_cell(url: str, scenario: str, n_clients: int, queries: QueryStream,
+             cfg: BenchConfig) -> dict:
     """n_clients threads share `requests_per_cell` requests; returns latency stats and req/s."""
     total = max(cfg.requests_per_cell, 2 * n_clients)
     counter = iter(range(total))
@@ -233,7 +277,7 @@ def run_cell(url: str, scenario: str, n_clients: int, queries, cfg: BenchConfig)
                     i = next(counter, None)
                 if i is None:
                     return
-                query = queries[i % len(queries)]
+                query = queries.take()
                 _record(client, scenario, query, cfg.k, time.perf_counter(), latencies, errors,
                         lock)
 
@@ -297,19 +341,23 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     model_dir = ensure_model(cfg.model)
     catalog = Path(cfg.catalog) if cfg.catalog else SAMPLE_CATALOG
-    queries = load_queries(catalog, cfg.queries, cfg.seed)
+    picked = load_queries(catalog, cfg.queries, cfg.seed)
+    unique = cfg.queries > len(picked)  # more asked for than the catalog has: all-unique titles
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for batching in cfg.batching_modes:
             server = Server(model_dir, batching, cfg, Path(tmp) / "server.log")
+            queries = QueryStream(picked, unique)  # a fresh server: a fresh cache
             try:
                 health = httpx.get(f"{server.url}/healthz").json()
                 for scenario in cfg.scenarios:
-                    for i in range(cfg.warmup_requests):
+                    for _ in range(cfg.warmup_requests):
                         with httpx.Client(base_url=server.url, timeout=120) as client:
-                            _request(client, scenario, queries[i % len(queries)], cfg.k)
+                            _request(client, scenario, queries.take(), cfg.k)
                     for n_clients in cfg.clients:
+                        cpu0 = process_cpu_seconds(server.proc.pid)
                         row = run_cell(server.url, scenario, n_clients, queries, cfg)
+                        _server_cpu(row, server.proc.pid, cpu0)
                         row["batching"] = "on" if batching else "off"
                         rows.append(row)
                         print(
@@ -318,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
                             file=sys.stderr,
                         )
                     for rate in cfg.rates:
+                        cpu0 = process_cpu_seconds(server.proc.pid)
                         row = run_open_loop(server.url, scenario, rate, queries, cfg)
+                        _server_cpu(row, server.proc.pid, cpu0)
                         row["batching"] = "on" if batching else "off"
                         rows.append(row)
                         print(f"batching {row['batching']:3} {scenario:12} open {rate:g}/s: "
@@ -327,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 server.stop()
     columns = ["scenario", "mode", "clients", "rate", "batching", "req_per_s", "p50_ms", "p95_ms",
-               "p99_ms", "generator_cpu_share", "load_avg_1m"]
+               "p99_ms", "generator_cpu_share", "server_cpu_ms_per_req", "load_avg_1m"]
     rows.sort(key=lambda r: (SCENARIOS.index(r["scenario"]), r["mode"], r["clients"] or 0,
                              r.get("rate") or 0, r["batching"]))
     print_table(rows, [*columns, "requests", "errors"])

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine_info, print_table, write_results
-from huse_common.vectors import l2_normalize, row_norms
-from index.evaluation import exact_knn, recall_at_k
+from huse_common.vectors import l2_normalize
+from index.evaluation import exact_knn, median_nn_distance, recall_at_k
 from index.plan import Candidate, IndexPlan, candidates, choose_factory, pick
 from index.vectors import omp_threads
 
@@ -85,12 +85,6 @@ def real_vectors(index_dir: Path) -> np.ndarray:
         return _unit(store.live()[1])
     finally:
         store.close()
-
-
-def median_nn_distance(x: np.ndarray) -> float:
-    """Median Euclidean distance from each unit vector to its nearest other vector."""
-    nearest = exact_knn(x, x, 2)[:, 1]
-    return float(np.median(row_norms(x - x[nearest])))
 
 
 def dataset(name: str, n: int, n_queries: int, args: argparse.Namespace) -> tuple:

@@ -140,8 +140,10 @@ def score(query_ids: list[str], photo: list[list[str]], title: list[list[str]] |
 def frozen_baseline(split: HeldOutSplit, queries: list[bytes], bundle_config: dict,
                     cache_dir: str | None, k: int) -> tuple[list[list[str]], list[list[str]]]:
     """Cosine over the frozen backbones' features of every product (photos: image backbone,
-    titles: text backbone), same products and query bytes as the served runs."""
+    without the `+colour` histogram; titles: text backbone), same products and query bytes as
+    the served runs."""
     from embedder.backbones import load_backbone
+    from embedder.colour import split_spec
     from embedder.features import FeatureCache, extract_image_features, extract_text_features
     from embedder.images import load_image
 
@@ -150,7 +152,8 @@ def frozen_baseline(split: HeldOutSplit, queries: list[bytes], bundle_config: di
 
     ids = [p.id for p in split.everyone]
     with FeatureCache(cache_dir or None) as cache:
-        image_bb = load_backbone(bundle_config["image_backbone"]["spec"], device="cpu")
+        image_bb = load_backbone(split_spec(bundle_config["image_backbone"]["spec"])[0],
+                                 device="cpu")
         xb = unit(extract_image_features(split.everyone, image_bb, cache, num_workers=0))
         xq = unit(image_bb.encode([load_image(q) for q in queries]))
         photo = ranked_ids(xq @ xb.T, ids, k)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.bench_api import BenchConfig, Server, load_queries, run_cell
+from bench.bench_api import BenchConfig, QueryStream, Server, load_queries, run_cell
 from bench.common import machine_info, print_table, write_results
 
 # cost -> substrings of a frame; a stack goes to the first cost its innermost frames name
@@ -35,14 +35,17 @@ COSTS = {
     "HTTP server (uvicorn, h11, asyncio, starlette)": ("h11", "uvicorn", "asyncio", "starlette",
                                                        "fastapi"),
 }
+TOP_FRAMES = 6  # innermost frames listed per cost
 # innermost frames of a thread that waits rather than works
 IDLE = ("wait (threading.py", "select (selectors", "get (queue.py", "_worker (concurrent",
         "acquire", "sleep")
 
 
-def breakdown(raw: Path) -> tuple[dict[str, float], int]:
-    """Share of active samples per cost from py-spy's raw (collapsed) output."""
+def breakdown(raw: Path) -> tuple[dict[str, float], int, dict[str, list]]:
+    """Share of active samples per cost from py-spy's raw (collapsed) output, and each cost's
+    most sampled innermost frames (where to look next)."""
     totals: collections.Counter[str] = collections.Counter()
+    frames_of: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
@@ -52,8 +55,11 @@ def breakdown(raw: Path) -> tuple[dict[str, float], int]:
                      if any(k in frame for k in keys)),
                     "other: " + re.sub(r" \(.*", "", frames[-1]))
         totals[name] += int(count)
+        frames_of[name][frames[-1]] += int(count)
     active = sum(totals.values())
-    return {k: round(v / active, 4) for k, v in totals.most_common()}, active
+    top = {k: [(f, round(n / active, 4)) for f, n in frames_of[k].most_common(TOP_FRAMES)]
+           for k in totals}
+    return {k: round(v / active, 4) for k, v in totals.most_common()}, active, top
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,29 +69,35 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=int, default=40)
     p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+    p.add_argument("--gil", action="store_true",
+                   help="sample only the thread holding the GIL (what serialises a Python "
+                   "server), not every thread (which also counts threads waiting for the GIL "
+                   "inside C calls that released it: SQLite, FAISS, ONNX Runtime)")
+    p.add_argument("--out", default="bench_profile", help="results name")
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     cfg = BenchConfig(image_engine="auto", requests_per_cell=10**6,
                       max_seconds_per_cell=args.seconds + 5)
-    queries = load_queries(Path(args.catalog), 10**6, 0)  # every distinct title
+    queries = QueryStream(load_queries(Path(args.catalog), 10**6, 0), unique=True)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(args.model), True, cfg, Path(tmp) / "server.log")
         try:
-            run_cell(server.url, "text_search", 4, queries[-50:], BenchConfig(requests_per_cell=50))
+            run_cell(server.url, "text_search", 4, queries, BenchConfig(requests_per_cell=50))
             raw = Path(tmp) / "profile.raw"
             sampler = subprocess.Popen(
                 [spy, "record", "--pid", str(server.proc.pid), "--duration", str(args.seconds),
-                 "--rate", str(args.rate), "--format", "raw", "--threads", "--idle",
+                 "--rate", str(args.rate), "--format", "raw", "--threads",
+                 *(["--gil"] if args.gil else ["--idle"]),
                  "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             load = run_cell(server.url, "text_search", args.clients, queries, cfg)
             sampler.wait()
         finally:
             server.stop()
-        shares, active = breakdown(raw)
+        shares, active, top = breakdown(raw)
     rows = [{"cost": k, "share_of_active_samples": v} for k, v in shares.items()]
     print_table(rows, ["cost", "share_of_active_samples"])
-    path = write_results("bench_profile", {
+    path = write_results(args.out, {
         "machine": machine_info(),
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
@@ -94,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "load": load,
         "active_samples": active,
         "breakdown": shares,
+        "top_frames": top,
     })
     print(f"\nwrote {path}", file=sys.stderr)
 

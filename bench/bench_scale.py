@@ -8,7 +8,9 @@ metadata (a real title and category of the vector's center, numbered). Then:
 
 - build s, bytes per product on disk (FAISS snapshot + SQLite metadata with the vectors);
 - q/s and p50/p99 at batch 1 through `ProductIndex.search` with `--threads` searching threads
-  (one FAISS thread each), and recall@10 of those searches against exact search;
+  (one FAISS thread each), and recall@10 of those searches against exact search; beside them,
+  in the same run, the previous defaults: an OpenMP team per batch-1 search (`*_omp_team`) and
+  the previous plan's nprobe 32 (`*_nprobe32`);
 - `python -m api` over that index and the bundle the vectors came from: its RSS, and
   text-search p50/p99 from one sequential client with all-unique titles.
 
@@ -34,7 +36,7 @@ import httpx
 import numpy as np
 
 from bench.bench_api import Server
-from bench.bench_index import DEFAULT_REAL_INDEX, K, batch1, dataset
+from bench.bench_index import DEFAULT_REAL_INDEX, PREVIOUS_NPROBE, K, batch1, dataset
 from bench.common import RESULTS_DIR, machine_info, print_table, write_results
 from index.evaluation import exact_knn, recall_at_k
 
@@ -142,26 +144,32 @@ def measure_size(n: int, cfg: ScaleConfig, fingerprint: str, work: Path) -> dict
                            "vector_bytes_per_product": 4 * int(xb.shape[1]),
                            "bytes_by_file": sizes, "data": about}
     del xb
-    store = ProductIndex.open(out, expected_fingerprint=fingerprint)
-    try:
-        row.update(factory=store.factory, effort=store.search_effort,
-                   build_recall_at_10=manifest.get("build", {}).get("recall_at_10"))
-        position = {f"p{i}": i for i in range(n)}
+    build = manifest.get("build", {})
+    row.update(build_recall_at_10=build.get("recall_at_10"),
+               build_query_noise=build.get("query_noise_norm"))
+    position = {f"p{i}": i for i in range(n)}
+    for label, plan, effort in _store_arms(manifest):
+        store = ProductIndex.open(out, expected_fingerprint=fingerprint, plan=plan)
+        try:
+            if effort is not None:
+                store.set_search_effort(effort)
+            row.setdefault("factory", store.factory)
+            row.setdefault("effort", store.search_effort)
 
-        def search(q: np.ndarray, k: int) -> tuple[None, np.ndarray]:
-            hits = store.search(q, k)[0]
-            return None, np.asarray([[position[h.id] for h in hits] + [-1] * (k - len(hits))])
+            def search(q: np.ndarray, k: int, store: Any = store) -> tuple[None, np.ndarray]:
+                hits = store.search(q, k)[0]
+                return None, np.asarray([[position[h.id] for h in hits] + [-1] * (k - len(hits))])
 
-        found, qps, took, cpu = batch1(search, xq, cfg.threads)
-    finally:
-        store.close()
-    row.update({
-        "recall@10": round(recall_at_k(found, ref, K), 4),
-        "qps_b1": round(qps, 1),
-        "qps_cpu": round(cfg.threads / float(cpu.mean()), 1),
-        "p50_ms": round(float(np.percentile(took, 50)) * 1e3, 3),
-        "p99_ms": round(float(np.percentile(took, 99)) * 1e3, 3),
-    })
+            found, qps, took, cpu = batch1(search, xq, cfg.threads)
+        finally:
+            store.close()
+        row.update({f"{key}{label}": value for key, value in {
+            "recall@10": round(recall_at_k(found, ref, K), 4),
+            "qps_b1": round(qps, 1),
+            "qps_cpu": round(cfg.threads / float(cpu.mean()), 1),
+            "p50_ms": round(float(np.percentile(took, 50)) * 1e3, 3),
+            "p99_ms": round(float(np.percentile(took, 99)) * 1e3, 3),
+        }.items()})
     rng = np.random.default_rng(cfg.seed)
     unique = [f"{titles[i]} {j}" for j, i in enumerate(
         rng.choice(len(titles), cfg.api_requests, replace=len(titles) < cfg.api_requests))]
@@ -176,6 +184,19 @@ def measure_size(n: int, cfg: ScaleConfig, fingerprint: str, work: Path) -> dict
     shutil.rmtree(out)
     logger.info("%s", row)
     return row
+
+
+def _store_arms(manifest: dict[str, Any]) -> list[tuple[str, Any, int | None]]:
+    """(column suffix, plan, search effort) of each way the store is searched: as built, then
+    the previous defaults in the same run (an OpenMP team per batch-1 search; nprobe 32)."""
+    from index.plan import IndexPlan
+
+    arms: list[tuple[str, Any, int | None]] = [("", None, None)]
+    arms.append(("_omp_team", IndexPlan(single_thread_max_queries=0), None))
+    effort = manifest.get("build", {}).get("search_effort")
+    if effort is not None and effort != PREVIOUS_NPROBE and "IVF" in manifest["factory"]:
+        arms.append((f"_nprobe{PREVIOUS_NPROBE}", None, PREVIOUS_NPROBE))
+    return arms
 
 
 def _server_config() -> Any:
@@ -222,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=ScaleConfig.queries)
     p.add_argument("--threads", type=int, default=ScaleConfig.threads)
     p.add_argument("--api-requests", type=int, default=ScaleConfig.api_requests)
+    p.add_argument("--out", default="bench_scale", help="results name (bench/results/NAME.json)")
     a = p.parse_args(argv)
     cfg = ScaleConfig(sizes=tuple(int(s) for s in a.sizes.split(",")), bundle=a.bundle,
                       real_index=a.real_index, queries=a.queries, threads=a.threads,
@@ -236,8 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         rows = [measure_size(n, cfg, fingerprint, Path(tmp)) for n in cfg.sizes]
     print_table(rows, COLUMNS)
-    plots = plot(rows, RESULTS_DIR)
-    path = write_results("bench_scale", {
+    plots = plot(rows, RESULTS_DIR) if a.out == "bench_scale" else []
+    path = write_results(a.out, {
         "machine": machine_info(),
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),

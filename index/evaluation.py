@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from huse_common.topk import knn
-from huse_common.vectors import l2_normalize
+from huse_common.vectors import l2_normalize, row_norms
 
 
 def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int) -> np.ndarray:
@@ -20,6 +20,19 @@ def recall_at_k(I: np.ndarray, I_ref: np.ndarray, k: int) -> float:  # noqa: E74
         for row, ref in zip(I, I_ref, strict=True)
     ]
     return float(np.mean(hits) / k) if hits else 0.0
+
+
+def median_nn_distance(xb: np.ndarray, n: int | None = None, seed: int = 0) -> float:
+    """Median Euclidean distance from a row to its nearest other row, over `n` sampled rows
+    (all when None): how far apart neighbouring products are."""
+    rows = np.arange(xb.shape[0])
+    if n is not None and n < xb.shape[0]:
+        rows = np.random.default_rng(seed).choice(xb.shape[0], size=n, replace=False)
+    if xb.shape[0] < 2:
+        return 0.0
+    nearest = knn(xb[rows], xb, 2)[1]
+    other = np.where(nearest[:, 0] == rows, nearest[:, 1], nearest[:, 0])
+    return float(np.median(row_norms(xb[rows] - xb[other])))
 
 
 def perturbed_queries(xb: np.ndarray, n: int, noise: float, seed: int = 0) -> np.ndarray:

@@ -144,14 +144,15 @@ def shared_data_dir() -> Path:
 def pipeline_run(sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir,
                  tmp_path_factory):
     """(config, OUT) of the session's one end-to-end `train.pipeline.run` on the sample catalog
-    with tiny backbones, shared by the train and API tests. Read-only: copy OUT to write."""
+    with tiny backbones (the image one with its colour histogram, like the default), shared by
+    the train and API tests. Read-only: copy OUT to write."""
     from train.config import TrainConfig
     from train.pipeline import run
 
     out = tmp_path_factory.mktemp("pipeline_run")
     cfg = TrainConfig(catalog=str(sample_catalog), out=str(out / "model"),
                       cache_dir=str(out / "cache"),
-                      image_backbone=f"hf:{tiny_image_backbone_dir}",
+                      image_backbone=f"hf:{tiny_image_backbone_dir}+colour",
                       text_backbone=f"hf:{tiny_text_backbone_dir}",
                       embed_dim=16, image_tower=(32,), text_tower=(32,), batch_size=32,
                       max_epochs=3, min_per_class=1, attribute_heads=("gender",),

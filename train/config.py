@@ -92,7 +92,8 @@ class TrainConfig:
     catalog: str = ""  # catalog CSV/JSONL (required by the pipeline)
     out: str = ""  # output dir: OUT/bundle, OUT/index, OUT/checkpoints, OUT/rejects.csv
     cache_dir: str = ""  # feature cache; "" = $HUSE_CACHE_DIR or ~/.cache/huse/features
-    image_backbone: str = "efficientnet-lite0"  # frozen image encoder spec (see DESIGN.md)
+    image_backbone: str = "efficientnet-lite0+colour"  # frozen image encoder spec (DESIGN.md;
+    # "+colour" appends a colour histogram, embedder.colour)
     text_backbone: str = "minilm"  # frozen text encoder spec; also embeds class names
     # --- model (HUSE towers) ---
     embed_dim: int = 256  # D of the universal space
@@ -143,6 +144,9 @@ class TrainConfig:
     photo_whiten: tuple[float, ...] = (0.5, 0.75)  # whitening power of the visual block
     photo_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     photo_min_instance_r1: float = 0.97  # photos must find their own product this often
+    # colour histogram's share of the visual block (with a "+colour" image backbone)
+    photo_colour_weights: tuple[float, ...] = (0.0, 0.15, 0.3, 0.45, 0.6)
+    photo_leaf_tolerance: float = 0.01  # leaf P@10 given up, at most, for look-alike attributes
     # --- index ---
     index_factory: str = "auto"  # FAISS factory string or "auto" (chosen by index size)
     index_plan: IndexPlan = field(default_factory=IndexPlan)  # thresholds behind "auto"
@@ -191,12 +195,17 @@ class TrainConfig:
             raise ConfigError(f"nce_temperature must be > 0, got {self.nce_temperature}")
         if (any(d < 1 for d in self.photo_visual_dims)
                 or not all(0.0 <= x <= 1.0 for x in (*self.photo_whiten, *self.photo_weights,
-                                                     self.photo_min_instance_r1))
+                                                     *self.photo_colour_weights,
+                                                     self.photo_min_instance_r1,
+                                                     self.photo_leaf_tolerance))
+                or not all(c < 1.0 for c in self.photo_colour_weights)
                 or (self.photo_visual_dims and not (self.photo_whiten and self.photo_weights))):
-            raise ConfigError(f"photo_visual_dims must be >= 1, photo_whiten, photo_weights and "
-                              f"photo_min_instance_r1 in [0, 1] (grids non-empty), got "
+            raise ConfigError(f"photo_visual_dims must be >= 1, photo_whiten, photo_weights, "
+                              f"photo_min_instance_r1 and photo_leaf_tolerance in [0, 1], "
+                              f"photo_colour_weights in [0, 1) (grids non-empty), got "
                               f"{self.photo_visual_dims}, {self.photo_whiten}, "
-                              f"{self.photo_weights}, {self.photo_min_instance_r1}")
+                              f"{self.photo_weights}, {self.photo_colour_weights}, "
+                              f"{self.photo_min_instance_r1}, {self.photo_leaf_tolerance}")
         if self.logit_scale <= 0:
             raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
         weights = (*self.fusion_grid, *(() if self.fusion_image_weight is None

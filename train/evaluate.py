@@ -212,12 +212,7 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
 
     timings: dict[str, float] = {}
     with timed("embed test split", timings):
-        emb = {
-            "image": bundle.embed_features(image_feats=test.image),
-            "text": bundle.embed_features(text_feats=test.text, titles=test.titles),
-            "fused": bundle.embed_features(image_feats=test.image, text_feats=test.text,
-                                           titles=test.titles),
-        }
+        emb = _embeddings(bundle, test)
     heads: dict[str, Any] = {}
     fused_linear = None
     with timed("classification metrics", timings):
@@ -238,11 +233,11 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
 
     ret_classes = _retrieval_classes(test, leaf)
     with timed("retrieval metrics", timings):
-        retrieval = {}
-        for name, q, b, exclude_self in RETRIEVAL_PAIRS:
-            rec = class_recall_at_k(emb[q], ret_classes, emb[b], ret_classes, cfg.ks,
-                                    exclude_self=exclude_self)
-            retrieval[name] = {str(k): v for k, v in rec.items()}
+        retrieval = retrieval_metrics(emb, ret_classes, cfg.ks)
+        # the same on the validation split: what a choice between trained models may look at
+        val_retrieval = (retrieval_metrics(_embeddings(bundle, val),
+                                           _retrieval_classes(val, leaf), cfg.ks)
+                         if val is not None and len(val) >= 2 else {})
     queries = ret_classes[ret_classes >= 0]
     class_size = np.bincount(queries) if queries.size else np.zeros(0, dtype=np.int64)
 
@@ -276,6 +271,7 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
         "other_threshold": threshold,
         "heads": heads,
         "retrieval": retrieval,
+        "validation_retrieval": val_retrieval,
         # x->x queries whose class has no other test item can never hit (counted as misses,
         # for HUSE and baseline (b) alike); cross-modal queries always can (their own pair).
         "retrieval_queries": {"queries": int(queries.size),
@@ -292,6 +288,25 @@ def evaluate(bundle: EvalBundle, train: LabeledFeatures, test: LabeledFeatures,
                 "(baseline b %.4f)", f["top1"], baselines["logreg"]["top1"],
                 retrieval["image->image"]["1"], baselines["knn"]["retrieval"]["image->image"]["1"])
     return result, artifacts
+
+
+def _embeddings(bundle: EvalBundle, split: LabeledFeatures) -> dict[str, np.ndarray]:
+    return {
+        "image": bundle.embed_features(image_feats=split.image),
+        "text": bundle.embed_features(text_feats=split.text, titles=split.titles),
+        "fused": bundle.embed_features(image_feats=split.image, text_feats=split.text,
+                                       titles=split.titles),
+    }
+
+
+def retrieval_metrics(emb: dict[str, np.ndarray], classes: np.ndarray,
+                      ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Class-level recall@k of every RETRIEVAL_PAIRS pair within one split."""
+    out = {}
+    for name, q, b, exclude_self in RETRIEVAL_PAIRS:
+        rec = class_recall_at_k(emb[q], classes, emb[b], classes, ks, exclude_self=exclude_self)
+        out[name] = {str(k): v for k, v in rec.items()}
+    return out
 
 
 def hardest_classes(y_true: np.ndarray, y_pred: np.ndarray, names: list[str],

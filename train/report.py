@@ -153,7 +153,8 @@ def _photo_section(ev: dict) -> str:
     note = (f"{ps['queries']} test products' photos, cropped, mirrored and JPEG re-encoded "
             f"(seed {ps['query_seed']}), and their titles, searched against every product; "
             f"P@{ps['k']} counts the {ps['k']} nearest other products sharing the query's value. "
-            f"Served space: HUSE beside a {served['visual_dim']}-d visual block, visual weight "
+            f"Served space: HUSE beside a {served['visual_dim']}-d visual block (colour "
+            f"histogram's share {served.get('colour_weight', 0.0):g}), visual weight "
             f"{served['visual_weight']:g}, near-duplicate threshold "
             f"{served['near_duplicate_threshold']:.3f} ({ps.get('rule', '')}).")
     return _table(header, rows, left=(0,)) + "\n\n" + note

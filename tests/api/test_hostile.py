@@ -143,8 +143,11 @@ def test_deeply_nested_json_body_is_refused_before_parsing(client):
 # ---- 5: a request that never finishes arriving is cut off; connections are capped ------------
 
 
-def test_half_sent_header_is_closed_after_the_read_timeout(model_dir, serve_settings):
-    base = serve_settings(Settings(model_dir=model_dir, request_read_timeout_s=0.5))
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_half_sent_header_is_closed_after_the_read_timeout(model_dir, serve_settings, parser):
+    base = serve_settings(
+        Settings(model_dir=model_dir, request_read_timeout_s=0.5, http_parser=parser)
+    )
     url = urlsplit(base)
     with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")

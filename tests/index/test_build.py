@@ -74,3 +74,16 @@ def test_rebuild_over_an_existing_index(tmp_path):
     with ProductIndex.open(tmp_path / "ix", expected_fingerprint="fp-new") as store:
         assert len(store) == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+
+
+def test_tuning_queries_lie_as_near_as_neighbouring_products() -> None:
+    """The default held-out queries are perturbed by the median distance between neighbours
+    (a duplicate row counts as its own neighbour at distance 0, not as the row itself)."""
+    from index.evaluation import median_nn_distance
+
+    e = np.eye(4, dtype=np.float32)
+    xb = np.stack([e[0], e[0], e[1], (e[1] + 0.1 * e[2]) / np.linalg.norm(e[1] + 0.1 * e[2])])
+    near = float(np.linalg.norm(xb[2] - xb[3]))
+    assert median_nn_distance(xb) == pytest.approx(near / 2)  # distances 0, 0, near, near
+    assert median_nn_distance(xb, n=2, seed=0) in (0.0, pytest.approx(near / 2), near)
+    assert BuildConfig().query_noise is None

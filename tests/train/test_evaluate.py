@@ -61,6 +61,13 @@ def test_retrieval_protocol(case, result):
     }
     for name, rec in expected.items():
         assert ev["retrieval"][name] == pytest.approx({str(k): v for k, v in rec.items()})
+    v = case.val  # the same protocol on the validation split, for choices between models
+    v_cls = np.unique(v.categories, return_inverse=True)[1].astype(np.int64)
+    v_img = b.embed_features(image_feats=v.image)
+    v_txt = b.embed_features(text_feats=v.text, titles=v.titles)
+    want = class_recall_at_k(v_txt, v_cls, v_img, v_cls, (1, 5, 10), exclude_self=False)
+    assert ev["validation_retrieval"]["text->image"] == pytest.approx(
+        {str(k): x for k, x in want.items()})
     # 4 classes x 12 test items and 3 rare items (one class): all have a same-class neighbour
     assert ev["retrieval_queries"] == {"queries": 51, "x->x answerable": 51}
     # rare-class products are queries too: without category paths they are skipped
@@ -91,7 +98,7 @@ def test_logreg_without_val_uses_a_training_holdout(case):
     lr = ev["baselines"]["logreg"]
     assert "hold-out of the training split" in lr["C_selected_on"]
     assert lr["C"] == 0.1 and lr["top1"] > 0.9
-    assert ev["n_val"] == 0
+    assert ev["n_val"] == 0 and ev["validation_retrieval"] == {}
 
 
 def test_artifacts(case, result):

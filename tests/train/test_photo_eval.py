@@ -8,10 +8,10 @@ from PIL import Image
 
 from embedder.visual import (
     VisualBlock,
+    instance_queries,
     query_vectors,
     split_stored,
     stored_vectors,
-    visual_only_queries,
 )
 from train.photo_eval import (
     PhotoQueryConfig,
@@ -70,7 +70,8 @@ def test_served_vector_scores_are_the_weighted_cosines():
         assert np.allclose(q @ db.T, want, atol=1e-5)
     text = query_vectors(h[:1], None, 0.7, 4)  # no image: HUSE alone, knob ignored
     assert np.allclose(text @ db.T, hn[:1] @ hn.T, atol=1e-5)
-    assert np.allclose(visual_only_queries(db, 8) @ db.T, vn @ vn.T, atol=1e-5)
+    plain = VisualBlock(np.zeros(3, np.float32), np.zeros((4, 3), np.float32))  # r = 4
+    assert np.allclose(instance_queries(db, 8, plain) @ db.T, vn @ vn.T, atol=1e-5)
     sh, sv = split_stored(db, 8)
     assert np.allclose(sh, hn, atol=1e-5) and np.allclose(sv, vn, atol=1e-5)
     no_image = stored_vectors(h[:1], np.zeros((1, 4)))
@@ -91,6 +92,49 @@ def test_visual_block_round_trips_and_projects_to_unit_rows():
         VisualBlock.fit(x, 17)
     with pytest.raises(ValueError, match="image features"):
         block.transform(x[:, :5])
+
+
+def test_visual_block_weighs_the_colour_histogram_columns():
+    rng = np.random.default_rng(3)
+    deep, colour = rng.normal(size=(40, 16)), np.abs(rng.normal(size=(40, 8)))
+    x = np.hstack([deep, colour]).astype(np.float32)
+    fitted = VisualBlock.fit(x, 6, colour_dim=8)
+    assert (fitted.dim, fitted.in_dim) == (14, 24)
+    plain = VisualBlock(fitted.mean, fitted.components)  # the same PCA, no colour columns
+    pca = plain.transform(deep)
+    cn = colour / np.linalg.norm(colour, axis=1, keepdims=True)
+    for c in (0.0, 0.3, 0.9):
+        z = fitted.with_colour_weight(c).transform(x)
+        assert np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+        assert np.allclose(z @ z.T, (1 - c) * pca @ pca.T + c * cn @ cn.T, atol=1e-5)
+    block = fitted.with_colour_weight(0.3)
+    z = block.transform(x)
+    assert np.allclose(block.instance(z), pca, atol=1e-5)  # the colour columns left out
+    db = stored_vectors(rng.normal(size=(40, 5)), z)
+    assert np.allclose(instance_queries(db, 5, block) @ db.T, pca @ pca.T, atol=1e-5)
+    again = VisualBlock.from_arrays(block.arrays())
+    assert (again.colour_dim, again.colour_weight) == (8, 0.3)
+    assert np.allclose(again.transform(x), block.transform(x))
+    old = {k: v for k, v in block.arrays().items() if not k.startswith("colour")}
+    assert VisualBlock.from_arrays(old).colour_dim == 0  # bundles from before the colour block
+    for bad in (1.0, 1.5):  # colour alone would leave nothing to recognise a product by
+        with pytest.raises(ValueError, match="colour_weight"):
+            fitted.with_colour_weight(bad)
+
+
+def test_selection_rule_keeps_leaf_precision_then_maximises_look_alikes():
+    def row(w, c, leaf, colour, usage):
+        return {"visual_weight": w, "colour_weight": c, "instance_r1": 0.99, "leaf_p10": leaf,
+                "queries": 10_000, "attr_p10": {"colour": colour, "usage": usage}}
+
+    rows = [row(0.1, 0.0, 0.920, 0.25, 0.8), row(0.1, 0.2, 0.915, 0.35, 0.8),
+            row(0.1, 0.3, 0.905, 0.40, 0.8), row(0.2, 0.2, 0.912, 0.35, 0.8)]
+    assert pick(rows, 0.97)["colour_weight"] == 0.0  # no tolerance: the best leaf precision
+    best = pick(rows, 0.97, leaf_tolerance=0.01)  # 0.905 is outside the band
+    assert (best["colour_weight"], best["visual_weight"]) == (0.2, 0.1)  # tie: smaller weight
+    assert pick(rows, 0.97, leaf_tolerance=0.02)["colour_weight"] == 0.3
+    bare = [{**r, "attr_p10": {}} for r in rows]  # no attribute columns: leaf precision
+    assert pick(bare, 0.97, leaf_tolerance=0.02)["colour_weight"] == 0.0
 
 
 def test_selection_rule_finds_the_product_then_maximises_leaf_precision():
@@ -125,7 +169,7 @@ def test_choice_on_planted_data_recognises_products_and_keeps_their_class():
     assert scores[0.5]["leaf_p10"] > scores[1.0]["leaf_p10"]
     visual = served.block.transform(image)
     t = duplicate_threshold(visual, served.block.transform(q), np.arange(10))
-    assert t == served.near_duplicate_threshold
+    assert t == pytest.approx(served.near_duplicate_threshold, abs=1e-6)
     assert (served.block.transform(q) * visual[:10]).sum(axis=1).min() >= t > 0.5
 
 
@@ -159,3 +203,42 @@ def test_served_search_recognises_the_product_then_lists_its_neighbours(tmp_path
         assert recognised is None and len(hits) == 3
         hits, recognised = served_search(index, served, centres[2], None, k=4)  # a title
         assert recognised is None and {h.id for h in hits} == {"p2", "p5", "p8", "p11"}
+
+
+def test_recognition_and_near_duplicates_leave_the_shared_colour_out(tmp_path):
+    """Every product has the same colour histogram: with the colour weighing 0.6 of the visual
+    block, whole-block cosines would all be >= 0.6; the instance cosine still tells them apart."""
+    from embedder.visual import ServedSpace, near_duplicates_of, served_search
+    from index.build import build_product_index
+    from index.store import ProductIndex, ProductRecord
+
+    rng = np.random.default_rng(4)
+    n = 12
+    deep = rng.normal(size=(n, 20)).astype(np.float32)
+    colour = np.tile(np.abs(rng.normal(size=(1, 8))), (n, 1)).astype(np.float32)
+    block = VisualBlock.fit(np.hstack([deep, colour]), 6, colour_dim=8).with_colour_weight(0.6)
+    visual = block.transform(np.hstack([deep, colour]))
+    huse = rng.normal(size=(n, 8))
+    served = ServedSpace(block, visual_weight=0.3, near_duplicate_threshold=0.9)
+    records = [ProductRecord(id=f"p{i}", title=f"t{i}", category="C", image="", attributes={})
+               for i in range(n)]
+    build_product_index(tmp_path / "ix", records, served.stored(huse, visual), "fp",
+                        factory="Flat")
+    with ProductIndex.open(tmp_path / "ix", expected_fingerprint="fp") as index:
+        photo = block.transform(np.hstack([deep[4:5] + 0.01 * rng.normal(size=(1, 20)),
+                                           colour[:1]]))[0]
+        hits, recognised = served_search(index, served, huse[4], photo, k=3)
+        assert recognised == "p4" and hits[0].score == pytest.approx(
+            float(block.instance(photo[None])[0] @ block.instance(visual[4:5])[0]), abs=1e-4)
+        other = served_search(index, served, huse[4],
+                              block.transform(np.hstack([rng.normal(size=(1, 20)),
+                                                         colour[:1]]))[0], k=3)
+        assert other[1] is None  # an unseen item in the same colour is not recognised
+        inst = block.instance(visual)
+        instance_cos = np.delete(inst @ inst[4], 4)
+        whole_cos = np.delete(visual @ visual[4], 4)  # 0.4 * instance + 0.6 (shared colour)
+        t = float(whole_cos.max()) - 1e-3
+        found = near_duplicates_of(index, "p4", 8, block, threshold=t)
+        assert len(found) == int((instance_cos >= t).sum()) < int((whole_cos >= t).sum())
+        assert all(h.score == pytest.approx(float(inst[int(h.id[1:])] @ inst[4]), abs=1e-4)
+                   for h in near_duplicates_of(index, "p4", 8, block, threshold=-1.0))
