@@ -114,12 +114,16 @@ class Services:
                 f"{settings.bundle_dir} embeds {bundle.index_dim}-d: rebuild the index with this "
                 "bundle"
             )
-        for kind in ("image", "text"):  # load backbones now, not in the first request
-            bundle.backbone(kind)
-        if settings.torch_threads:  # after the backbones: ONNX sessions size their own pools
+        # Load the backbones now, not in the first request. An ONNX session sizes its thread
+        # pool from torch's thread count when it loads: the image model keeps both cores per
+        # call; then torch (the towers) and the text model run each call on `torch_threads`,
+        # as the batcher's two workers run calls side by side (docs/performance.md).
+        bundle.backbone("image")
+        if settings.torch_threads:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
+        bundle.backbone("text")
         logger.info(
             "serving bundle %s (%s, image engine %s, text engine %s) and index %s (%d products)",
             settings.bundle_dir,
