@@ -69,7 +69,7 @@ class StreamConfig:
     by the shuffle buffer and the samples below, plus O(n) ids, titles and labels."""
 
     # Stream above this many valid products (0 = always). In memory a product costs ~15 kB
-    # (1280 + 384 backbone floats and 2000 dense TF-IDF columns): 200k is ~3 GB.
+    # (the backbones' floats and 2000 dense TF-IDF columns): 200k is ~3 GB.
     min_products: int = 200_000
     shards: str = ""  # feature shard dir to read (features --engine ray --out-shards DIR)
     shard_size: int = 10_000  # products per shard the local path writes
