@@ -77,6 +77,18 @@ def index_products(bundle: Any, products: Sequence[Any], image_feats: np.ndarray
     return write_index(bundle, products, xb, out_dir, factory, plan, build)
 
 
+def streamed_index_vectors(bundle: Any, feats: Any, modality: str = "fused") -> np.ndarray:
+    """(n, index_dim) index rows of every product, embedded shard by shard from
+    train.streaming.ShardedFeatures (the features are never held whole)."""
+    titles = feats.titles
+    xb = np.empty((len(feats.products), bundle.index_dim), np.float32)
+    for rows, image, text in feats.chunks(np.arange(len(feats.products))):
+        xb[rows] = bundle.index_vectors(image if modality in ("fused", "image") else None,
+                                        text if modality in ("fused", "text") else None,
+                                        [titles[i] for i in rows])
+    return xb
+
+
 def write_index(bundle: Any, products: Sequence[Any], xb: np.ndarray, out_dir: str | Path,
                 factory: str = "auto", plan: Any = None, build: Any = None) -> dict:
     """The index of `products` with their index vectors `xb` (rows aligned) at out_dir (a
@@ -103,16 +115,31 @@ def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path
                 cache_dir: str | None = None, show_progress: bool = False) -> str | Path:
     """Read the catalog, extract (cached) features with the bundle's backbones, build the index
     in a directory or a Milvus collection (`milvus://host:port/name`, bulk-loaded). factory
-    None = the bundle's training config `index_factory` (a FAISS one: Milvus chooses 'auto')."""
+    None = the bundle's training config `index_factory` (a FAISS one: Milvus chooses 'auto').
+    Past the training config's `streaming.min_products` the features are streamed from
+    feature shards of this catalog (train.streaming), as training reads them."""
+    import dataclasses
+
     from embedder.bundle import Bundle
     from index.milvus_target import is_milvus_uri
-    from train.data import config_from_bundle, load_features
+    from train.data import config_from_bundle
+    from train.streaming import load_training_features
 
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     bundle = Bundle.load(bundle_dir)
     cfg = config_from_bundle(bundle, show_progress=show_progress, cache_dir=cache_dir)
-    feats = load_features(catalog, cfg)
+    # this catalog's features: not the training run's shard directory
+    cfg = dataclasses.replace(cfg, catalog=str(catalog),
+                              streaming=dataclasses.replace(cfg.streaming, shards=""))
+    feats = load_training_features(cfg)
     milvus = is_milvus_uri(out_dir)
-    index_products(bundle, feats.products, feats.image, feats.text, out_dir,
-                   factory=factory or ("auto" if milvus else cfg.index_factory),
-                   modality=modality, plan=cfg.index_plan, build=cfg.index_build)
+    factory = factory or ("auto" if milvus else cfg.index_factory)
+    if feats.streamed:
+        write_index(bundle, feats.products, streamed_index_vectors(bundle, feats, modality),
+                    out_dir, factory, plan=cfg.index_plan, build=cfg.index_build)
+    else:
+        index_products(bundle, feats.products, feats.image, feats.text, out_dir,
+                       factory=factory, modality=modality, plan=cfg.index_plan,
+                       build=cfg.index_build)
     return out_dir if milvus else Path(out_dir)

@@ -69,7 +69,7 @@ class StreamConfig:
     by the shuffle buffer and the samples below, plus O(n) ids, titles and labels."""
 
     # Stream above this many valid products (0 = always). In memory a product costs ~15 kB
-    # (1280 + 384 backbone floats and 2000 dense TF-IDF columns): 200k is ~3 GB.
+    # (the backbones' floats and 2000 dense TF-IDF columns): 200k is ~3 GB.
     min_products: int = 200_000
     shards: str = ""  # feature shard dir to read (features --engine ray --out-shards DIR)
     shard_size: int = 10_000  # products per shard the local path writes
@@ -110,8 +110,9 @@ class TrainConfig:
     graph_margin: float = 0.5  # only class pairs with A_ij < margin are constrained
     # symmetric InfoNCE between the image and text embeddings of the batch's products (pushes
     # other products apart, which L_gap never does; same-class products are not negatives);
-    # 0 = off. On fashion-products 0.5 lifted image->text / text->image R@1 from 74.8 / 82.7 to
-    # 77.0 / 84.1 with fused top-1 unchanged; off by default until its weight is validated.
+    # 0 = off. Chosen on validation over two seeds (docs/ablation.md): 0.5 lifted validation
+    # image->text / text->image R@1 by 2.7 / 2.1 points but cost 0.55 of fused top-1, and the
+    # test split did not confirm the lift, so it stays off.
     w_nce: float = 0.0
     nce_temperature: float = 0.1  # softmax temperature of L_nce (configured, not learned)
     # --- optimisation ---

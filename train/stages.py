@@ -271,19 +271,16 @@ def index(feats: Any, bundle: Any, out_dir: Path, cfg: TrainConfig,
           timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Every valid product embedded (fused) into a FAISS index; returns its manifest. Shard
     by shard when streaming: only the index vectors (what the index holds) are kept."""
-    from train.build_index import index_products, write_index
+    from train.build_index import index_products, streamed_index_vectors, write_index
 
     with timed("index build", timings):
         if not feats.streamed:
             return index_products(bundle, feats.products, feats.image, feats.text, out_dir,
                                   factory=cfg.index_factory, plan=cfg.index_plan,
                                   build=cfg.index_build)
-        titles = feats.titles
-        xb = np.empty((len(feats.products), bundle.index_dim), np.float32)
-        for rows, image, text in feats.chunks(np.arange(len(feats.products))):
-            xb[rows] = bundle.index_vectors(image, text, [titles[i] for i in rows])
-        return write_index(bundle, feats.products, xb, out_dir, factory=cfg.index_factory,
-                           plan=cfg.index_plan, build=cfg.index_build)
+        return write_index(bundle, feats.products, streamed_index_vectors(bundle, feats),
+                           out_dir, factory=cfg.index_factory, plan=cfg.index_plan,
+                           build=cfg.index_build)
 
 
 def _streaming_note(prep: Prepared) -> str:

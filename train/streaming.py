@@ -9,8 +9,12 @@ indices); features are read from the shards one shard (or one shuffle buffer) at
   shuffled together with that generator and cut into global batches (a batch may span two
   buffers); TF-IDF columns are computed per batch from the titles. Under DDP every rank reads
   the same buffers and keeps an equal slice of each global batch (train.distributed), so the
-  gathered batch, the step count and a resume are the same as with one rank. With one shard
-  the batches are exactly the in-memory trainer's (same generator draws, same rows);
+  gathered batch, the step count and a resume are the same as with one rank (disjoint shards
+  per rank would read less, but give ranks unequal row counts, hence unequal step counts, and
+  batches unlike one rank's). With one shard the batches are exactly the in-memory trainer's
+  (same generator draws, same rows). Shards hold contiguous catalog rows, so a catalog sorted
+  by category should be shuffled before it is sharded (or `shuffle_shards` raised): a buffer
+  mixes only the classes of its shards;
 - one pass over the shards for what sums over training rows: input standardisation
   (`Moments`, Chan's parallel mean/variance), class centroids, the index vectors;
 - bounded seeded samples (`held_rows`) for what needs rows side by side: validation (early

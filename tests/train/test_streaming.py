@@ -104,7 +104,8 @@ def _fused_top1(report: dict) -> float:
     return evaluation["heads"][evaluation["leaf_head"]]["fused"]["linear"]["top1"]
 
 
-def test_stream_shuffled_shards_match_within_tolerance_and_resume_exactly(trained_run, tmp_path):
+def test_stream_shuffled_shards_match_within_tolerance_and_resume_exactly(trained_run, tmp_path,
+                                                                          monkeypatch):
     cfg, memory_out = trained_run
     shards = {"shard_size": 16, "shuffle_shards": 2}  # 80 products: 5 shards, 3 buffers
     full = _streamed(cfg, tmp_path / "full", **shards)
@@ -128,6 +129,23 @@ def test_stream_shuffled_shards_match_within_tolerance_and_resume_exactly(traine
     assert a["history"] == b["history"]
     assert _close(a["model"], b["model"], atol=0.0)
     assert _close(a["best_state"], b["best_state"], atol=0.0)
+
+    # `build-index` with the streamed bundle streams too: the run's own index vectors
+    from embedder.bundle import Bundle
+    from index.store import ProductIndex
+    from train.build_index import build_index
+
+    monkeypatch.setattr(train_data, "load_features", _refuse)
+    bundle = Bundle.load(tmp_path / "full" / BUNDLE_DIR)
+    built = build_index(tmp_path / "full" / BUNDLE_DIR, cfg.catalog, tmp_path / "idx",
+                        cache_dir=cfg.cache_dir)
+    with (ProductIndex.open(built, expected_fingerprint=bundle.fingerprint) as again,
+          ProductIndex.open(tmp_path / "full" / "index",
+                            expected_fingerprint=bundle.fingerprint) as own):
+        ids = [h.id for h in own.search(np.ones((1, bundle.index_dim), np.float32), 80)[0]]
+        assert len(again) == len(own) == len(ids) == 80
+        for i in ids:
+            np.testing.assert_allclose(again.vector(i), own.vector(i), atol=1e-6, rtol=0)
 
 
 # --- synthetic shards: the batch stream itself, and memory ---
