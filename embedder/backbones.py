@@ -94,6 +94,19 @@ def resolve_engine(spec: str, device: str, engine: str) -> str:
     return INT8_ENGINE if spec in INT8_BY_DEFAULT else "onnx"
 
 
+def matching_engine(spec: str, device: str, trained_engine: str) -> str:
+    """What "auto" means when serving a bundle whose features came from `trained_engine`:
+    int8 and fp32 features differ (bench_text_int8: R@1 -0.5 when a model trained on fp32
+    features is queried with int8 ones), so the served features follow the trained ones where
+    both engines run here; "" (not recorded: older bundles) is plain "auto"."""
+    auto = resolve_engine(spec, device, "auto")
+    if not trained_engine or (trained_engine == INT8_ENGINE) == (auto == INT8_ENGINE):
+        return "auto"
+    if trained_engine == INT8_ENGINE:
+        return INT8_ENGINE if auto == "onnx" else "auto"  # torch here: no int8 to match
+    return "onnx"  # fp32 features: the fp32 export rather than its int8 copy
+
+
 def load_backbone(
     spec: str,
     device: str | None = None,

@@ -69,7 +69,9 @@ class Bundle:
         self.device = device
         self.path = path
         self.image_engine = image_engine  # "torch" or "onnx" (see backbones.load_backbone)
-        self.text_engine = text_engine  # "auto": int8 MiniLM on CPU (bench_text_int8)
+        # "auto": int8 MiniLM on CPU (bench_text_int8), unless the bundle was trained on fp32
+        # text features (backbones.matching_engine)
+        self.text_engine = text_engine
         self._backbones: dict[str, Any] = {}
         self.served = served  # the index's space beside HUSE (embedder.visual); None: HUSE alone
         if served is not None and not config.photo_search:
@@ -192,10 +194,13 @@ class Bundle:
     def backbone(self, kind: str) -> Any:
         """The frozen image/text backbone, loaded on first use."""
         if kind not in self._backbones:
-            from embedder.backbones import load_backbone
+            from embedder.backbone_types import default_device
+            from embedder.backbones import load_backbone, matching_engine
 
             info: BackboneInfo = getattr(self.config, f"{kind}_backbone")
             engine = self.image_engine if kind == "image" else self.text_engine
+            if engine == "auto":
+                engine = matching_engine(info.spec, self.device or default_device(), info.engine)
             bb = load_backbone(info.spec, device=self.device, engine=engine)
             if bb.dim != info.dim:
                 raise BundleError(f"{kind} backbone {info.spec} gives {bb.dim}-d features, "

@@ -36,6 +36,17 @@ def package_versions() -> dict[str, str]:
 class BackboneInfo:
     spec: str  # embedder.backbones spec, e.g. "efficientnet-lite0", "minilm", "hf:/dir"
     dim: int  # feature width it produces
+    # engine the training features came from ("onnx-int8" features differ from fp32 ones);
+    # "" = not recorded (bundles written before it was)
+    engine: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "dim": self.dim, **({"engine": self.engine}
+                                                       if self.engine else {})}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BackboneInfo:
+        return cls(str(d["spec"]), int(d["dim"]), str(d.get("engine", "")))
 
 
 @dataclass(frozen=True)
@@ -102,8 +113,8 @@ class BundleConfig:
             **self.extra,
             "format_version": self.format_version,
             "versions": dict(self.versions),
-            "image_backbone": {"spec": self.image_backbone.spec, "dim": self.image_backbone.dim},
-            "text_backbone": {"spec": self.text_backbone.spec, "dim": self.text_backbone.dim},
+            "image_backbone": self.image_backbone.to_dict(),
+            "text_backbone": self.text_backbone.to_dict(),
             "embed_dim": self.embed_dim,
             "image_tower": tower(self.image_tower),
             "text_tower": tower(self.text_tower),
@@ -129,10 +140,8 @@ class BundleConfig:
         known = {f.name for f in fields(cls)} | {"levels"}  # levels: derived from heads
         try:
             return cls(
-                image_backbone=BackboneInfo(str(d["image_backbone"]["spec"]),
-                                            int(d["image_backbone"]["dim"])),
-                text_backbone=BackboneInfo(str(d["text_backbone"]["spec"]),
-                                           int(d["text_backbone"]["dim"])),
+                image_backbone=BackboneInfo.from_dict(d["image_backbone"]),
+                text_backbone=BackboneInfo.from_dict(d["text_backbone"]),
                 embed_dim=int(d["embed_dim"]),
                 image_tower=_tower(d["image_tower"]),
                 text_tower=_tower(d["text_tower"]),

@@ -36,7 +36,8 @@ class ProductFeatures:
     def text_backbone_info(self) -> Any:
         from embedder.bundle_config import BackboneInfo
 
-        return BackboneInfo(self.text_backbone.spec, self.text_backbone.dim)
+        bb = self.text_backbone
+        return BackboneInfo(bb.spec, bb.dim, bb.engine)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from embedder.towers import HuseModel, Tower
 TITLES = ["red cotton shirt", "blue denim jeans", "black leather boots", "red silk shirt"]
 
 
-def make_bundle(image_spec, text_spec, image_dim, text_dim, tfidf=True):
+def make_bundle(image_spec, text_spec, image_dim, text_dim, tfidf=True, text_engine=""):
     tf = TfidfText.fit(TITLES, max_features=50) if tfidf else None
     torch.manual_seed(0)
     model = HuseModel(Tower(image_dim, (16,), 8, 0.1),
@@ -29,7 +30,7 @@ def make_bundle(image_spec, text_spec, image_dim, text_dim, tfidf=True):
                                 np.arange(6) % n, n) for h, n in (("level1", 2), ("level2", 3))}
     return Bundle.from_trained(
         model, labels, image_backbone=BackboneInfo(image_spec, image_dim),
-        text_backbone=BackboneInfo(text_spec, text_dim), leaf_head="level2",
+        text_backbone=BackboneInfo(text_spec, text_dim, text_engine), leaf_head="level2",
         other_threshold=0.6, tfidf=tf, centroids=cents, loss_weights={"w_cls": 1.0},
         train_config={"seed": 0})
 
@@ -252,3 +253,38 @@ def test_preprocess_then_embed_pixels_equals_embed_images(bundle):
     assert pixels.shape[0] == 4 and pixels.ndim == 4
     assert np.allclose(bundle.embed(pixels=pixels, texts=TITLES),
                        bundle.embed(images=images(), texts=TITLES), atol=1e-6)
+
+
+def test_served_text_features_follow_the_engine_the_bundle_was_trained_with(
+        tmp_path, monkeypatch):
+    """int8 and fp32 title features differ: "auto" serves the kind the towers were trained on
+    (where both run), an explicit engine wins, and bundles without the record keep "auto"."""
+    import embedder.backbones as backbones
+    from embedder.backbones import INT8_ENGINE, matching_engine
+
+    monkeypatch.setattr(backbones, "resolve_engine",
+                        lambda spec, device, engine: engine if engine != "auto" else (
+                            "torch" if device != "cpu" else
+                            INT8_ENGINE if spec == "minilm" else "onnx"))
+    assert matching_engine("minilm", "cpu", "onnx") == "onnx"  # fp32 features: fp32 export
+    assert matching_engine("minilm", "cpu", "torch") == "onnx"
+    assert matching_engine("minilm", "cpu", INT8_ENGINE) == "auto"
+    assert matching_engine("minilm", "cpu", "") == "auto"  # not recorded: as before
+    assert matching_engine("minilm", "cuda", INT8_ENGINE) == "auto"  # no int8 on torch
+    assert matching_engine("efficientnet-lite0", "cpu", "onnx") == "auto"
+
+    saved = make_bundle("a", "minilm", 4, 6, tfidf=False, text_engine="onnx").save(tmp_path)
+    assert json.loads((saved / "config.json").read_text())["text_backbone"]["engine"] == "onnx"
+    asked = []
+
+    def fake_load(spec, device=None, engine="auto", **_):
+        asked.append(engine)
+        return SimpleNamespace(dim=6, engine=engine)
+
+    monkeypatch.setattr(backbones, "load_backbone", fake_load)
+    assert Bundle.load(saved, device="cpu").backbone("text").engine == "onnx"
+    assert Bundle.load(saved, device="cpu", text_engine=INT8_ENGINE).backbone("text").engine \
+        == INT8_ENGINE
+    old = make_bundle("a", "minilm", 4, 6, tfidf=False)  # no engine recorded
+    assert "engine" not in old.config.to_dict()["text_backbone"]
+    assert old.backbone("text").engine == "auto" and asked == ["onnx", INT8_ENGINE, "auto"]
