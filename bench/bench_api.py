@@ -32,9 +32,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -197,12 +198,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _server_cpu(row: dict, pid: int, cpu0: float) -> dict:
-    """The server's CPU milliseconds per answered request during a cell: less sensitive to other
-    jobs on the machine than requests/s."""
+def _measured_cell(pid: int, batching: bool, cell: Callable[[], dict]) -> dict:
+    """Run one load cell and add the server's CPU milliseconds per answered request during it
+    (less sensitive to other jobs on the machine than requests/s) and the batching mode."""
+    cpu0 = process_cpu_seconds(pid)
+    row = cell()
     used = process_cpu_seconds(pid) - cpu0
     n = row["requests"]
     row["server_cpu_ms_per_req"] = round(1e3 * used / n, 3) if n else None
+    row["batching"] = "on" if batching else "off"
     return row
 
 
@@ -357,10 +361,8 @@ def main(argv: list[str] | None = None) -> None:
                         with httpx.Client(base_url=server.url, timeout=120) as client:
                             _request(client, scenario, queries.take(), cfg.k)
                     for n_clients in cfg.clients:
-                        cpu0 = process_cpu_seconds(server.proc.pid)
-                        row = run_cell(server.url, scenario, n_clients, queries, cfg)
-                        _server_cpu(row, server.proc.pid, cpu0)
-                        row["batching"] = "on" if batching else "off"
+                        row = _measured_cell(server.proc.pid, batching, partial(
+                            run_cell, server.url, scenario, n_clients, queries, cfg))
                         rows.append(row)
                         print(
                             f"batching {row['batching']:3} {scenario:12} {n_clients:3} clients: "
@@ -368,10 +370,8 @@ def main(argv: list[str] | None = None) -> None:
                             file=sys.stderr,
                         )
                     for rate in cfg.rates:
-                        cpu0 = process_cpu_seconds(server.proc.pid)
-                        row = run_open_loop(server.url, scenario, rate, queries, cfg)
-                        _server_cpu(row, server.proc.pid, cpu0)
-                        row["batching"] = "on" if batching else "off"
+                        row = _measured_cell(server.proc.pid, batching, partial(
+                            run_open_loop, server.url, scenario, rate, queries, cfg))
                         rows.append(row)
                         print(f"batching {row['batching']:3} {scenario:12} open {rate:g}/s: "
                               f"{row['req_per_s']:.1f} req/s, p99 {row['p99_ms']:.0f} ms",
