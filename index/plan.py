@@ -41,7 +41,8 @@ class IndexPlan:
     # Candidates measured side by side (bench.bench_index) to pick the numbers above.
     candidate_lists_per_sqrt_n: tuple[float, ...] = (2.0, 4.0)  # 8+: k-means too slow here
     candidate_hnsw_m: tuple[int, ...] = (16, 32)
-    candidate_efforts: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
+    candidate_efforts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # IVF nprobe
+    candidate_hnsw_efforts: tuple[int, ...] = (16, 32, 64, 128, 256)  # efSearch >= k
     fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
     fastscan_refine_factor: int = 8  # k * factor fast-scan candidates re-ranked exactly in RAM
 
@@ -143,7 +144,7 @@ def candidates(n: int, d: int, plan: IndexPlan | None = None) -> list[Candidate]
     for nlist in lists:
         efforts = tuple(e for e in plan.candidate_efforts if e <= nlist)
         out.append(Candidate(f"IVF{nlist},Flat", efforts))
-    out += [Candidate(f"HNSW{m}", plan.candidate_efforts) for m in plan.candidate_hnsw_m]
+    out += [Candidate(f"HNSW{m}", plan.candidate_hnsw_efforts) for m in plan.candidate_hnsw_m]
     m = _fastscan_m(d, plan)
     if m:
         nlist = lists[0]

@@ -296,7 +296,7 @@ class ProductIndex:
         with self._lock.read():
             self._check_open()
             keys, xb = self._meta.live()
-            records = self._meta.records(keys)
+            records = self._meta.records(keys, remember=False)
         return [records[int(k)].id for k in keys], xb
 
     def search(
@@ -310,7 +310,6 @@ class ProductIndex:
         """k nearest products per query row, best first; fewer only if fewer match.
 
         `category_prefix` and `where` (categories, attribute equality) both restrict hits."""
-        xq = as_matrix(xq, self._vi.d, "xq")
         excluded_ids = check_ids(exclude_ids) if exclude_ids is not None else None
         with self._lock.read():
             self._check_open()
@@ -326,14 +325,16 @@ class ProductIndex:
                     list(self._meta.keys_for_ids(excluded_ids).values()), np.int64
                 )
             D, I = self._vi.search(xq, k, allowed=allowed, excluded=excluded)  # noqa: E741
-            records = self._meta.records(np.unique(I[I >= 0]))
+            # Python lists, not numpy scalars: ~10x cheaper per hit on this per-query path
+            scores, keys = D.tolist(), I.tolist()
+            records = self._meta.records({key for row in keys for key in row if key >= 0})
         return [
             [
-                Hit(records[key].id, float(score), records[key])
-                for score, key in zip(D_row, I_row, strict=True)
+                Hit(records[key].id, score, records[key])
+                for score, key in zip(score_row, key_row, strict=True)
                 if key >= 0
             ]
-            for D_row, I_row in zip(D, I, strict=True)
+            for score_row, key_row in zip(scores, keys, strict=True)
         ]
 
     def page(

@@ -7,7 +7,7 @@ import pytest
 from index_testdata import D, make_records, make_vectors
 
 from index.errors import IndexMismatchError, ProductNotFound
-from index.metadata import MetadataStore, normalize_category
+from index.metadata import MetadataStore, ProductRecord, RecordCache, normalize_category
 
 
 @pytest.fixture
@@ -80,3 +80,44 @@ def test_facet_counts_cover_live_products_only(meta):
     categories, attributes = meta.facet_counts()
     assert categories == {"Shoes > Boots": 2, "Shoes > Sneakers": 1}
     assert attributes == {"colour": {"red": 2, "blue": 1}, "size": {"42": 1}}
+
+
+def test_record_cache_stays_true_under_writes(meta):
+    """Hit records come from the cache once read; every write path replaces what it holds."""
+    records = [r.validated() for r in make_records(3)]
+    keys, _ = meta.upsert(records, make_vectors(3))
+    first = meta.records(keys.tolist())
+    assert len(meta.cache) == 3 and meta.records(keys.tolist()) == first
+    renamed = ProductRecord("p0", "renamed", "Bags", "x.jpg", {"colour": "red"}).validated()
+    meta.upsert([renamed], make_vectors(1, seed=5))
+    assert meta.records([int(keys[0])])[int(keys[0])] == renamed
+    meta.delete(["p1"])
+    meta.upsert([ProductRecord("p1", "back", "Bags").validated()], make_vectors(1, seed=6))
+    assert meta.records([int(keys[1])])[int(keys[1])].title == "back"  # same key, new row
+    assert meta.records([int(keys[2])])[int(keys[2])] == first[int(keys[2])]
+
+
+def test_record_cache_refuses_rows_read_before_a_write():
+    """A row read from SQLite before a commit is not stored after that commit's invalidation."""
+    cache = RecordCache(10)
+    stale = {1: ProductRecord("p1", "old", "Bags")}
+    epoch = cache.epoch  # a reader starts reading SQLite
+    cache.invalidate([1])  # a writer commits key 1 meanwhile
+    cache.fill(epoch, stale)
+    assert cache.get(1) is None
+    cache.fill(cache.epoch, stale)
+    assert cache.get(1) == stale[1]
+
+
+def test_record_cache_is_bounded_first_in_first_out(meta):
+    cache = RecordCache(2)
+    cache.fill(cache.epoch, {k: ProductRecord(f"p{k}", "t", "Bags") for k in (1, 2, 3)})
+    assert len(cache) == 2 and cache.get(1) is None and cache.get(3) is not None
+    keys, _ = meta.upsert([r.validated() for r in make_records(4)], make_vectors(4))
+    meta.records(keys.tolist(), remember=False)  # whole-catalog scans leave the cache alone
+    assert len(meta.cache) == 0
+    off = MetadataStore(meta.path, record_cache_size=0)
+    try:
+        assert off.records(keys.tolist()) and len(off.cache) == 0
+    finally:
+        off.close()

@@ -79,6 +79,18 @@ def test_upsert_and_delete_semantics(store):
     assert len(store) == N - 1 and store.get("p2").title == "title 2"
 
 
+def test_search_hits_show_the_latest_write(store):
+    """A hit's record is the one last written, after searches have read (and cached) it."""
+    xb = make_vectors(N)
+    assert store.search(xb[1], 1)[0][0].record.title == "title 1"
+    store.upsert([ProductRecord("p1", "renamed", "Bags", "y.jpg", {"c": "blue"})], xb[1:2])
+    hit = store.search(xb[1], 1)[0][0]
+    assert (hit.id, hit.record.title, hit.record.attributes) == ("p1", "renamed", {"c": "blue"})
+    store.delete(["p1"])
+    store.upsert([ProductRecord("p1", "back again", "Bags")], xb[1:2])
+    assert store.search(xb[1], 1)[0][0].record.title == "back again"
+
+
 def test_category_prefix_on_whole_levels_returns_k(store, xq):
     hits = store.search(xq, 10, category_prefix="Footwear")
     for row in hits:
