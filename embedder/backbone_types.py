@@ -91,6 +91,9 @@ class Backbone:
         self.model = model  # a torch module, or an onnxruntime.InferenceSession (engine "onnx")
         self.device = device
         self.engine = engine
+        # int8 only: how the model was quantised, when that is not the engine's one way
+        # (static int8 image models name their activation ranges), so features never mix.
+        self.quantisation = ""
 
     @property
     def onnx(self) -> bool:
@@ -102,6 +105,8 @@ class Backbone:
         """Identity of the vectors this backbone produces; the feature cache is keyed by it.
         int8 features are close to fp32's but not equal, so they have their own namespace."""
         precision = "|int8" if self.engine.endswith("int8") else ""
+        if precision and self.quantisation:
+            precision += f"-{self.quantisation}"
         return f"{self.spec}|{self.kind}|dim={self.dim}|pre={PREPROCESS_VERSION}{precision}"
 
     def _autocast(self) -> Any:
@@ -149,8 +154,10 @@ class ImageBackbone(Backbone):
         """This backbone with a colour histogram appended to its features (spec `+colour`)."""
         if self.colour is not None:
             return self
-        return ImageBackbone(self.spec + COLOUR_SUFFIX, self.dim + colour.dim, self.model,
-                             self.device, self.preprocess, self._features, self.engine, colour)
+        out = ImageBackbone(self.spec + COLOUR_SUFFIX, self.dim + colour.dim, self.model,
+                            self.device, self.preprocess, self._features, self.engine, colour)
+        out.quantisation = self.quantisation
+        return out
 
     def forward_pixels(self, pixels: Any) -> np.ndarray:
         """(n, 3, H, W) preprocessed tensor or float32 array -> (n, dim) float32 features."""

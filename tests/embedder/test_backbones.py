@@ -253,6 +253,48 @@ def test_int8_text_engine_is_near_fp32_cached_and_kept_apart(no_network, one_thr
     assert np.array_equal(again.encode(TITLES), out)
 
 
+def _product_like(n: int) -> list[Image.Image]:
+    """Catalog-like photos: a coloured block on white, as the int8 ranges were fit on."""
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):
+        x = np.full((200, 150, 3), 255, np.uint8)
+        top, left = rng.integers(10, 60, 2)
+        x[top : top + 120, left : left + 80] = rng.integers(0, 255, 3)
+        out.append(Image.fromarray(x))
+    return out
+
+
+def test_static_int8_image_engine_uses_the_shipped_ranges(no_network, one_thread, monkeypatch,
+                                                          tmp_path) -> None:
+    """EfficientNet int8 is static (activation ranges shipped with the code, nothing
+    calibrated at run time): near fp32, cached, and keyed by the ranges in both the model's
+    file name and the feature namespace, so a re-fit never mixes with older features."""
+    fp32 = load_backbone("efficientnet-lite0", device="cpu", engine="onnx")
+    export = backbones.onnx_model_path("efficientnet-lite0")
+    monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
+    (tmp_path / export.name).symlink_to(export)
+    int8 = load_backbone("efficientnet-lite0+colour", device="cpu", engine="onnx-int8")
+    assert int8.engine == "onnx-int8" and int8.quantisation.startswith("static-")
+    assert int8.quantisation in int8.cache_namespace
+    assert int8.cache_namespace != fp32.with_colour(int8.colour).cache_namespace
+    photos = _product_like(4)
+    out, expected = int8.encode(photos), fp32.encode(photos)
+    assert 0.9 < _cosine(out[:, :1280], expected).min() < 1 - 1e-4
+    assert np.array_equal(out[:, 1280:], fp32.with_colour(int8.colour).encode(photos)[:, 1280:])
+    ranges = tmp_path / "ranges"
+    ranges.mkdir()
+    shipped = backbones.int8_ranges_path("efficientnet-lite0")
+    (ranges / shipped.name).write_bytes(shipped.read_bytes() + b" ")
+    path = backbones.onnx_model_path("efficientnet-lite0", int8=True)
+    monkeypatch.setattr(backbones, "INT8_RANGES_DIR", ranges)
+    assert backbones.onnx_model_path("efficientnet-lite0", int8=True) != path
+    assert backbones.int8_quantisation("efficientnet-lite0") != int8.quantisation
+    (ranges / shipped.name).unlink()
+    with pytest.raises(BackboneError, match="int8 activation ranges"):
+        load_backbone("efficientnet-lite0", device="cpu", engine="onnx-int8")
+
+
 def test_auto_engine_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
 
