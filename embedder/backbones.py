@@ -63,10 +63,11 @@ ONNX_EXPORT_VERSION = 1
 ONNX_OPSET = 17
 # Bump when the int8 quantisation settings change, so cached int8 files are quantised again.
 ONNX_INT8_VERSION = 1
-# Specs that "auto" runs int8: MiniLM (dynamic quantisation, per-channel int8 weights): its
-# text search R@10 on real data stayed equal (docs/performance.md). EfficientNets run static
-# int8 under "onnx-int8" (below); not by default (bench_image_int8, docs/performance.md).
-INT8_BY_DEFAULT = frozenset({"minilm"})
+# Specs that "auto" runs int8, where search quality on real data stayed equal to fp32's
+# (docs/performance.md): MiniLM (dynamic quantisation, per-channel int8 weights; title search
+# R@10, bench_text_int8) and EfficientNet-Lite0 (static int8, below; photo R@1/R@10 and leaf
+# P@10, bench_image_int8). Lite1/2 have no shipped ranges: "onnx-int8" fails for them.
+INT8_BY_DEFAULT = frozenset({"minilm", "efficientnet-lite0"})
 # Static int8 for the image models (dynamic int8 lost too much: feature cosine min 0.88): int8
 # weights per output channel and int8 activations whose ranges are an ONNX Runtime calibration
 # cache (JSON) fit once on catalog photos (`python -m bench.bench_image_int8 --calibrate`) and
@@ -105,8 +106,11 @@ def matching_engine(spec: str, device: str, trained_engine: str) -> str:
     """What "auto" means when serving a bundle whose features came from `trained_engine`:
     int8 and fp32 features differ (bench_text_int8: R@1 -0.5 when a model trained on fp32
     features is queried with int8 ones), so the served features follow the trained ones where
-    both engines run here; "" (not recorded: older bundles) is plain "auto"."""
+    both engines run here; "" (not recorded: older bundles) is plain "auto" for text and fp32
+    for images (bundles began recording the image engine when int8 images came)."""
     auto = resolve_engine(spec, device, "auto")
+    if not trained_engine and auto == INT8_ENGINE and split_colour_spec(spec)[0] in _EFFICIENTNETS:
+        return "onnx"  # bundles that do not record the image engine predate int8 images
     if not trained_engine or (trained_engine == INT8_ENGINE) == (auto == INT8_ENGINE):
         return "auto"
     if trained_engine == INT8_ENGINE:

@@ -175,6 +175,7 @@ def _namespaces(image_spec: str, text_spec: str, device: str | None) -> dict[str
             "spec": backbone.spec,
             "dim": backbone.dim,
             "namespace": backbone.cache_namespace,
+            "engine": backbone.engine,
         }
         del backbone
     return out

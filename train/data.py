@@ -97,7 +97,7 @@ def load_features(catalog: str | Path, cfg: TrainConfig, rejects_path: Path | No
                                        batch_size=cfg.feature_batch_size,
                                        num_workers=cfg.num_workers,
                                        show_progress=cfg.show_progress)
-        image_info = BackboneInfo(image_bb.spec, image_bb.dim)
+        image_info = BackboneInfo(image_bb.spec, image_bb.dim, image_bb.engine)
         del image_bb
         text_bb = load_backbone(cfg.text_backbone, device=device)
         text = extract_text_features([p.title for p in report.products], text_bb, cache,

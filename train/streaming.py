@@ -110,7 +110,8 @@ class ShardedFeatures(ProductFeatures):
 
 
 def _backbone_entry(backbone: Any) -> dict[str, Any]:
-    return {"spec": backbone.spec, "dim": backbone.dim, "namespace": backbone.cache_namespace}
+    return {"spec": backbone.spec, "dim": backbone.dim, "namespace": backbone.cache_namespace,
+            "engine": backbone.engine}
 
 
 def write_local_shards(products: list[Any], image_bb: Any, text_bb: Any, out_dir: Path,
@@ -185,10 +186,10 @@ def load_training_features(cfg: Any, rejects_path: Path | None = None) -> Any:
         shards = FeatureShards(s.shards)
         _check_backbones(shards, cfg)
         entry = shards.manifest["image_backbone"]
-        image_info = BackboneInfo(entry["spec"], int(entry["dim"]))
+        image_info = BackboneInfo(entry["spec"], int(entry["dim"]), str(entry.get("engine", "")))
     else:
         image_bb = load_backbone(cfg.image_backbone, device=device)
-        image_info = BackboneInfo(image_bb.spec, image_bb.dim)
+        image_info = BackboneInfo(image_bb.spec, image_bb.dim, image_bb.engine)
         with FeatureCache(cfg.cache_dir or None) as cache:
             root = cache.root
         shards = write_local_shards(report.products, image_bb, text_bb,

@@ -308,7 +308,8 @@ def test_auto_engine_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path
 
 
 def test_auto_engine_picks_onnx_only_where_it_applies(monkeypatch, tiny_image_backbone_dir):
-    assert resolve_engine("efficientnet-lite0", "cpu", "auto") == "onnx"  # installed here
+    assert resolve_engine("efficientnet-lite0", "cpu", "auto") == "onnx-int8"  # installed here
+    assert resolve_engine("efficientnet-lite1+colour", "cpu", "auto") == "onnx"  # no ranges
     assert resolve_engine("minilm", "cpu", "auto") == "onnx-int8"
     assert resolve_engine("efficientnet-lite0", "cuda", "auto") == "torch"
     assert resolve_engine(f"hf:{tiny_image_backbone_dir}", "cpu", "auto") == "torch"
@@ -343,3 +344,15 @@ def test_preprocess_then_encode_preprocessed_equals_encode(
     assert np.allclose(out, backbone.encode(images), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="shape"):
         backbone.encode_preprocessed(pixels[0])
+
+
+def test_served_image_engine_follows_the_bundle_and_old_bundles_stay_fp32() -> None:
+    """int8 image features differ from fp32 ones: a bundle trained on int8 images serves int8,
+    one trained on fp32 (or recording nothing: it predates int8 images) serves fp32."""
+    from embedder.backbones import INT8_ENGINE, matching_engine
+
+    assert matching_engine("efficientnet-lite0+colour", "cpu", INT8_ENGINE) == "auto"
+    for trained in ("onnx", "torch", ""):
+        assert matching_engine("efficientnet-lite0+colour", "cpu", trained) == "onnx"
+    assert matching_engine("efficientnet-lite0", "cuda", "") == "auto"  # torch on GPU
+    assert matching_engine("minilm", "cpu", "") == "auto"  # text: as before
