@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     )
     image_engine: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
         "auto",
-        description="image backbone runtime: torch, onnx (ONNX Runtime, extra 'onnx'), or auto "
-        "(onnx where installed and it applies)",
+        description="image backbone runtime: auto (static int8 EfficientNet-Lite0 in ONNX "
+        "Runtime on CPU, or the kind the model was trained on; docs/performance.md), onnx "
+        "(fp32), onnx-int8, torch",
     )
     text_engine: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
         "auto",

@@ -149,7 +149,8 @@ def measure_size(n: int, cfg: ScaleConfig, fingerprint: str, work: Path) -> dict
     del xb
     build = manifest.get("build", {})
     row.update(build_recall_at_10=build.get("recall_at_10"),
-               build_query_noise=build.get("query_noise_norm"))
+               build_query_noise=build.get("query_noise_norm"),
+               build_tuning=build.get("tuning"))  # the manifest's recall/speed curve
     position = {f"p{i}": i for i in range(n)}
     for label, plan, effort in _store_arms(manifest):
         store = ProductIndex.open(out, expected_fingerprint=fingerprint, plan=plan)

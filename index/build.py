@@ -42,6 +42,19 @@ def _measure(
     }
 
 
+def _measure_past(store: Any, chosen: int, config: BuildConfig, curve: list[dict[str, Any]],
+                  measure: Any) -> None:
+    """Extend the tuning curve past the chosen effort (doubling), then restore the choice."""
+    effort = chosen
+    for _ in range(config.curve_points_past_target):
+        new = store.set_search_effort(min(2 * effort, config.max_search_effort))
+        if new == effort:
+            break
+        effort = new
+        curve.append({"search_effort": effort, **measure(), "past_target": True})
+    store.set_search_effort(chosen)
+
+
 def _fill_and_measure(
     store: Any, records: Sequence[ProductRecord], xb: np.ndarray, config: BuildConfig, t0: float
 ) -> dict[str, Any]:
@@ -75,6 +88,9 @@ def _fill_and_measure(
         effort, point = new, _measure(store, xq, ref, positions, k, config.timed_queries)
         curve.append({"search_effort": effort, **point})
     recall = point[f"recall_at_{k}"]
+    if effort is not None:
+        _measure_past(store, effort, config, curve, lambda: _measure(
+            store, xq, ref, positions, k, config.timed_queries))
     logger.info(
         "built %s over %d products in %.1f s, recall@%d %.4f (effort %s)",
         store.factory,
