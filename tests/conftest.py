@@ -154,7 +154,8 @@ def pipeline_run(sample_catalog, tiny_image_backbone_dir, tiny_text_backbone_dir
                       cache_dir=str(out / "cache"),
                       image_backbone=f"hf:{tiny_image_backbone_dir}+colour",
                       text_backbone=f"hf:{tiny_text_backbone_dir}",
-                      embed_dim=16, image_tower=(32,), text_tower=(32,), batch_size=32,
+                      embed_dim=16, image_towers=((32,), (32, 32)), text_tower=(32,),
+                      batch_size=32,
                       max_epochs=3, min_per_class=1, attribute_heads=("gender",),
                       tfidf_max_features=200, num_workers=0, device="cpu",
                       index_factory="Flat")

@@ -97,7 +97,12 @@ class TrainConfig:
     text_backbone: str = "minilm"  # frozen text encoder spec; also embeds class names
     # --- model (HUSE towers) ---
     embed_dim: int = 256  # D of the universal space
-    image_tower: tuple[int, ...] = (512, 512, 512, 512, 512)  # hidden widths (paper: 5 x 512)
+    # image-tower hidden widths to try; with more than one, each is trained and the one the
+    # validation split prefers is kept (train/tower_search.py states the rule). The paper's
+    # 5 x 512 is one candidate: on a few thousand products it classifies photos ~4 points worse
+    # than one or two layers (docs/ablation.md), on a large catalog depth may pay.
+    image_towers: tuple[tuple[int, ...], ...] = ((512,), (512, 512), (512, 512, 512, 512, 512))
+    tower_top1_tolerance: float = 0.01  # image-tower choice: fused top-1 band below the best
     text_tower: tuple[int, ...] = (512, 512)  # hidden widths (paper: 2 x 512)
     dropout: float = 0.15  # after every hidden ReLU
     logit_scale: float = 16.0  # heads see logit_scale * unit embedding (see HuseModel)
@@ -209,6 +214,12 @@ class TrainConfig:
                               f"{self.photo_min_instance_r1}, {self.photo_leaf_tolerance}")
         if self.logit_scale <= 0:
             raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
+        if (not self.image_towers or any(min(t, default=1) < 1 for t in self.image_towers)
+                or len(set(self.image_towers)) != len(self.image_towers)
+                or not 0.0 <= self.tower_top1_tolerance <= 1.0):
+            raise ConfigError(f"image_towers must be distinct tuples of widths >= 1 (() = linear) "
+                              f"(at least one) and tower_top1_tolerance in [0, 1], got "
+                              f"{self.image_towers}, {self.tower_top1_tolerance}")
         weights = (*self.fusion_grid, *(() if self.fusion_image_weight is None
                                          else (self.fusion_image_weight,)))
         if not self.fusion_grid or not all(0.0 <= w <= 1.0 for w in weights):

@@ -47,6 +47,8 @@ class Prepared:
 class Fitted:
     model: Any  # embedder.towers.HuseModel, best epoch's weights, eval mode
     result: Any  # train.loop.TrainResult
+    # the image-tower choice (train.tower_search) when several candidates were trained
+    tower_selection: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,9 @@ def _input_norms(feats: Any, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndar
              (1.0 / np.where(m.std > 1e-6, m.std, 1.0)).astype(np.float32)) for m in moments]
 
 
-def build_towers(prep: Prepared):
-    """HuseModel sized from the data; tower inputs standardised on the training split. TF-IDF
+def build_towers(prep: Prepared, image_hidden: tuple[int, ...] | None = None):
+    """HuseModel sized from the data (image tower: `image_hidden`, default the first of
+    cfg.image_towers); tower inputs standardised on the training split. TF-IDF
     columns are not standardised (they are sparse) but scaled by sqrt(text dim), so the TF-IDF
     block (unit norm) weighs as much as the standardised backbone block (norm ~ sqrt(dim))."""
     import torch
@@ -139,7 +142,8 @@ def build_towers(prep: Prepared):
     tfidf_dim = prep.tfidf.dim if prep.tfidf is not None else 0
     di, dt = feats.dims
     model = HuseModel(
-        Tower(di, cfg.image_tower, cfg.embed_dim, cfg.dropout),
+        Tower(di, cfg.image_towers[0] if image_hidden is None else image_hidden, cfg.embed_dim,
+              cfg.dropout),
         Tower(dt + tfidf_dim, cfg.text_tower, cfg.embed_dim, cfg.dropout),
         prep.heads,
         logit_scale=cfg.logit_scale,
@@ -155,11 +159,13 @@ def build_towers(prep: Prepared):
 
 def fit(prep: Prepared, checkpoint_dir: Path | None,
         timings: dict[str, float] | None = None) -> Fitted:
-    """Towers built from the data and trained (best epoch restored; resumes with cfg.resume)."""
+    """Towers built from the data and trained (best epoch restored; resumes with cfg.resume),
+    once per image-tower candidate when there are several and a validation split; the
+    candidate the validation split prefers is kept (train.tower_search)."""
     from train.loop import TrainData, train_model
     from train.streaming import ShardTrainData
+    from train.tower_search import RULE, choose_image_tower, validation_scores
 
-    model = build_towers(prep)
     feats, cfg = prep.data.feats, prep.cfg
     data: Any
     if feats.streamed:
@@ -170,9 +176,32 @@ def fit(prep: Prepared, checkpoint_dir: Path | None,
         data = TrainData(image=feats.image, text=prep.text_input, y=prep.spaces.y,
                          train_idx=prep.train_rows, val_idx=prep.data.splits.val,
                          leaf_head=prep.data.leaf, A=prep.graph)
+    candidates = cfg.image_towers if len(prep.data.used.val) else cfg.image_towers[:1]
+    fits, scores = [], []
     with timed("training", timings):
-        result = train_model(model, data, prep.cfg, checkpoint_dir)
-    return Fitted(model, result)
+        for hidden in candidates:
+            model = build_towers(prep, hidden)
+            ckpt = checkpoint_dir
+            if checkpoint_dir is not None and len(candidates) > 1:
+                name = "x".join(map(str, hidden)) or "linear"
+                ckpt = Path(checkpoint_dir) / f"image-tower-{name}"
+            result = train_model(model, data, cfg, ckpt)
+            fits.append(Fitted(model, result))
+            if len(candidates) > 1:
+                image, text, y = data.validation()
+                scores.append(validation_scores(model, image, text, y[prep.data.leaf],
+                                                prep.data.leaf, result.best_epoch, hidden))
+                logger.info("image tower %s: validation fused top-1 %.4f, image->text R@1 %.4f,"
+                            " text->image R@1 %.4f", list(hidden), scores[-1].fused_top1,
+                            scores[-1].image_to_text_r1, scores[-1].text_to_image_r1)
+    if len(candidates) == 1:
+        return fits[0]
+    chosen = choose_image_tower(scores, cfg.tower_top1_tolerance)
+    logger.info("image tower chosen on validation: %s", list(candidates[chosen]))
+    return Fitted(fits[chosen].model, fits[chosen].result,
+                  {"rule": RULE, "tolerance": cfg.tower_top1_tolerance,
+                   "chosen": list(candidates[chosen]),
+                   "candidates": [s.to_dict() for s in scores]})
 
 
 def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
@@ -321,7 +350,10 @@ def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assemble
         "training": {"best_epoch": result.best_epoch, "epochs": len(result.history),
                      "stopped_early": result.stopped_early,
                      "fusion_image_weight": fusion.image_weight,
-                     "val_top1_by_fusion_weight": fusion.val_top1_by_weight or "n/a"},
+                     "val_top1_by_fusion_weight": fusion.val_top1_by_weight or "n/a",
+                     "image_tower": list(fitted.model.image_tower.hidden),
+                     **({"image_tower_selection": fitted.tower_selection}
+                        if fitted.tower_selection else {})},
         # the served space's validation grid, scores and rule (report.json only)
         **({"photo_selection": assembled.photo.to_dict()} if assembled.photo else {}),
         "bundle": {"dir": str(bundle_dir), "fingerprint": assembled.bundle.fingerprint},

@@ -40,7 +40,7 @@ def synthetic_data() -> TrainData:
 
 @pytest.fixture()
 def tiny_cfg() -> TrainConfig:
-    return TrainConfig(embed_dim=8, image_tower=(16, 16), text_tower=(16,), dropout=0.1,
+    return TrainConfig(embed_dim=8, image_towers=((16, 16),), text_tower=(16,), dropout=0.1,
                        batch_size=32, max_epochs=4, patience=10, lr=3e-3, device="cpu")
 
 

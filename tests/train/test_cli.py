@@ -37,7 +37,7 @@ def tiny_args(pipeline_run) -> list[str]:
     cfg, _ = pipeline_run
     return ["--cache-dir", cfg.cache_dir, "--set", f"image_backbone={cfg.image_backbone}",
             "--set", f"text_backbone={cfg.text_backbone}", "--set", "embed_dim=8",
-            "--set", "image_tower=(16,)", "--set", "text_tower=(16,)", "--set", "max_epochs=2",
+            "--set", "image_towers=[(16,)]", "--set", "text_tower=(16,)", "--set", "max_epochs=2",
             "--set", "num_workers=0", "--set", "device='cpu'", "--set", "index_factory='Flat'",
             "--no-progress"]
 

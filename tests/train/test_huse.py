@@ -17,10 +17,10 @@ from train.pipeline import BUNDLE_DIR, INDEX_DIR
 
 def test_config_precedence_defaults_file_then_set(tmp_path):
     preset = tmp_path / "p.json"
-    preset.write_text(json.dumps({"lr": 0.01, "max_epochs": 7, "image_tower": [64, 64]}))
+    preset.write_text(json.dumps({"lr": 0.01, "max_epochs": 7, "image_towers": [[64, 64]]}))
     cfg = resolve_config(
         preset, ["lr=3e-4", "attribute_heads=('gender',)", "fusion_image_weight=0.5"])
-    assert cfg.lr == 3e-4 and cfg.max_epochs == 7 and cfg.image_tower == (64, 64)
+    assert cfg.lr == 3e-4 and cfg.max_epochs == 7 and cfg.image_towers == ((64, 64),)
     assert cfg.attribute_heads == ("gender",) and cfg.patience == TrainConfig().patience
     assert resolve_config(None, ["oversample_percentile=50"]).oversample_percentile == 50.0
     assert parse_set(["image_backbone=hf:/x/y"]) == {"image_backbone": "hf:/x/y"}

@@ -11,7 +11,7 @@ from train.loop import CHECKPOINT_NAME, train_model
 
 def make_model(data, cfg):
     torch.manual_seed(cfg.seed)
-    return HuseModel(Tower(data.image.shape[1], cfg.image_tower, cfg.embed_dim, cfg.dropout),
+    return HuseModel(Tower(data.image.shape[1], cfg.image_towers[0], cfg.embed_dim, cfg.dropout),
                      Tower(data.text.shape[1], cfg.text_tower, cfg.embed_dim, cfg.dropout),
                      {h: int(y.max()) + 1 for h, y in data.y.items()})
 

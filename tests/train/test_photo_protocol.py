@@ -18,7 +18,7 @@ HELD_OUT = 16
 def tiny_sets(tiny_image_backbone_dir, tiny_text_backbone_dir) -> list[str]:
     return [f"image_backbone='hf:{tiny_image_backbone_dir}+colour'",  # as the default
             f"text_backbone='hf:{tiny_text_backbone_dir}'",
-            "embed_dim=16", "image_tower=(32,)", "text_tower=(32,)", "max_epochs=3",
+            "embed_dim=16", "image_towers=[(32,)]", "text_tower=(32,)", "max_epochs=3",
             "num_workers=0", "min_per_class=1", "tfidf_max_features=200", "device='cpu'",
             "photo_visual_dims=(32,)", "photo_whiten=(0.0, 0.5)"]
 

@@ -230,7 +230,7 @@ def _fit_peak(tmp_path: Path, n: int, text_backbone, monkeypatch) -> int:
     monkeypatch.setattr(train_data, "load_features", _refuse)
     (tmp_path / str(n)).mkdir()
     feats = synthetic_features(tmp_path / str(n), n, 500, text_backbone)
-    cfg = TrainConfig(embed_dim=8, image_tower=(16,), text_tower=(16,), batch_size=128,
+    cfg = TrainConfig(embed_dim=8, image_towers=((16,),), text_tower=(16,), batch_size=128,
                       max_epochs=1, tfidf_max_features=64, device="cpu", min_per_class=1,
                       photo_visual_dims=(),
                       streaming=StreamConfig(min_products=0, shuffle_shards=2, max_val_rows=500,
