@@ -115,10 +115,10 @@ class TrainConfig:
     graph_margin: float = 0.5  # only class pairs with A_ij < margin are constrained
     # symmetric InfoNCE between the image and text embeddings of the batch's products (pushes
     # other products apart, which L_gap never does; same-class products are not negatives);
-    # 0 = off. Chosen on validation over two seeds (docs/ablation.md): 0.5 lifted validation
-    # image->text / text->image R@1 by 2.7 / 2.1 points but cost 0.55 of fused top-1, and the
-    # test split did not confirm the lift, so it stays off.
-    w_nce: float = 0.0
+    # 0 = off. Chosen on validation over three seeds with the shallow image towers
+    # (docs/ablation.md): 0.5 lifts validation image->text / text->image R@1 by 1.6 / 1.4
+    # points and fused top-1 by 0.4 (with the paper's 5 x 512 tower it cost top-1 instead).
+    w_nce: float = 0.5
     nce_temperature: float = 0.1  # softmax temperature of L_nce (configured, not learned)
     # --- optimisation ---
     lr: float = 1e-3  # AdamW learning rate (constant; early stopping ends the run)
