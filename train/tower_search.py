@@ -17,7 +17,7 @@ import torch
 from embedder.towers import HuseModel, fuse
 from train.metrics import class_recall_at_k
 
-RULE = ("image tower: among the candidates whose validation fused leaf top-1 is within "
+RULE = ("among the candidates whose validation fused leaf top-1 is within "
         "tower_top1_tolerance of the best, the highest mean of validation image->text and "
         "text->image class recall@1; ties: the earlier candidate")
 

@@ -3,6 +3,7 @@ bundle trained on synthetic splits (shared by the evaluation and report tests), 
 session's end-to-end pipeline run (tests/conftest.py `pipeline_run`)."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from embedder.classify import class_centroids
 from embedder.towers import HuseModel, Tower
 from train.config import TrainConfig
 from train.data import LabeledFeatures
-from train.loop import TrainData, train_model
+from train.loop import CHECKPOINT_NAME, TrainData, train_model
+from train.pipeline import CHECKPOINT_DIR
 
 # Leaf classes: path, top-level index. The last one is rare: outside the leaf label space (-1).
 LEAVES = [("Apparel > Shirts", 0), ("Apparel > Jeans", 0), ("Footwear > Sandals", 1),
@@ -42,6 +44,18 @@ def synthetic_data() -> TrainData:
 def tiny_cfg() -> TrainConfig:
     return TrainConfig(embed_dim=8, image_towers=((16, 16),), text_tower=(16,), dropout=0.1,
                        batch_size=32, max_epochs=4, patience=10, lr=3e-3, device="cpu")
+
+
+def _read_checkpoints(out) -> list[dict]:
+    return [torch.load(p, weights_only=True)
+            for p in sorted((Path(out) / CHECKPOINT_DIR).rglob(CHECKPOINT_NAME))]
+
+
+@pytest.fixture()
+def read_checkpoints():
+    """out -> every image-tower candidate's training checkpoint under run directory `out` (a
+    config with several candidates keeps one each), in name order."""
+    return _read_checkpoints
 
 
 @pytest.fixture(scope="session")

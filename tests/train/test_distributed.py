@@ -25,7 +25,6 @@ import torch.multiprocessing as mp
 
 from train import stages
 from train.config import StreamConfig
-from train.loop import CHECKPOINT_NAME
 from train.pipeline import BUNDLE_DIR, CHECKPOINT_DIR, run
 
 WORLD = 2
@@ -86,10 +85,6 @@ def _rank_worker(rank: int, store: str, jobs: list, results: str) -> None:
     Path(results, f"rank{rank}.json").write_text(json.dumps(seen))
 
 
-def _checkpoint(out: Path) -> dict:
-    return torch.load(out / CHECKPOINT_DIR / CHECKPOINT_NAME, weights_only=True)
-
-
 def _same_tensors(a: dict, b: dict, atol: float = 0.0) -> bool:
     return a.keys() == b.keys() and all(
         torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=atol) for k in a
@@ -106,7 +101,7 @@ def _fused_top1(report: dict) -> float:
     return evaluation["heads"][evaluation["leaf_head"]]["fused"]["linear"]["top1"]
 
 
-def test_ddp_two_ranks_match_one_and_resume_exactly(trained_run, tmp_path):
+def test_ddp_two_ranks_match_one_and_resume_exactly(trained_run, tmp_path, read_checkpoints):
     cfg, one_rank = trained_run
     full = dataclasses.replace(cfg, out=str(tmp_path / "full"))
     part = dataclasses.replace(cfg, out=str(tmp_path / "resumed"), max_epochs=2)
@@ -124,19 +119,22 @@ def test_ddp_two_ranks_match_one_and_resume_exactly(trained_run, tmp_path):
     assert fits[0] == fits[1]  # same semantic graph and same final weights on every rank
     assert [len([s for s in r if s["stage"] == "assemble"]) for r in seen] == [1, 0]
     assert (tmp_path / "full" / BUNDLE_DIR / WEIGHTS).is_file()  # rank 0 wrote the bundle
-    assert len(list((tmp_path / "full" / CHECKPOINT_DIR).iterdir())) == 1
+    full_ckpts = read_checkpoints(tmp_path / "full")
+    assert len(full_ckpts) == len(cfg.image_towers) > 1  # one per image-tower candidate
 
-    # resumed after 2 of 3 epochs == uninterrupted, to the bit
-    a, b = _checkpoint(tmp_path / "full"), _checkpoint(tmp_path / "resumed")
-    assert a["history"] == b["history"] and len(a["rng_by_rank"]) == WORLD
-    assert _same_tensors(a["model"], b["model"]) and _same_tensors(a["best_state"], b["best_state"])
+    # resumed after 2 of 3 epochs == uninterrupted, to the bit, every candidate
+    for a, b in zip(full_ckpts, read_checkpoints(tmp_path / "resumed"), strict=True):
+        assert a["history"] == b["history"] and len(a["rng_by_rank"]) == WORLD
+        assert _same_tensors(a["model"], b["model"])
+        assert _same_tensors(a["best_state"], b["best_state"])
 
     # no dropout: 2 ranks == 1 rank up to float rounding (one process, same stages)
     single = dataclasses.replace(still, out=str(tmp_path / "single"))
     stages.fit(stages.prepare(single), tmp_path / "single" / CHECKPOINT_DIR)
-    x, y = _checkpoint(tmp_path / "single"), _checkpoint(tmp_path / "still")
-    assert _same_tensors(x["model"], y["model"], atol=1e-4)
-    assert _same_tensors(_checkpoint(tmp_path / "streamed")["model"], y["model"])
+    for x, y, z in zip(read_checkpoints(tmp_path / "single"), read_checkpoints(tmp_path / "still"),
+                       read_checkpoints(tmp_path / "streamed"), strict=True):
+        assert _same_tensors(x["model"], y["model"], atol=1e-4)
+        assert _same_tensors(z["model"], y["model"])
 
     # with dropout: the same metrics within the measured tolerance
     one, two = _report(one_rank), _report(tmp_path / "full")
