@@ -5,9 +5,9 @@ preprocess, model, cache write; the functions `train.huse` calls) with each engi
 in the same run, alternating `--repeats` times so a shared machine's load drifts over both:
 "torch" is the first default (DataLoader worker processes, PyTorch), "onnx" the previous one
 (ONNX Runtime, decode threads overlapped with the model, reused batch buffer, glibc malloc
-thresholds raised; fp32 for both models), "auto" the default now (the same with the int8 text
-model), "onnx-int8" (static int8 image model too: bench_image_int8 measures its quality), and
-"onnx, malloc untuned" the onnx row without the malloc thresholds. Each row
+thresholds raised; fp32 for both models), "auto" the default now (the same with the static
+int8 image model and the dynamic int8 text model; bench_image_int8 and bench_text_int8 measure
+their quality), and "onnx, malloc untuned" the onnx row without the malloc thresholds. Each row
 also records CPU seconds (this process and its DataLoader workers), minor page faults and the
 load average, since wall time on a shared machine is noisy. Then a cached run (the cache answers
 everything), catalog validation, and the image model alone on the same batches: the package's
@@ -46,8 +46,7 @@ EXTRACTION_ENGINES = {
     "torch": ("torch", True),
     "onnx, malloc untuned": ("onnx", True),
     "onnx": ("onnx", False),
-    "auto (default: int8 text)": ("auto", False),
-    "onnx-int8 (static int8 images, int8 text)": ("onnx-int8", False),
+    "auto (default: int8 images and text)": ("auto", False),
 }
 IMAGE_SPEC, TEXT_SPEC = "efficientnet-lite0", "minilm"
 
@@ -263,9 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "load_average_at_end": os.getloadavg(),
         "baseline": "cold extraction: torch vs onnx (fp32, previous default) vs auto (default: "
-        "int8 text) vs onnx-int8 (static int8 images), same run, alternating; cold vs cached; "
-        "model as shipped vs ours vs "
-        "onnxruntime",
+        "int8 images and text), same run, alternating; cold vs cached; model as shipped vs ours "
+        "vs onnxruntime",
         "summary": summarise(rows),
         "extraction_agreement": agreement,
         "results": rows,

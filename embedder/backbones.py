@@ -57,6 +57,7 @@ _HF_PREFIX = "hf:"
 ENGINES = ("torch", "onnx", "onnx-int8", "auto")
 INT8_ENGINE = "onnx-int8"
 ONNX_MODULES = ("onnxruntime", "onnx")
+ORT_LOG_ERRORS = 3  # onnxruntime log severity: 0 verbose, 1 info, 2 warning, 3 error
 DEFAULT_TEXT_CONFIG = TextConfig()
 # Bump when the exported graph changes (inputs, pooling), so cached .onnx files are re-exported.
 ONNX_EXPORT_VERSION = 1
@@ -373,6 +374,9 @@ def _session(path: Path) -> Any:
     options.intra_op_num_threads = torch.get_num_threads()
     # Decode threads and other processes share the cores: idle ORT threads sleep, not spin.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Errors only: loading a static int8 (QDQ) model logs ~100 "removing unused initializer"
+    # warnings (constants the quantiser left behind), which would bury the server's log.
+    options.log_severity_level = ORT_LOG_ERRORS
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
