@@ -26,13 +26,17 @@ DI, DT = 12, 8
 
 @pytest.fixture()
 def synthetic_data() -> TrainData:
-    """3 classes, 90 products; image and text features are noisy class prototypes."""
+    """3 classes, 90 products; image and text features are noisy class prototypes, and each
+    product's own detail shows in both (a title describes its photo), as in real catalogs."""
     rng = np.random.default_rng(0)
     n, n_cls = 90, 3
     y = np.arange(n) % n_cls
     protos_i, protos_t = rng.normal(size=(n_cls, 12)), rng.normal(size=(n_cls, 8))
-    image = (protos_i[y] + 0.8 * rng.normal(size=(n, 12))).astype(np.float32)
-    text = (protos_t[y] + 0.8 * rng.normal(size=(n, 8))).astype(np.float32)
+    detail = rng.normal(size=(n, 4))  # per product, seen through both modalities
+    to_image, to_text = rng.normal(size=(4, 12)) / 2, rng.normal(size=(4, 8)) / 2
+    image = (protos_i[y] + 0.8 * (detail @ to_image + rng.normal(size=(n, 12)) / 2))
+    text = (protos_t[y] + 0.8 * (detail @ to_text + rng.normal(size=(n, 8)) / 2))
+    image, text = image.astype(np.float32), text.astype(np.float32)
     A = np.array([[0, 0.3, 0.8], [0.3, 0, 0.8], [0.8, 0.8, 0]], np.float32)
     return TrainData(image=image, text=text,
                      y={"level1": (y > 1).astype(np.int64), "level2": y.astype(np.int64)},
