@@ -176,6 +176,14 @@ class ServedSpace:
     block: VisualBlock
     visual_weight: float  # default query weight of the visual block
     near_duplicate_threshold: float  # instance cosine at or above which two listings are one item
+    # instance cosine at or above which a photo is taken for an indexed product (served_search);
+    # None: the near-duplicate threshold (bundles before the two were told apart)
+    recognition_threshold: float | None = None
+
+    @property
+    def recognition(self) -> float:
+        return (self.near_duplicate_threshold if self.recognition_threshold is None
+                else self.recognition_threshold)
 
     @property
     def visual_dim(self) -> int:
@@ -185,6 +193,7 @@ class ServedSpace:
         """The bundle config's "photo_search" entries (the arrays are the bundle's visual.npz)."""
         return {"visual_dim": self.visual_dim, "visual_weight": self.visual_weight,
                 "near_duplicate_threshold": self.near_duplicate_threshold,
+                "recognition_threshold": self.recognition,
                 "colour_weight": self.block.colour_weight}
 
     @classmethod
@@ -199,7 +208,9 @@ class ServedSpace:
         weight = float(config["visual_weight"])
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"visual_weight must be in [0, 1], got {weight}")
-        return cls(block, weight, float(config["near_duplicate_threshold"]))
+        recognition = config.get("recognition_threshold")
+        return cls(block, weight, float(config["near_duplicate_threshold"]),
+                   None if recognition is None else float(recognition))
 
     def stored(self, huse: np.ndarray, visual: np.ndarray) -> np.ndarray:
         """Index rows from HUSE embeddings and visual blocks (zero rows: no image)."""
@@ -238,7 +249,7 @@ def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.
 
     A photo query (visual block given, weight > 0) first looks for the product itself: its
     nearest product by instance cosine (instance_probe), when that reaches the validated
-    near-duplicate threshold, is recognised and comes first (score: that cosine); the other
+    recognition threshold, is recognised and comes first (score: that cosine); the other
     k - 1 hits are then that product's neighbours under the weight (its stored HUSE vector
     knows its title too, so they share its class far more often than the photo's own
     neighbours do). Otherwise, and for
@@ -248,7 +259,7 @@ def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.
     if visual is not None and w > 0:
         probe = instance_probe(visual[None, :], len(huse), served.block)
         top = index.search(probe, 1, **filters)[0]
-        if top and top[0].score >= served.near_duplicate_threshold:
+        if top and top[0].score >= served.recognition:
             found = top[0]
             rest: list[Any] = []
             if k > 1:

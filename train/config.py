@@ -153,6 +153,9 @@ class TrainConfig:
     # colour histogram's share of the visual block (with a "+colour" image backbone)
     photo_colour_weights: tuple[float, ...] = (0.0, 0.15, 0.3, 0.45, 0.6)
     photo_leaf_tolerance: float = 0.01  # leaf P@10 given up, at most, for look-alike attributes
+    # near-duplicate listing: at most this share of validation products may have their nearest
+    # other product at or above the threshold (listings a reviewer would see by chance)
+    near_duplicate_max_rate: float = 0.02
     # --- index ---
     index_factory: str = "auto"  # FAISS factory string or "auto" (chosen by index size)
     index_plan: IndexPlan = field(default_factory=IndexPlan)  # thresholds behind "auto"
@@ -203,15 +206,18 @@ class TrainConfig:
                 or not all(0.0 <= x <= 1.0 for x in (*self.photo_whiten, *self.photo_weights,
                                                      *self.photo_colour_weights,
                                                      self.photo_min_instance_r1,
-                                                     self.photo_leaf_tolerance))
+                                                     self.photo_leaf_tolerance,
+                                                     self.near_duplicate_max_rate))
                 or not all(c < 1.0 for c in self.photo_colour_weights)
                 or (self.photo_visual_dims and not (self.photo_whiten and self.photo_weights))):
             raise ConfigError(f"photo_visual_dims must be >= 1, photo_whiten, photo_weights, "
-                              f"photo_min_instance_r1 and photo_leaf_tolerance in [0, 1], "
-                              f"photo_colour_weights in [0, 1) (grids non-empty), got "
+                              f"photo_min_instance_r1, photo_leaf_tolerance and "
+                              f"near_duplicate_max_rate in [0, 1], photo_colour_weights in "
+                              f"[0, 1) (grids non-empty), got "
                               f"{self.photo_visual_dims}, {self.photo_whiten}, "
                               f"{self.photo_weights}, {self.photo_colour_weights}, "
-                              f"{self.photo_min_instance_r1}, {self.photo_leaf_tolerance}")
+                              f"{self.photo_min_instance_r1}, {self.photo_leaf_tolerance}, "
+                              f"{self.near_duplicate_max_rate}")
         if self.logit_scale <= 0:
             raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
         if (not self.image_towers or any(min(t, default=1) < 1 for t in self.image_towers)

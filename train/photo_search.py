@@ -53,8 +53,10 @@ K = 10
 
 RULE = ("validation photo queries: among settings with instance R@1 - 1 standard error >= "
         "{min_r1} and leaf P@10 within {tol} of the best such, the highest mean attribute-column "
-        "P@10 (ties: smaller weights); near-duplicate threshold: Youden's J of own-product vs "
-        "nearest-other instance cosine (the visual block without its colour histogram)")
+        "P@10 (ties: smaller weights); recognition threshold: Youden's J of own-product vs "
+        "nearest-other instance cosine (the visual block without its colour histogram); "
+        "near-duplicate threshold: the cosine that at most {max_rate} of validation products' "
+        "nearest other product reaches, and not below the recognition threshold")
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,23 @@ class PhotoSearchChoice:
     rule: str
     validation: list[dict[str, Any]] = field(default_factory=list)  # every setting's scores
     frozen: dict[str, float] = field(default_factory=dict)  # the frozen backbone's, same queries
+    recognition_threshold: float | None = None  # None: the near-duplicate threshold
 
     def to_dict(self) -> dict:
         return {"setting": self.setting, "near_duplicate_threshold": self.near_duplicate_threshold,
-                "rule": self.rule, "frozen": self.frozen, "validation": self.validation}
+                "recognition_threshold": self.recognition_threshold, "rule": self.rule,
+                "frozen": self.frozen, "validation": self.validation}
+
+
+def listing_threshold(instance_db: np.ndarray, rows: np.ndarray, max_rate: float,
+                      floor: float) -> float:
+    """Near-duplicate listing threshold: the instance cosine that at most `max_rate` of the
+    products `rows` reach with their nearest other product (so few listings are flagged by
+    chance), never below `floor` (the recognition threshold)."""
+    sims = instance_db[rows] @ instance_db.T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    nearest_other = sims.max(axis=1)
+    return float(max(floor, np.quantile(nearest_other, 1.0 - max_rate, method="higher")))
 
 
 def duplicate_threshold(visual_db: np.ndarray, visual_q: np.ndarray,
@@ -142,6 +157,7 @@ class PhotoGrid:
     min_instance_r1: float
     colour_weights: tuple[float, ...] = (0.0,)  # tried only with a `+colour` image backbone
     leaf_tolerance: float = 0.0
+    duplicate_max_rate: float = 0.02  # near-duplicate listing (listing_threshold)
 
 
 def choose_served_space(huse_db: np.ndarray, image: np.ndarray, train_rows: np.ndarray,
@@ -179,16 +195,21 @@ def choose_served_space(huse_db: np.ndarray, image: np.ndarray, train_rows: np.n
                                                        ranked_ids(scores, ids, K + 1), table)})
     best = pick(validation, grid.min_instance_r1, grid.leaf_tolerance)
     chosen = blocks[(best["visual_dim"], best["whiten"], best["colour_weight"])]
-    served = ServedSpace(chosen.block, float(best["visual_weight"]),
-                         chosen.near_duplicate_threshold)
+    recognition = chosen.near_duplicate_threshold
+    listing = listing_threshold(chosen.block.instance(chosen.block.transform(image)), own_rows,
+                                grid.duplicate_max_rate, recognition)
+    served = ServedSpace(chosen.block, float(best["visual_weight"]), listing, recognition)
     setting = {k: best[k] for k in ("visual_dim", "whiten", "colour_weight", "visual_weight")}
-    logger.info("photo search: %s, threshold %.3f (val instance R@1 %.3f, leaf P@10 %.3f)",
-                setting, served.near_duplicate_threshold, best["instance_r1"], best["leaf_p10"])
-    return served, PhotoSearchChoice(setting, served.near_duplicate_threshold,
+    logger.info("photo search: %s, recognition threshold %.3f, near-duplicate threshold %.3f "
+                "(val instance R@1 %.3f, leaf P@10 %.3f)", setting, recognition, listing,
+                best["instance_r1"], best["leaf_p10"])
+    return served, PhotoSearchChoice(setting, listing,
                                      RULE.format(min_r1=grid.min_instance_r1,
-                                                 tol=grid.leaf_tolerance), validation,
+                                                 tol=grid.leaf_tolerance,
+                                                 max_rate=grid.duplicate_max_rate), validation,
                                      {"instance_r1": frozen["instance_r1"],
-                                      "leaf_p10": frozen["leaf_p10"], **frozen["attr_p10"]})
+                                      "leaf_p10": frozen["leaf_p10"], **frozen["attr_p10"]},
+                                     recognition)
 
 
 def attribute_table(products: Sequence[Any]) -> dict[str, dict[str, Any]]:
@@ -255,8 +276,7 @@ def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: 
                                      frozen_t[query_rows] @ frozen_t.T),
         "universal space alone": (huse_q @ huse_db.T, huse_t @ huse_db.T),
         "served": (served_scores(db, huse_q, served.block.transform(q_feats),
-                                 served.visual_weight, served.near_duplicate_threshold,
-                                 served.block),
+                                 served.visual_weight, served.recognition, served.block),
                    served.query(huse_t, None) @ db.T),
     }
     out: dict[str, Any] = {"queries": len(query_ids), "k": K, "query_seed": seed,

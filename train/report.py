@@ -155,8 +155,10 @@ def _photo_section(ev: dict) -> str:
             f"P@{ps['k']} counts the {ps['k']} nearest other products sharing the query's value. "
             f"Served space: HUSE beside a {served['visual_dim']}-d visual block (colour "
             f"histogram's share {served.get('colour_weight', 0.0):g}), visual weight "
-            f"{served['visual_weight']:g}, near-duplicate threshold "
-            f"{served['near_duplicate_threshold']:.3f} ({ps.get('rule', '')}).")
+            f"{served['visual_weight']:g}, recognition threshold "
+            f"{served.get('recognition_threshold', served['near_duplicate_threshold']):.3f}, "
+            f"near-duplicate threshold {served['near_duplicate_threshold']:.3f} "
+            f"({ps.get('rule', '')}).")
     return _table(header, rows, left=(0,)) + "\n\n" + note
 
 

@@ -247,7 +247,7 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
 
     grid = PhotoGrid(cfg.photo_visual_dims, cfg.photo_whiten, cfg.photo_weights,
                      cfg.photo_min_instance_r1, cfg.photo_colour_weights or (0.0,),
-                     cfg.photo_leaf_tolerance)
+                     cfg.photo_leaf_tolerance, cfg.near_duplicate_max_rate)
     products, image, text, rows = _photo_rows(data)
     served, photo = fit_served_space(bundle, products, image, text, rows.train, rows.val,
                                      grid, cfg.seed, cache_dir=cfg.cache_dir or None)

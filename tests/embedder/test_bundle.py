@@ -162,7 +162,7 @@ def _with_served(bundle: Bundle) -> Bundle:
     from embedder.visual import ServedSpace, VisualBlock
 
     feats = np.random.default_rng(0).normal(size=(20, bundle.config.image_backbone.dim))
-    served = ServedSpace(VisualBlock.fit(feats, 4, whiten=0.5), 0.3, 0.8)
+    served = ServedSpace(VisualBlock.fit(feats, 4, whiten=0.5), 0.3, 0.8, 0.6)
     config = dataclasses.replace(bundle.config, photo_search=served.config())
     return Bundle(config, bundle.model, bundle.labels, bundle.centroids, bundle.tfidf,
                   served=served)
@@ -174,6 +174,7 @@ def test_served_space_round_trips_and_shapes_index_rows(bundle, tmp_path):
     assert again.fingerprint == served.fingerprint and again.index_dim == bundle.dim + 4
     assert np.allclose(again.served.block.components, served.served.block.components)
     assert again.served.visual_weight == 0.3 and again.near_duplicate_threshold == 0.8
+    assert again.served.recognition == 0.6
     rng = np.random.default_rng(1)
     image = rng.normal(size=(3, bundle.config.image_backbone.dim)).astype(np.float32)
     text = rng.normal(size=(3, bundle.config.text_backbone.dim)).astype(np.float32)

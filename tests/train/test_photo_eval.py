@@ -21,7 +21,13 @@ from train.photo_eval import (
     query_seed,
     ranked_ids,
 )
-from train.photo_search import PhotoGrid, choose_served_space, duplicate_threshold, pick
+from train.photo_search import (
+    PhotoGrid,
+    choose_served_space,
+    duplicate_threshold,
+    listing_threshold,
+    pick,
+)
 
 
 def _image() -> Image.Image:
@@ -169,8 +175,27 @@ def test_choice_on_planted_data_recognises_products_and_keeps_their_class():
     assert scores[0.5]["leaf_p10"] > scores[1.0]["leaf_p10"]
     visual = served.block.transform(image)
     t = duplicate_threshold(visual, served.block.transform(q), np.arange(10))
-    assert t == pytest.approx(served.near_duplicate_threshold, abs=1e-6)
+    assert t == pytest.approx(served.recognition, abs=1e-6)
+    assert choice.to_dict()["recognition_threshold"] == pytest.approx(t, abs=1e-6)
     assert (served.block.transform(q) * visual[:10]).sum(axis=1).min() >= t > 0.5
+    listing = listing_threshold(visual, np.arange(10), grid.duplicate_max_rate, t)
+    assert served.near_duplicate_threshold == pytest.approx(listing, abs=1e-6)
+    assert listing >= t
+
+
+def test_listing_threshold_flags_at_most_the_allowed_share_by_chance():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = np.arange(0, 200, 2)
+    sims = x[rows] @ x.T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    nearest_other = sims.max(axis=1)
+    for rate in (0.02, 0.1, 0.3):
+        t = listing_threshold(x, rows, rate, floor=-1.0)
+        assert np.mean(nearest_other >= t) <= rate + 1 / len(rows)
+        assert np.mean(nearest_other >= t) > rate - 2 / len(rows)  # not needlessly strict
+    assert listing_threshold(x, rows, 0.02, floor=0.99) == 0.99  # never below recognition
 
 
 def test_served_search_recognises_the_product_then_lists_its_neighbours(tmp_path):
@@ -203,6 +228,13 @@ def test_served_search_recognises_the_product_then_lists_its_neighbours(tmp_path
         assert recognised is None and len(hits) == 3
         hits, recognised = served_search(index, served, centres[2], None, k=4)  # a title
         assert recognised is None and {h.id for h in hits} == {"p2", "p5", "p8", "p11"}
+        # recognition reads its own threshold, not the (stricter) near-duplicate listing one
+        strict_listing = ServedSpace(block, 0.3, near_duplicate_threshold=1.5,
+                                     recognition_threshold=0.9)
+        assert served_search(index, strict_listing, photo_huse, photo, k=4)[1] == "p4"
+        strict_recognition = ServedSpace(block, 0.3, near_duplicate_threshold=0.9,
+                                         recognition_threshold=1.5)
+        assert served_search(index, strict_recognition, photo_huse, photo, k=4)[1] is None
 
 
 def test_recognition_and_near_duplicates_leave_the_shared_colour_out(tmp_path):

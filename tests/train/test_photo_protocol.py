@@ -57,7 +57,9 @@ def test_planted_near_duplicates_are_listed_by_cli_and_api(sample_catalog, tiny_
 
     catalog, truth = plant_duplicates(sample_catalog, tmp_path / "planted", n=9, seed=0)
     out = tmp_path / "model"
-    sets = [x for s in tiny_sets for x in ("--set", s)]
+    # the tiny 32 px backbone tells copies from look-alikes poorly: a looser listing rate than
+    # the default 2 % (bench_near_duplicates measures the default on real features)
+    sets = [x for s in (*tiny_sets, "near_duplicate_max_rate=0.25") for x in ("--set", s)]
     assert main(["--catalog", str(catalog), "--out", str(out), "--cache-dir",
                  str(tmp_path / "cache"), *sets]) == 0
     capsys.readouterr()

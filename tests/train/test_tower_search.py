@@ -5,10 +5,12 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from embedder.bundle import Bundle
 from embedder.towers import HuseModel, Tower
+from train.config import ConfigError, TrainConfig
 from train.loop import _validate, train_model
 from train.pipeline import BUNDLE_DIR, CHECKPOINT_DIR
 from train.tower_search import TowerScore, choose_image_tower, validation_scores
@@ -71,3 +73,10 @@ def test_pipeline_trains_every_candidate_and_keeps_the_chosen_one(trained_run):
         assert (out / CHECKPOINT_DIR / f"image-tower-{name}").is_dir()
     md = (out / BUNDLE_DIR / "report.md").read_text()
     assert f"image tower {list(chosen)}, chosen on the validation split" in md
+
+
+def test_candidates_must_be_distinct_and_present():
+    assert TrainConfig(image_towers=((), (64,))).validate().image_towers == ((), (64,))
+    for bad in ((), ((64,), (64,)), ((64, 0),)):
+        with pytest.raises(ConfigError, match="image_towers"):
+            TrainConfig(image_towers=bad).validate()
