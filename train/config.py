@@ -119,6 +119,10 @@ class TrainConfig:
     # (docs/ablation.md): 0.5 lifts validation image->text / text->image R@1 by 1.6 / 1.4
     # points and fused top-1 by 0.4 (with the paper's 5 x 512 tower it cost top-1 instead).
     w_nce: float = 0.5
+    # other InfoNCE weights tried with the chosen image tower and kept when the validation split
+    # prefers them (train/tower_search.py rule): InfoNCE needs titles that describe their
+    # photos, which not every catalog has
+    w_nce_alternatives: tuple[float, ...] = (0.0,)
     nce_temperature: float = 0.1  # softmax temperature of L_nce (configured, not learned)
     # --- optimisation ---
     lr: float = 1e-3  # AdamW learning rate (constant; early stopping ends the run)
@@ -197,9 +201,10 @@ class TrainConfig:
         if self.oversample_percentile is not None and not 0 < self.oversample_percentile <= 100:
             raise ConfigError(f"oversample_percentile must be in (0, 100] or None, "
                              f"got {self.oversample_percentile}")
-        if min(self.w_cls, self.w_graph, self.w_gap, self.w_nce) < 0:
+        if min(self.w_cls, self.w_graph, self.w_gap, self.w_nce, *self.w_nce_alternatives) < 0:
             raise ConfigError(f"loss weights must be >= 0, got w_cls={self.w_cls}, "
-                             f"w_graph={self.w_graph}, w_gap={self.w_gap}")
+                             f"w_graph={self.w_graph}, w_gap={self.w_gap}, w_nce={self.w_nce}, "
+                             f"w_nce_alternatives={self.w_nce_alternatives}")
         if self.nce_temperature <= 0:
             raise ConfigError(f"nce_temperature must be > 0, got {self.nce_temperature}")
         if (any(d < 1 for d in self.photo_visual_dims)

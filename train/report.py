@@ -278,13 +278,14 @@ def _training_section(report: dict, history: list[dict]) -> str:
             lines.append(f"- {label}: {_brief(shown)}")
     selection = report.get("training", {}).get("image_tower_selection")
     if selection:
-        lines += [f"- image tower {selection['chosen']}, chosen on the validation split "
+        lines += [f"- image tower {selection['chosen']} and w_nce "
+                  f"{selection['chosen_w_nce']:g}, chosen on the validation split "
                   f"({selection['rule']}; tolerance {selection['tolerance']}):", "",
-                  "| hidden widths | best epoch | val fused top-1 | val image->text R@1 "
-                  "| val text->image R@1 |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {c['hidden']} | {c['best_epoch']} | {_pct(c['fused_top1'])} | "
-                  f"{_pct(c['image_to_text_r1'])} | {_pct(c['text_to_image_r1'])} |"
-                  for c in selection["candidates"]]
+                  "| image tower hidden widths | w_nce | best epoch | val fused top-1 "
+                  "| val image->text R@1 | val text->image R@1 |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {c['hidden']} | {c['w_nce']:g} | {c['best_epoch']} | "
+                  f"{_pct(c['fused_top1'])} | {_pct(c['image_to_text_r1'])} | "
+                  f"{_pct(c['text_to_image_r1'])} |" for c in selection["candidates"]]
         lines.append("")
     cfg = report.get("config", {})
     shown = [f"{k}={cfg[k]}" for k in CONFIG_KEYS if k in cfg]

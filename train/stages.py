@@ -6,6 +6,7 @@ test, a notebook or a new trainer can run, replace or extend one stage without t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ class Prepared:
 class Fitted:
     model: Any  # embedder.towers.HuseModel, best epoch's weights, eval mode
     result: Any  # train.loop.TrainResult
-    # the image-tower choice (train.tower_search) when several candidates were trained
+    # the image-tower and InfoNCE choice (train.tower_search) when several candidates were trained
     tower_selection: dict[str, Any] | None = None
+    w_nce: float | None = None  # the InfoNCE weight chosen (None: cfg.w_nce, no search)
 
 
 @dataclass(frozen=True)
@@ -159,12 +161,13 @@ def build_towers(prep: Prepared, image_hidden: tuple[int, ...] | None = None):
 
 def fit(prep: Prepared, checkpoint_dir: Path | None,
         timings: dict[str, float] | None = None) -> Fitted:
-    """Towers built from the data and trained (best epoch restored; resumes with cfg.resume),
-    once per image-tower candidate when there are several and a validation split; the
-    candidate the validation split prefers is kept (train.tower_search)."""
-    from train.loop import TrainData, train_model
+    """Towers built from the data and trained (best epoch restored; resumes with cfg.resume).
+    With a validation split and more than one candidate: once per image-tower candidate, then
+    the chosen tower once per alternative InfoNCE weight; the candidate the validation split
+    prefers is kept (train.tower_search)."""
+    from train.loop import TrainData
     from train.streaming import ShardTrainData
-    from train.tower_search import RULE, choose_image_tower, validation_scores
+    from train.tower_search import RULE, choose_image_tower
 
     feats, cfg = prep.data.feats, prep.cfg
     data: Any
@@ -176,32 +179,54 @@ def fit(prep: Prepared, checkpoint_dir: Path | None,
         data = TrainData(image=feats.image, text=prep.text_input, y=prep.spaces.y,
                          train_idx=prep.train_rows, val_idx=prep.data.splits.val,
                          leaf_head=prep.data.leaf, A=prep.graph)
-    candidates = cfg.image_towers if len(prep.data.used.val) else cfg.image_towers[:1]
-    fits, scores = [], []
+    has_val = len(prep.data.used.val) > 0
+    towers = cfg.image_towers if has_val else cfg.image_towers[:1]
+    alternatives = [w for w in dict.fromkeys(cfg.w_nce_alternatives) if w != cfg.w_nce]
+    search = has_val and len(towers) + len(alternatives) > 1
     with timed("training", timings):
-        for hidden in candidates:
-            model = build_towers(prep, hidden)
-            ckpt = checkpoint_dir
-            if checkpoint_dir is not None and len(candidates) > 1:
-                name = "x".join(map(str, hidden)) or "linear"
-                ckpt = Path(checkpoint_dir) / f"image-tower-{name}"
-            result = train_model(model, data, cfg, ckpt)
-            fits.append(Fitted(model, result))
-            if len(candidates) > 1:
-                image, text, y = data.validation()
-                scores.append(validation_scores(model, image, text, y[prep.data.leaf],
-                                                prep.data.leaf, result.best_epoch, hidden))
-                logger.info("image tower %s: validation fused top-1 %.4f, image->text R@1 %.4f,"
-                            " text->image R@1 %.4f", list(hidden), scores[-1].fused_top1,
-                            scores[-1].image_to_text_r1, scores[-1].text_to_image_r1)
-    if len(candidates) == 1:
-        return fits[0]
+        fits = [_fit_candidate(prep, data, hidden, cfg.w_nce, checkpoint_dir, search)
+                for hidden in towers]
+        if not search:
+            return fits[0][0]
+        chosen = choose_image_tower([s for _, s in fits], cfg.tower_top1_tolerance)
+        fits += [_fit_candidate(prep, data, towers[chosen], w, checkpoint_dir, search)
+                 for w in alternatives]
+    scores = [s for _, s in fits]
     chosen = choose_image_tower(scores, cfg.tower_top1_tolerance)
-    logger.info("image tower chosen on validation: %s", list(candidates[chosen]))
-    return Fitted(fits[chosen].model, fits[chosen].result,
-                  {"rule": RULE, "tolerance": cfg.tower_top1_tolerance,
-                   "chosen": list(candidates[chosen]),
-                   "candidates": [s.to_dict() for s in scores]})
+    logger.info("chosen on validation: image tower %s, w_nce %g", list(scores[chosen].hidden),
+                scores[chosen].w_nce)
+    return dataclasses.replace(
+        fits[chosen][0], w_nce=scores[chosen].w_nce,
+        tower_selection={"rule": RULE, "tolerance": cfg.tower_top1_tolerance,
+                         "chosen": list(scores[chosen].hidden),
+                         "chosen_w_nce": scores[chosen].w_nce,
+                         "candidates": [s.to_dict() for s in scores]})
+
+
+def _fit_candidate(prep: Prepared, data: Any, hidden: tuple[int, ...], w_nce: float,
+                   checkpoint_dir: Path | None, search: bool) -> tuple[Fitted, Any]:
+    """(Fitted, its validation TowerScore or None): one candidate trained; in a search each
+    candidate has its own checkpoint directory (so --resume resumes each)."""
+    from train.loop import train_model
+    from train.tower_search import validation_scores
+
+    cfg = dataclasses.replace(prep.cfg, w_nce=w_nce)
+    ckpt = checkpoint_dir
+    if checkpoint_dir is not None and search:
+        name = "x".join(map(str, hidden)) or "linear"
+        nce = "" if w_nce == prep.cfg.w_nce else f"-nce-{w_nce:g}"
+        ckpt = Path(checkpoint_dir) / f"image-tower-{name}{nce}"
+    model = build_towers(prep, hidden)
+    result = train_model(model, data, cfg, ckpt)
+    if not search:
+        return Fitted(model, result), None
+    image, text, y = data.validation()
+    score = validation_scores(model, image, text, y[prep.data.leaf], prep.data.leaf,
+                              result.best_epoch, hidden, w_nce)
+    logger.info("image tower %s, w_nce %g: validation fused top-1 %.4f, image->text R@1 %.4f,"
+                " text->image R@1 %.4f", list(hidden), w_nce, score.fused_top1,
+                score.image_to_text_r1, score.text_to_image_r1)
+    return Fitted(model, result), score
 
 
 def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
@@ -214,6 +239,8 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
     from train.fusion import FusionChoice, choose_fusion_weight
 
     cfg, data = prep.cfg, prep.data
+    if fitted.w_nce is not None:
+        cfg = dataclasses.replace(cfg, w_nce=fitted.w_nce)
     feats, leaf = data.feats, data.leaf
     trained = dict(
         image_backbone=feats.image_backbone, text_backbone=feats.text_backbone_info,
@@ -352,6 +379,7 @@ def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assemble
                      "fusion_image_weight": fusion.image_weight,
                      "val_top1_by_fusion_weight": fusion.val_top1_by_weight or "n/a",
                      "image_tower": list(fitted.model.image_tower.hidden),
+                     "w_nce": cfg.w_nce if fitted.w_nce is None else fitted.w_nce,
                      **({"image_tower_selection": fitted.tower_selection}
                         if fitted.tower_selection else {})},
         # the served space's validation grid, scores and rule (report.json only)

@@ -1,9 +1,11 @@
-"""Choosing the image tower's depth on the validation split.
+"""Choosing the image tower's depth, then the InfoNCE weight, on the validation split.
 
 How deep the image tower should be depends on the catalog: on a few thousand products the
 paper's 5 x 512 MLP overfits the frozen features and classifies photos worse than one or two
 layers, while a large catalog may pay for depth. So `TrainConfig.image_towers` lists candidates,
 each is trained the same way, and this module scores them on the validation split and picks one.
+InfoNCE (`w_nce`) helps only where a title describes its own photo, so the chosen tower is then
+trained with each of `w_nce_alternatives` too, and the same rule picks among all of them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from train.metrics import class_recall_at_k
 
 RULE = ("among the candidates whose validation fused leaf top-1 is within "
         "tower_top1_tolerance of the best, the highest mean of validation image->text and "
-        "text->image class recall@1; ties: the earlier candidate")
+        "text->image class recall@1; ties: the earlier candidate; image towers first (at w_nce), "
+        "then the chosen tower with each of w_nce_alternatives")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class TowerScore:
     """One candidate's validation figures (fractions), at its best epoch."""
 
     hidden: tuple[int, ...]
+    w_nce: float
     best_epoch: int
     fused_top1: float
     image_to_text_r1: float
@@ -42,7 +46,8 @@ class TowerScore:
 
 @torch.no_grad()
 def validation_scores(model: HuseModel, image: np.ndarray, text: np.ndarray, labels: np.ndarray,
-                      leaf_head: str, best_epoch: int, hidden: Sequence[int]) -> TowerScore:
+                      leaf_head: str, best_epoch: int, hidden: Sequence[int],
+                      w_nce: float) -> TowerScore:
     """Fused leaf top-1 (plain-sum fusion, as early stopping) and class-level cross-modal
     recall@1 of `model` on validation rows (`text` is the text tower's input)."""
     was_training = model.training
@@ -57,7 +62,7 @@ def validation_scores(model: HuseModel, image: np.ndarray, text: np.ndarray, lab
     e_img, e_txt = e_img.float().cpu().numpy(), e_txt.float().cpu().numpy()
     i2t = class_recall_at_k(e_img, labels, e_txt, labels, (1,))[1]
     t2i = class_recall_at_k(e_txt, labels, e_img, labels, (1,))[1]
-    return TowerScore(tuple(hidden), best_epoch, top1, i2t, t2i)
+    return TowerScore(tuple(hidden), float(w_nce), best_epoch, top1, i2t, t2i)
 
 
 def choose_image_tower(scores: Sequence[TowerScore], tolerance: float) -> int:

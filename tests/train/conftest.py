@@ -50,15 +50,17 @@ def tiny_cfg() -> TrainConfig:
                        batch_size=32, max_epochs=4, patience=10, lr=3e-3, device="cpu")
 
 
-def _read_checkpoints(out) -> list[dict]:
-    return [torch.load(p, weights_only=True)
-            for p in sorted((Path(out) / CHECKPOINT_DIR).rglob(CHECKPOINT_NAME))]
+def _read_checkpoints(out, towers_only: bool = False) -> list[dict]:
+    paths = sorted((Path(out) / CHECKPOINT_DIR).rglob(CHECKPOINT_NAME))
+    return [torch.load(p, weights_only=True) for p in paths
+            if not (towers_only and "-nce-" in p.parent.name)]
 
 
 @pytest.fixture()
 def read_checkpoints():
-    """out -> every image-tower candidate's training checkpoint under run directory `out` (a
-    config with several candidates keeps one each), in name order."""
+    """(out, towers_only=False) -> every candidate's training checkpoint under run directory
+    `out` (a config with several candidates keeps one each), in name order; `towers_only`
+    leaves out the alternative InfoNCE weights, which train whichever tower was chosen."""
     return _read_checkpoints
 
 

@@ -17,7 +17,7 @@ from train.tower_search import TowerScore, choose_image_tower, validation_scores
 
 
 def _score(top1: float, i2t: float, t2i: float, hidden=(8,)) -> TowerScore:
-    return TowerScore(hidden, 1, top1, i2t, t2i)
+    return TowerScore(hidden, 0.5, 1, top1, i2t, t2i)
 
 
 def test_choice_takes_best_cross_modal_within_the_top1_band():
@@ -41,7 +41,8 @@ def test_validation_scores_match_the_training_loops_validation(synthetic_data, t
                       Tower(d.text.shape[1], (16,), tiny_cfg.embed_dim), {"level1": 2, "level2": 3})
     result = train_model(model, d, tiny_cfg, None)
     image, text, y = d.validation()
-    score = validation_scores(model, image, text, y["level2"], "level2", result.best_epoch, (16,))
+    score = validation_scores(model, image, text, y["level2"], "level2", result.best_epoch, (16,),
+                              tiny_cfg.w_nce)
     A = torch.from_numpy(d.A)
     _, top1 = _validate(model, d, A, tiny_cfg, torch.device("cpu"))
     assert math.isclose(score.fused_top1, top1, abs_tol=1e-6)
@@ -54,25 +55,35 @@ def test_validation_scores_match_the_training_loops_validation(synthetic_data, t
     assert math.isclose(score.image_to_text_r1, np.mean(yv[(e_img @ e_txt.T).argmax(1)] == yv))
     assert math.isclose(score.text_to_image_r1, np.mean(yv[(e_txt @ e_img.T).argmax(1)] == yv))
     assert score.hidden == (16,) and score.best_epoch == result.best_epoch
+    assert score.w_nce == tiny_cfg.w_nce
 
 
 def test_pipeline_trains_every_candidate_and_keeps_the_chosen_one(trained_run):
     cfg, out = trained_run
     report = json.loads((out / BUNDLE_DIR / "report.json").read_text())
     selection = report["training"]["image_tower_selection"]
-    scores = [TowerScore(tuple(c["hidden"]), c["best_epoch"], c["fused_top1"],
+    scores = [TowerScore(tuple(c["hidden"]), c["w_nce"], c["best_epoch"], c["fused_top1"],
                          c["image_to_text_r1"], c["text_to_image_r1"])
               for c in selection["candidates"]]
-    assert [s.hidden for s in scores] == list(cfg.image_towers)
-    chosen = cfg.image_towers[choose_image_tower(scores, cfg.tower_top1_tolerance)]
-    assert tuple(selection["chosen"]) == chosen == tuple(report["training"]["image_tower"])
+    # every tower at w_nce, then the tower chosen among them with each alternative weight
+    towers = scores[:len(cfg.image_towers)]
+    assert [s.hidden for s in towers] == list(cfg.image_towers)
+    assert all(s.w_nce == cfg.w_nce for s in towers)
+    first = cfg.image_towers[choose_image_tower(towers, cfg.tower_top1_tolerance)]
+    assert [(s.hidden, s.w_nce) for s in scores[len(towers):]] == [
+        (first, w) for w in cfg.w_nce_alternatives]
+    chosen = scores[choose_image_tower(scores, cfg.tower_top1_tolerance)]
+    assert tuple(selection["chosen"]) == chosen.hidden == tuple(report["training"]["image_tower"])
+    assert selection["chosen_w_nce"] == chosen.w_nce == report["training"]["w_nce"]
     bundle = Bundle.load(out / BUNDLE_DIR)
-    assert bundle.model.image_tower.hidden == chosen
-    for hidden in cfg.image_towers:  # each candidate kept its own checkpoint (resumable)
-        name = "x".join(map(str, hidden))
-        assert (out / CHECKPOINT_DIR / f"image-tower-{name}").is_dir()
+    assert bundle.model.image_tower.hidden == chosen.hidden
+    assert bundle.config.loss_weights["w_nce"] == chosen.w_nce
+    names = sorted(p.name for p in (out / CHECKPOINT_DIR).iterdir())  # one each (resumable)
+    assert names == sorted([f"image-tower-{'x'.join(map(str, h))}" for h in cfg.image_towers]
+                           + [f"image-tower-{'x'.join(map(str, first))}-nce-{w:g}"
+                              for w in cfg.w_nce_alternatives])
     md = (out / BUNDLE_DIR / "report.md").read_text()
-    assert f"image tower {list(chosen)}, chosen on the validation split" in md
+    assert f"image tower {list(chosen.hidden)} and w_nce {chosen.w_nce:g}, chosen" in md
 
 
 def test_candidates_must_be_distinct_and_present():
