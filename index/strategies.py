@@ -228,6 +228,17 @@ class GpuReplica:
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
+def keep_first(D: np.ndarray, I: np.ndarray, keep: np.ndarray,  # noqa: E741
+               k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first k kept results of each row, in rank order, then -inf / -1 padding; also the
+    kept mask of what is returned."""
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    keep = np.take_along_axis(keep, order, 1)
+    D = np.where(keep, np.take_along_axis(D, order, 1), -np.inf).astype(np.float32)
+    I = np.where(keep, np.take_along_axis(I, order, 1), -1)  # noqa: E741
+    return D, I, keep
+
+
 def overfetch(search_live: Search, search_subset: Callable[..., tuple[np.ndarray, np.ndarray]],
               xq: np.ndarray, k: int, subset: np.ndarray, ntotal: int,
               growth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,10 +253,7 @@ def overfetch(search_live: Search, search_subset: Callable[..., tuple[np.ndarray
         if (keep.sum(axis=1) >= k).all() or kk >= ntotal:
             break
         kk = min(ntotal, kk * growth)
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-    keep = np.take_along_axis(keep, order, 1)
-    D = np.where(keep, np.take_along_axis(D, order, 1), -np.inf).astype(np.float32)
-    I = np.where(keep, np.take_along_axis(I, order, 1), -1)  # noqa: E741
+    D, I, keep = keep_first(D, I, keep, k)  # noqa: E741
     short = (keep.sum(axis=1) < k).nonzero()[0]
     if short.shape[0]:
         D[short], I[short] = search_subset(xq[short], k, subset)

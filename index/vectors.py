@@ -29,6 +29,7 @@ from index.strategies import (
     gpu_available,
     ids_for,
     is_lossy,
+    keep_first,
     overfetch,
 )
 
@@ -322,6 +323,23 @@ class VectorIndex:
         """Exact search restricted to `ids` (selective filters)."""
         return topk(xq @ self._exact(ids).T, ids, k)
 
+    def _search_excluding(self, xq: np.ndarray, k: int,
+                          excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """A few excluded ids (typically a product's own row): search k + their number over the
+        whole index and drop them, instead of copying every other vector out for an exact
+        subset search. None when that would exceed max_k or a row comes back short (an
+        approximate index): the subset path answers then."""
+        kk = min(k + excluded.shape[0], self.ntotal)
+        if kk > self.plan.max_k:
+            return None
+        available = self.ntotal - int(self._present(excluded).sum())
+        D, I = self._search_live(xq, kk)  # noqa: E741
+        keep = (I >= 0) & ~np.isin(I, excluded)
+        if (keep.sum(axis=1) < min(k, available)).any():
+            return None
+        D, I, _ = keep_first(D, I, keep, k)  # noqa: E741
+        return D, I
+
     def _check_k(self, k: Any) -> int:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
@@ -358,6 +376,10 @@ class VectorIndex:
             if short.shape[0]:  # an approximate index came back short: finish those exactly
                 D[short], I[short] = self._search_subset(xq[short], k, self._live)
             return D, I
+        if allowed is None:
+            found = self._search_excluding(xq, k, np.unique(np.asarray(excluded, np.int64)))
+            if found is not None:
+                return found
         subset = self._live
         if allowed is not None:
             subset = np.intersect1d(np.asarray(allowed, dtype=np.int64), subset)

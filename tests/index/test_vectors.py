@@ -118,6 +118,26 @@ def test_filters_return_k_when_enough_match(xb, xq):
     assert (I >= 0).all() and not np.isin(I, ids[:300]).any()
 
 
+def test_excluding_a_few_ids_equals_exact_search_without_them(xb, xq, monkeypatch):
+    ids = ids_of(np.arange(len(xb)))
+    vi = VectorIndex(D, "Flat", use_gpu=False)
+    vi.add(ids, xb)
+    _, nearest = vi.search(xq, 3)
+    # each query's own nearest ids (a product excluding itself), plus ids not in the index
+    for excluded in (nearest[:, 0], nearest[:, :3].ravel(), np.array([1, 2, int(ids[5])])):
+        D_, I = vi.search(xq, 10, excluded=excluded)
+        keep = ~np.isin(ids, excluded)
+        D_ref, I_ref = brute_force(xq, xb[keep], 10)
+        np.testing.assert_array_equal(I, ids[keep][I_ref])
+        np.testing.assert_allclose(D_, D_ref, rtol=1e-5, atol=1e-5)
+    # the whole-index search answered: no vector was copied out for a subset search
+    monkeypatch.setattr(vi, "_search_subset", None)
+    assert not np.isin(vi.search(xq, 5, excluded=nearest[:, 0])[1], nearest[:, 0]).any()
+    D_, I = vi.search(xq[:1], 10, excluded=ids[: len(ids) - 4])  # fewer left than k
+    assert list(I[0, 4:]) == [-1] * 6 and np.isinf(D_[0, 4:]).all()
+    assert set(I[0, :4]) == set(ids[len(ids) - 4:])
+
+
 def test_auto_switches_type_as_data_grows():
     plan = IndexPlan(flat_max_n=100, hnsw_max_n=10_000)
     vi = VectorIndex(D, "auto", use_gpu=False, plan=plan)
