@@ -62,7 +62,7 @@ class BenchConfig:
     batch_max_size: int = 32
     batch_workers: int = 2
     image_batch_max: int = IMAGE_BATCH_MAX
-    image_engine: str = "torch"
+    image_engine: str = "auto"  # what `python -m api` serves by default (int8 on CPU)
     out: str = "bench_api"  # results name: bench/results/OUT.json (partial runs use another)
     scenarios: tuple[str, ...] = SCENARIOS
     batching_modes: tuple[bool, ...] = (True, False)  # servers to measure (off: the baseline)
