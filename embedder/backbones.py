@@ -129,12 +129,12 @@ def load_backbone(
 
     engine="onnx" (the packaged EfficientNets and MiniLM on CPU; needs onnx + onnxruntime) runs
     the same model in ONNX Runtime, 2-5x faster on a small CPU, with features equal to torch's
-    within ~1e-5 (so both share one feature-cache namespace). "onnx-int8" runs the export with
-    int8 weights (dynamic quantisation): ~2x faster again, features near but not equal to
-    fp32's (their own feature-cache namespace). Exports are cached on disk (see
-    onnx_cache_dir), so only the first start pays for them. "auto" (the default) picks onnx
-    (int8 for INT8_BY_DEFAULT) where it applies and is installed, and falls back to torch if
-    the export fails.
+    within ~1e-5 (so both share one feature-cache namespace). "onnx-int8" runs an int8 copy of
+    the export (text: dynamic quantisation; images: static, with shipped activation ranges):
+    faster again, features near but not equal to fp32's (their own feature-cache namespace).
+    Exports are cached on disk (see onnx_cache_dir), so only the first start pays for them.
+    "auto" (the default) picks onnx (int8 for INT8_BY_DEFAULT) where it applies and is
+    installed, and falls back to torch if the export fails.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"backbone spec must be a non-empty string, got {spec!r}")

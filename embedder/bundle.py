@@ -43,7 +43,7 @@ class Bundle:
     def __init__(self, config: BundleConfig, model: Any, labels: Mapping[str, list[str]],
                  centroids: Mapping[str, np.ndarray] | None = None,
                  tfidf: TfidfText | None = None, device: str = "cpu", path: Path | None = None,
-                 image_engine: str = "torch", files: Mapping[str, bytes] | None = None,
+                 image_engine: str = "auto", files: Mapping[str, bytes] | None = None,
                  served: ServedSpace | None = None, text_engine: str = "auto"):
         heads = config.head_names
         if list(labels) != heads:
@@ -68,9 +68,10 @@ class Bundle:
         self.tfidf = tfidf
         self.device = device
         self.path = path
-        self.image_engine = image_engine  # "torch" or "onnx" (see backbones.load_backbone)
-        # "auto": int8 MiniLM on CPU (bench_text_int8), unless the bundle was trained on fp32
-        # text features (backbones.matching_engine)
+        # "auto" (both): the kind of features the bundle was trained on, where it runs here
+        # (backbones.matching_engine), so training-time photo queries, API queries and the
+        # index's rows come from one engine
+        self.image_engine = image_engine
         self.text_engine = text_engine
         self._backbones: dict[str, Any] = {}
         self.served = served  # the index's space beside HUSE (embedder.visual); None: HUSE alone
@@ -358,7 +359,7 @@ class Bundle:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, device: str = "cpu",
-             image_engine: str = "torch", text_engine: str = "auto") -> Bundle:
+             image_engine: str = "auto", text_engine: str = "auto") -> Bundle:
         """Strict load (see bundle_io.read_files); the fingerprint comes from the bytes read.
         `image_engine` / `text_engine` pick how each backbone runs when first used (one of
         embedder.backbones.ENGINES)."""
