@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import queue
 import random
 import resource
 import subprocess
@@ -226,37 +227,56 @@ def _stats(latencies: list[float], errors: list[str], wall: float, cpu_s: float)
     }
 
 
+def warm_clients(url: str, n: int) -> list[httpx.Client]:
+    """n httpx clients, each with its connection open (a GET /healthz), made before a cell's
+    clock starts: a client costs milliseconds of the generator's CPU to build (its SSL context)
+    and a connection to open, which belong to the generator, not to the server's latency."""
+    clients = [httpx.Client(base_url=url, timeout=120) for _ in range(n)]
+    for client in clients:
+        client.get("/healthz").raise_for_status()
+    return clients
+
+
 def run_open_loop(url: str, scenario: str, rate: float, queries: QueryStream,
                   cfg: BenchConfig) -> dict:
     """Requests at `rate`/s for `open_seconds`, each sent at its scheduled time by a pool of
-    `open_threads`; latency from the scheduled time (a request the pool could not start on time
-    counts its wait). Returns latency stats, the rate achieved and how late sends were."""
+    `open_threads` (started, with their connections open, before the clock); latency from the
+    scheduled time (a request the pool could not start on time counts its wait). Returns latency
+    stats, the rate achieved and how late sends were."""
     total = max(1, int(rate * cfg.open_seconds))
-    local = threading.local()
+    idle: queue.SimpleQueue[httpx.Client] = queue.SimpleQueue()
+    clients = warm_clients(url, cfg.open_threads)
+    for client in clients:
+        idle.put(client)
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
     late: list[float] = []
 
-    def send(i: int, due: float) -> None:
-        client = getattr(local, "client", None)
-        if client is None:
-            client = local.client = httpx.Client(base_url=url, timeout=120)
+    def send(due: float) -> None:
+        client = idle.get()
         start = time.perf_counter()
         query = queries.take()
         if _record(client, scenario, query, cfg.k, due, latencies, errors, lock):
             with lock:
                 late.append(start - due)
+        idle.put(client)
 
-    cpu0, start = _cpu_seconds(), time.perf_counter()
     with ThreadPoolExecutor(cfg.open_threads) as pool:
+        started = threading.Barrier(cfg.open_threads + 1)
+        for _ in range(cfg.open_threads):  # every pool thread exists before the clock starts
+            pool.submit(started.wait)
+        started.wait()
+        cpu0, start = _cpu_seconds(), time.perf_counter()
         for i in range(total):
             due = start + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            pool.submit(send, i, due)
+            pool.submit(send, due)
     wall = time.perf_counter() - start
+    for client in clients:
+        client.close()
     row = _stats(latencies, errors, wall, _cpu_seconds() - cpu0)
     row.update(scenario=scenario, mode="open", rate=rate, clients=None,
                late_p99_ms=float(np.percentile(late, 99)) * 1e3 if late else None)
@@ -265,33 +285,38 @@ def run_open_loop(url: str, scenario: str, rate: float, queries: QueryStream,
 
 def run_cell(url: str, scenario: str, n_clients: int, queries: QueryStream,
              cfg: BenchConfig) -> dict:
-    """n_clients threads share `requests_per_cell` requests; returns latency stats and req/s."""
+    """n_clients threads (each with a client made and connected before the clock) share
+    `requests_per_cell` requests; returns latency stats and req/s."""
     total = max(cfg.requests_per_cell, 2 * n_clients)
     counter = iter(range(total))
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
-    start = time.perf_counter()
-    deadline = start + cfg.max_seconds_per_cell
+    clients = warm_clients(url, n_clients)
+    started = threading.Barrier(n_clients + 1)
+    bounds: dict[str, float] = {}
 
-    def client_loop() -> None:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            while time.perf_counter() < deadline:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                query = queries.take()
-                _record(client, scenario, query, cfg.k, time.perf_counter(), latencies, errors,
-                        lock)
+    def client_loop(client: httpx.Client) -> None:
+        started.wait()
+        while time.perf_counter() < bounds["deadline"]:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            query = queries.take()
+            _record(client, scenario, query, cfg.k, time.perf_counter(), latencies, errors, lock)
 
-    threads = [threading.Thread(target=client_loop) for _ in range(n_clients)]
-    cpu0 = _cpu_seconds()
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in clients]
     for t in threads:
         t.start()
+    cpu0, start = _cpu_seconds(), time.perf_counter()
+    bounds["deadline"] = start + cfg.max_seconds_per_cell
+    started.wait()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    for client in clients:
+        client.close()
     row = _stats(latencies, errors, wall, _cpu_seconds() - cpu0)
     row.update(scenario=scenario, mode="closed", clients=n_clients)
     return row
@@ -379,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 server.stop()
     columns = ["scenario", "mode", "clients", "rate", "batching", "req_per_s", "p50_ms", "p95_ms",
-               "p99_ms", "generator_cpu_share", "server_cpu_ms_per_req", "load_avg_1m"]
+               "p99_ms", "late_p99_ms", "generator_cpu_share", "server_cpu_ms_per_req",
+               "load_avg_1m"]
     rows.sort(key=lambda r: (SCENARIOS.index(r["scenario"]), r["mode"], r["clients"] or 0,
                              r.get("rate") or 0, r["batching"]))
     print_table(rows, [*columns, "requests", "errors"])

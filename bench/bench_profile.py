@@ -1,7 +1,8 @@
 """Where a live server's CPU goes under load: py-spy samples `python -m api` while closed-loop
-clients send text searches, and each sampled stack is charged to one cost (its innermost frame
-that names one: the model, the index, SQLite, parsing, serialisation, hand-offs, the HTTP
-server). Needs py-spy (dev extra) and permission to read the server's memory (root or ptrace).
+clients send text searches (`--scenario image_search` or `classify`: photos), and each sampled
+stack is charged to one cost (its innermost frame that names one: the model, image decoding, the
+index, SQLite, parsing, serialisation, hand-offs, the HTTP server). Needs py-spy (dev extra)
+and permission to read the server's memory (root or ptrace).
 
     python -m bench.bench_profile --model DIR [--catalog CSV] [--clients 32] [--seconds 40]
 """
@@ -18,13 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.bench_api import BenchConfig, QueryStream, Server, load_queries, run_cell
+from bench.bench_api import SCENARIOS, BenchConfig, QueryStream, Server, load_queries, run_cell
 from bench.common import machine_info, print_table, write_results
 
 # cost -> substrings of a frame; a stack goes to the first cost its innermost frames name
 COSTS = {
     "model: backbone in ONNX Runtime": ("onnxruntime",),
     "model: tokenizer": ("tokenization_utils", "tokenizers"),
+    "image: decode and preprocess (Pillow, numpy)": ("PIL/", "embedder/images.py", "colour.py"),
     "model: towers and fusion (torch)": ("torch/", "towers.py"),
     "index: FAISS search": ("_swigfaiss", "faiss/"),
     "index: SQLite metadata reads": ("metadata.py", "sqlite3"),
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model dir (bundle/ + index/)")
     p.add_argument("--catalog", required=True, help="queries: distinct titles from here")
+    p.add_argument("--scenario", choices=SCENARIOS, default="text_search")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=int, default=40)
     p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
@@ -83,14 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(args.model), True, cfg, Path(tmp) / "server.log")
         try:
-            run_cell(server.url, "text_search", 4, queries, BenchConfig(requests_per_cell=50))
+            run_cell(server.url, args.scenario, 4, queries, BenchConfig(requests_per_cell=50))
             raw = Path(tmp) / "profile.raw"
             sampler = subprocess.Popen(
                 [spy, "record", "--pid", str(server.proc.pid), "--duration", str(args.seconds),
                  "--rate", str(args.rate), "--format", "raw", "--threads",
                  *(["--gil"] if args.gil else ["--idle"]),
                  "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            load = run_cell(server.url, "text_search", args.clients, queries, cfg)
+            load = run_cell(server.url, args.scenario, args.clients, queries, cfg)
             sampler.wait()
         finally:
             server.stop()
