@@ -3,6 +3,7 @@ Loading them by spec is embedder.backbones; torch is imported inside the methods
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -144,6 +145,9 @@ class ImageBackbone(Backbone):
         self.preprocess = preprocess
         self._features = features  # torch only: (model, pixels) -> pooled features
         self.colour = colour  # appends a colour histogram of the same pixels (embedder.colour)
+        # ONNX Runtime: threads per call -> a new session on the same model file
+        self.session_factory: Callable[[int], Any] | None = None
+        self._single_threaded: ImageBackbone | None = None
 
     @property
     def cache_namespace(self) -> str:
@@ -157,7 +161,23 @@ class ImageBackbone(Backbone):
         out = ImageBackbone(self.spec + COLOUR_SUFFIX, self.dim + colour.dim, self.model,
                             self.device, self.preprocess, self._features, self.engine, colour)
         out.quantisation = self.quantisation
+        out.session_factory = self.session_factory
         return out
+
+    def single_threaded(self) -> ImageBackbone:
+        """This backbone on an ONNX Runtime session that runs each call on its calling thread
+        alone, for callers that run several calls side by side (feature extraction): on a
+        2-core CPU two such calls did ~210 int8 images/s where one call on both cores did ~165,
+        which leaves a core idle between small operators (docs/performance.md). Itself where
+        there is no such session (torch)."""
+        if self.session_factory is None:
+            return self
+        if self._single_threaded is None:
+            out = copy.copy(self)
+            out.model = self.session_factory(1)
+            out.session_factory = None
+            self._single_threaded = out
+        return self._single_threaded
 
     def forward_pixels(self, pixels: Any) -> np.ndarray:
         """(n, 3, H, W) preprocessed tensor or float32 array -> (n, dim) float32 features."""

@@ -366,12 +366,14 @@ def _cached_session(path: Path, make: Callable[[Path], None]) -> Any:
     return _session(path)
 
 
-def _session(path: Path) -> Any:
+def _session(path: Path, threads: int = 0) -> Any:
+    """An ONNX Runtime session on `path` whose calls each use `threads` threads (0: torch's
+    thread count)."""
     import onnxruntime as ort
     import torch
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     # Decode threads and other processes share the cores: idle ORT threads sleep, not spin.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Errors only: loading a static int8 (QDQ) model logs ~100 "removing unused initializer"
@@ -396,9 +398,10 @@ def _load_onnx(spec: str, text_config: TextConfig, int8: bool = False) -> Backbo
                 _export_onnx(spec, fp32)
             _quantize_onnx(fp32, target, spec)
 
-        session = _cached_session(onnx_model_path(spec, int8=True), make)
+        path = onnx_model_path(spec, int8=True)
+        session = _cached_session(path, make)
     else:
-        engine = "onnx"
+        engine, path = "onnx", fp32
         session = _cached_session(fp32, partial(_export_onnx, spec))
     if spec in _EFFICIENTNETS:
         size = _EFFICIENTNETS[spec][2]
@@ -406,6 +409,7 @@ def _load_onnx(spec: str, text_config: TextConfig, int8: bool = False) -> Backbo
             spec, _EFFICIENTNET_DIM, session, "cpu", SquarePadPreprocess(size), None, engine
         )
         image.quantisation = int8_quantisation(spec) if int8 else ""
+        image.session_factory = partial(_session, path)
         return image
     from transformers import AutoConfig, AutoTokenizer
 

@@ -181,37 +181,71 @@ def _prefetched(fn: Callable[[Any], Any], items: Sequence[Any], workers: int,
 
 
 def _overlapped_batches(
-    dataset: _ImageDataset, batch_size: int, workers: int
+    dataset: _ImageDataset, batch_size: int, workers: int, buffers: int = 1
 ) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """(pixels, sha256s) batches decoded by threads while the caller runs the model on the
-    previous one. `pixels` is a view of one reused buffer, valid until the next batch."""
-    buffer: np.ndarray | None = None
+    """(pixels, sha256s) batches decoded by threads while the caller runs the model on earlier
+    ones. `pixels` is a view of one of `buffers` reused arrays (in turn), so it stays valid
+    until `buffers` more batches have been taken."""
+    ring: list[np.ndarray] = []
+    batch = 0
     shas: list[str] = []
     for pixels, sha in _prefetched(dataset.__getitem__, range(len(dataset)), workers,
                                    _PREFETCH_BATCHES * batch_size):
-        if buffer is None:
-            buffer = np.empty((batch_size, *np.shape(pixels)), np.float32)
+        if len(ring) < buffers and not shas:
+            ring.append(np.empty((batch_size, *np.shape(pixels)), np.float32))
+        buffer = ring[batch % buffers]
         buffer[len(shas)] = pixels
         shas.append(sha)
         if len(shas) == batch_size:
             yield buffer, shas
-            shas = []
-    if shas and buffer is not None:
-        yield buffer[: len(shas)], shas
+            shas, batch = [], batch + 1
+    if shas:
+        yield ring[batch % buffers][: len(shas)], shas
 
 
 def _image_batches(
-    dataset: _ImageDataset, backbone: ImageBackbone, batch_size: int, num_workers: int
+    dataset: _ImageDataset, backbone: ImageBackbone, batch_size: int, num_workers: int,
+    buffers: int = 1,
 ) -> Iterable[tuple[Any, list[str]]]:
-    """ONNX Runtime (CPU): decode threads + a reused batch buffer, with glibc's malloc tuned.
-    torch: a DataLoader with worker processes (decode scales past one core for a GPU)."""
+    """ONNX Runtime (CPU): decode threads + `buffers` reused batch arrays, with glibc's malloc
+    tuned. torch: a DataLoader with worker processes (decode scales past one core for a GPU)."""
     if backbone.onnx:
         tune_malloc()
-        return _overlapped_batches(dataset, batch_size, max(1, num_workers))
+        return _overlapped_batches(dataset, batch_size, max(1, num_workers), buffers)
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     return ((pixels, list(got)) for pixels, got in loader)
+
+
+def model_calls_for(backbone: ImageBackbone, model_calls: int) -> int:
+    """How many model calls extraction runs side by side: ONNX Runtime only (`model_calls`, 0:
+    one per core, each on a single-threaded session); torch always one."""
+    if not backbone.onnx or backbone.session_factory is None:
+        return 1
+    return model_calls or os.cpu_count() or 1
+
+
+def _features_in_order(
+    backbone: ImageBackbone, batches: Iterable[tuple[Any, list[str]]], calls: int
+) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(features, sha256s) per batch, in order; with calls > 1, that many single-threaded model
+    calls run at once (each batch's pixels must stay valid for `calls` batches)."""
+    if calls <= 1:
+        for pixels, got in batches:
+            yield backbone.forward_pixels(pixels), got
+        return
+    runner = backbone.single_threaded()
+    with ThreadPoolExecutor(max_workers=calls, thread_name_prefix="model") as pool:
+        running: deque[tuple[Future, list[str]]] = deque()
+        for pixels, got in batches:
+            running.append((pool.submit(runner.forward_pixels, pixels), got))
+            if len(running) == calls:
+                future, done = running.popleft()
+                yield future.result(), done
+        while running:
+            future, done = running.popleft()
+            yield future.result(), done
 
 
 def _progress(total: int, show: bool, unit: str) -> Any:
@@ -239,19 +273,23 @@ def encode_image_files(
     batch_size: int = 32,
     num_workers: int = 2,
     limits: ImageLimits = DEFAULT_LIMITS,
+    model_calls: int = 1,
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Batches of (content keys, features) for image files whose sha256 must equal `keys`
     (the local path and the Ray actors both run this); CatalogError when a file changed since
-    its key was taken (the features would belong to other bytes)."""
+    its key was taken (the features would belong to other bytes). `model_calls`: see
+    model_calls_for."""
+    calls = model_calls_for(backbone, model_calls)
     dataset = _ImageDataset(list(paths), backbone.preprocess, limits)
+    batches = _image_batches(dataset, backbone, batch_size, num_workers, buffers=calls + 1)
     expected, done = list(keys), 0
-    for pixels, got in _image_batches(dataset, backbone, batch_size, num_workers):
+    for vectors, got in _features_in_order(backbone, batches, calls):
         want = expected[done : done + len(got)]
         if got != want:
             pairs = enumerate(zip(want, got, strict=True))
             changed = [str(paths[done + i]) for i, (k, g) in pairs if k != g]
             raise CatalogError(f"images changed since the catalog was read: {changed[:5]}")
-        yield want, backbone.forward_pixels(pixels)
+        yield want, vectors
         done += len(got)
 
 
@@ -263,10 +301,12 @@ def extract_image_features(
     num_workers: int = 2,
     show_progress: bool = False,
     limits: ImageLimits = DEFAULT_LIMITS,
+    model_calls: int = 0,
 ) -> np.ndarray:
     """(n, dim) float32 image features aligned with `products`; only cache misses are decoded.
 
     `num_workers`: decode threads (ONNX Runtime engine) or DataLoader processes (torch).
+    `model_calls`: ONNX Runtime calls run side by side (0: one per core; model_calls_for).
     """
     _check_kind(backbone, ImageBackbone, "extract_image_features")
     if batch_size < 1 or num_workers < 0:
@@ -288,7 +328,8 @@ def extract_image_features(
         start = time.perf_counter()
         with _progress(len(todo), show_progress, "img") as bar:
             for want, vectors in encode_image_files(
-                list(todo.values()), list(todo), backbone, batch_size, num_workers, limits
+                list(todo.values()), list(todo), backbone, batch_size, num_workers, limits,
+                model_calls,
             ):
                 cache.put(namespace, want, vectors)
                 found.update(zip(want, vectors, strict=True))

@@ -173,6 +173,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     num_workers: int = 2  # image decoding workers during feature extraction
     feature_batch_size: int = 32  # backbone batch size during feature extraction
+    # ONNX Runtime image model calls run side by side in extraction, one thread each (0: one
+    # per core; embedder.features.model_calls_for)
+    feature_model_calls: int = 0
     resume: bool = False  # continue from OUT/checkpoints/last.pt
     overwrite: bool = False  # replace a model already in OUT (otherwise refused)
     show_progress: bool = False  # tqdm bars (the CLI turns them on)
@@ -198,6 +201,9 @@ class TrainConfig:
                              f"got {self.val_frac}, {self.test_frac}")
         if self.min_per_class < 1:
             raise ConfigError(f"min_per_class must be >= 1, got {self.min_per_class}")
+        if self.feature_model_calls < 0:
+            raise ConfigError(f"feature_model_calls must be >= 0 (0: one per core), "
+                              f"got {self.feature_model_calls}")
         if self.oversample_percentile is not None and not 0 < self.oversample_percentile <= 100:
             raise ConfigError(f"oversample_percentile must be in (0, 100] or None, "
                              f"got {self.oversample_percentile}")

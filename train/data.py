@@ -96,7 +96,8 @@ def load_features(catalog: str | Path, cfg: TrainConfig, rejects_path: Path | No
         image = extract_image_features(report.products, image_bb, cache,
                                        batch_size=cfg.feature_batch_size,
                                        num_workers=cfg.num_workers,
-                                       show_progress=cfg.show_progress)
+                                       show_progress=cfg.show_progress,
+                                       model_calls=cfg.feature_model_calls)
         image_info = BackboneInfo(image_bb.spec, image_bb.dim, image_bb.engine)
         del image_bb
         text_bb = load_backbone(cfg.text_backbone, device=device)

@@ -147,7 +147,8 @@ def write_local_shards(products: list[Any], image_bb: Any, text_bb: Any, out_dir
             part = products[spec.start:spec.stop]
             image = extract_image_features(part, image_bb, cache,
                                            batch_size=cfg.feature_batch_size,
-                                           num_workers=cfg.num_workers)
+                                           num_workers=cfg.num_workers,
+                                           model_calls=cfg.feature_model_calls)
             text = extract_text_features([p.title for p in part], text_bb, cache)
             write_shard(out_dir / spec.file,
                         ShardData(ids[spec.start:spec.stop], image_keys[spec.start:spec.stop],

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from embedder.features import (
     default_cache_dir,
     extract_image_features,
     extract_text_features,
+    model_calls_for,
     text_key,
     tune_malloc,
 )
@@ -158,13 +162,13 @@ def lite0_engines() -> dict:
 def test_onnx_extraction_decodes_on_threads_and_equals_torch(
     tmp_path: Path, products, lite0_engines, monkeypatch
 ) -> None:
-    """The ONNX path (decode threads, reused buffer) gives the torch DataLoader path's
-    features, in catalog order, over a last batch that is not full."""
+    """The ONNX path (decode threads, reused buffer, one model call at a time) gives the torch
+    DataLoader path's features, in catalog order, over a last batch that is not full."""
     onnx_bb = lite0_engines["onnx"]
     batches = Counting(onnx_bb.forward_pixels)
     monkeypatch.setattr(onnx_bb, "forward_pixels", batches)
     got = extract_image_features(products[:11], onnx_bb, FeatureCache(tmp_path / "onnx"),
-                                 batch_size=4, num_workers=2)
+                                 batch_size=4, num_workers=2, model_calls=1)
     assert (batches.calls, batches.rows) == (3, 11)
     expected = extract_image_features(products[:11], lite0_engines["torch"],
                                       FeatureCache(tmp_path / "torch"), batch_size=4,
@@ -172,6 +176,46 @@ def test_onnx_extraction_decodes_on_threads_and_equals_torch(
     cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected,
                                                                                    axis=1)
     assert cosine.min() > 1 - 1e-4
+
+
+def test_onnx_extraction_runs_single_threaded_calls_side_by_side(
+    tmp_path: Path, products, lite0_engines, monkeypatch
+) -> None:
+    """model_calls > 1: that many calls at once on a one-thread session, each batch's pixels
+    kept intact while its call runs (a ring of buffers), features equal to one call at a time
+    and in catalog order."""
+    onnx_bb = lite0_engines["onnx"]
+    one_at_a_time = extract_image_features(products[:11], onnx_bb, FeatureCache(tmp_path / "a"),
+                                           batch_size=2, num_workers=2, model_calls=1)
+    runner = onnx_bb.single_threaded()
+    assert runner is onnx_bb.single_threaded() and runner is not onnx_bb
+    assert runner.model.get_session_options().intra_op_num_threads == 1
+    running, most, lock = [0], [0], threading.Lock()
+    forward = runner.forward_pixels
+
+    def slow_forward(pixels):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # the next batches are decoded into the ring meanwhile
+        try:
+            return forward(pixels)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(runner, "forward_pixels", slow_forward)
+    side_by_side = extract_image_features(products[:11], onnx_bb, FeatureCache(tmp_path / "b"),
+                                          batch_size=2, num_workers=2, model_calls=3)
+    assert most[0] == 3
+    np.testing.assert_allclose(side_by_side, one_at_a_time, rtol=0, atol=1e-5)
+
+
+def test_model_calls_are_one_per_core_for_onnx_and_one_for_torch(lite0_engines) -> None:
+    assert model_calls_for(lite0_engines["onnx"], 0) == (os.cpu_count() or 1)
+    assert model_calls_for(lite0_engines["onnx"], 3) == 3
+    assert model_calls_for(lite0_engines["torch"], 0) == 1
+    assert lite0_engines["torch"].single_threaded() is lite0_engines["torch"]
 
 
 def test_onnx_extraction_reports_decode_errors_and_changes(
