@@ -29,17 +29,28 @@ def _set_help() -> str:
     return "\n".join(f"  {k} = {v!r}" for k, v in config_keys(TrainConfig()).items())
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON preset applied over the defaults (train/configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+def _add_config_args(p: argparse.ArgumentParser, command: bool = False) -> None:
+    """The config options; on a `command`'s parser they default to what was given before the
+    command (`--cache-dir C features` and `features --cache-dir C` are the same), since
+    argparse otherwise lets a subcommand's defaults overwrite the main parser's values."""
+    keep = {"default": argparse.SUPPRESS} if command else {}
+    p.add_argument("--config", help="JSON preset applied over the defaults (train/configs/)",
+                   **keep)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one config key (literal_eval, type-checked); repeatable; "
-                        "keys and defaults are listed below")
-    p.add_argument("--column", action="append", default=[], metavar="ROLE=COLUMN",
+                        "keys and defaults are listed below", **(keep or {"default": []}))
+    p.add_argument("--column", action="append", metavar="ROLE=COLUMN",
                    help=f"catalog column name for a role ({', '.join(COLUMN_ROLES)}) when it "
-                        "differs, e.g. --column id=sku --column title=name")
+                        "differs, e.g. --column id=sku --column title=name",
+                   **(keep or {"default": []}))
+    _add_cache_dir(p, command)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars", **keep)
+
+
+def _add_cache_dir(p: argparse.ArgumentParser, command: bool = False) -> None:
     p.add_argument("--cache-dir", help="feature cache (default: $HUSE_CACHE_DIR or "
-                                       "~/.cache/huse/features)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                                       "~/.cache/huse/features)",
+                   **({"default": argparse.SUPPRESS} if command else {}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster to join (default: a local one on 127.0.0.1)")
     s.add_argument("--out-shards", help="feature shard directory of --engine ray (default: "
                                         "CACHE/shards/<catalog name>)")
-    _add_config_args(s)
+    _add_config_args(s, command=True)
     s = sub.add_parser("evaluate", formatter_class=fmt, help="re-run the evaluation of a bundle")
     s.add_argument("bundle")
     s.add_argument("--catalog", required=True)
-    s.add_argument("--cache-dir", help="feature cache")
+    _add_cache_dir(s, command=True)
     s = sub.add_parser("build-index", formatter_class=fmt,
                        help="embed a catalog with a bundle into an index")
     s.add_argument("--bundle", required=True)
@@ -87,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--factory", default=None,
                    help="FAISS factory or 'auto' (default: the bundle's training config); "
                         "Milvus: auto, FLAT, IVF_FLAT")
-    s.add_argument("--cache-dir", help="feature cache")
+    _add_cache_dir(s, command=True)
     s = sub.add_parser("near-duplicates", formatter_class=fmt,
                        help="list indexed products that are the same item (CSV + HTML sheet)")
     s.add_argument("--bundle", required=True)

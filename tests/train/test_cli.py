@@ -124,6 +124,24 @@ def test_help_shows_defaults():
     assert "max_epochs = 60" in text and "--overwrite" in text and "--column" in text
 
 
+@pytest.mark.parametrize("command", [["features", "--catalog", "c.csv"],
+                                     ["evaluate", "b", "--catalog", "c.csv"],
+                                     ["build-index", "--bundle", "b", "--catalog", "c",
+                                      "--out", "o"]])
+def test_options_before_a_command_are_not_overwritten_by_its_defaults(command):
+    """`--cache-dir C features ...` used to extract into the default cache: argparse let the
+    command's own --cache-dir default replace the value given before it."""
+    before = build_parser().parse_args(["--cache-dir", "C", "--no-progress", *command])
+    after = build_parser().parse_args([*command, "--cache-dir", "D"])
+    neither = build_parser().parse_args(command)
+    assert (before.cache_dir, after.cache_dir, neither.cache_dir) == ("C", "D", None)
+    if command[0] == "features":
+        assert before.no_progress and not neither.no_progress
+        assert build_parser().parse_args(["--set", "x=1", *command]).set == ["x=1"]
+        assert build_parser().parse_args([*command, "--set", "x=2"]).set == ["x=2"]
+        assert neither.set == [] and neither.column == []
+
+
 def test_one_class_catalog_is_refused_before_training(tmp_path, capsys, rows, sample_catalog,
                                                       tiny_args):
     category = rows[0]["category"]
