@@ -17,7 +17,9 @@ Data sets:
   noise of norm `--real-spread` x the median distance between a real vector and its nearest
   real neighbour, so clusters overlap the way products of one kind do. d is the index's.
 - "gaussian": unit vectors around `--clusters` random centers (well separated), d = `--d`.
-Queries are held-out draws of the same process.
+Queries are held-out draws of the same process; with `--bundle` (the real index's), also the
+served query kinds made from them (a title: HUSE block alone; a recognition probe: the visual
+block's instance part alone), and a point's recall@10 is the lowest over the draws and kinds.
 
     python -m bench.bench_index [--sizes 1000000] [--data real,gaussian] [--threads 2]
 """
@@ -181,10 +183,27 @@ def _point(data: str, n: int, name: str, effort: Any, found: np.ndarray, timing:
     }
 
 
+def served_kinds(bundle_dir: str, xq: np.ndarray,
+                 xb: np.ndarray) -> tuple[dict[str, tuple], int | None]:
+    """(name -> (queries, exact neighbours) of the served query kinds a bundle adds to the
+    held-out draws (embedder.visual.ServedSpace.probe_queries: titles, recognition probes),
+    the index's prefix columns that titles search: index.store's prefix index)."""
+    if not bundle_dir:
+        return {}, None
+    from embedder.bundle import Bundle
+
+    bundle = Bundle.load(bundle_dir)
+    kinds = bundle.served_probe_queries(xq)
+    found = {name: (q, exact_knn(q, xb, K)) for name, q in kinds.items() if len(q)}
+    return found, bundle.served_prefix_dims
+
+
 def sweep(cand: Candidate, xb: np.ndarray, xq: np.ndarray, ref: np.ndarray, data: str,
-          threads: int, plan: IndexPlan, target: float) -> list[dict[str, Any]]:
+          threads: int, plan: IndexPlan, target: float,
+          kinds: dict[str, tuple] | None = None) -> list[dict[str, Any]]:
     """Build one candidate and measure it at each effort; stops once recall passes 0.999 or
-    the target is met and speed only falls from there."""
+    the target is met and speed only falls from there. With `kinds` (served_kinds), a point's
+    recall is the lowest over the draws and each kind (all listed), its speed the draws'."""
     import faiss
 
     gc.collect()
@@ -201,6 +220,12 @@ def sweep(cand: Candidate, xb: np.ndarray, xq: np.ndarray, ref: np.ndarray, data
         found, *timing = batch1(index.search, xq, threads)
         point = _point(data, xb.shape[0], cand.factory, effort, found, tuple(timing), ref,
                        threads)
+        if kinds:
+            by_kind = {"draws": point["recall_at_10"]}
+            with omp_threads(threads):
+                for name, (q, truth) in kinds.items():
+                    by_kind[name] = round(recall_at_k(index.search(q, K)[1], truth, K), 4)
+            point.update(recall_at_10=min(by_kind.values()), recall_at_10_by_queries=by_kind)
         point.update(build_s=round(build_s, 1), index_mb=round(size_mb, 1),
                      rss_delta_mb=round(rss_mb, 1))
         logger.info("%s", point)
@@ -216,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="1000000", help="comma-separated N values")
     parser.add_argument("--data", default="real,gaussian", help="real and/or gaussian")
     parser.add_argument("--real-index", default=str(DEFAULT_REAL_INDEX))
+    parser.add_argument("--bundle", default="",
+                        help="the real index's bundle: also measure its served query kinds "
+                        "(titles, recognition probes) made from the held-out draws")
     parser.add_argument("--real-spread", type=float, default=1.0,
                         help="noise norm in median nearest-neighbour distances")
     parser.add_argument("--d", type=int, default=256, help="dimension of the gaussian data")
@@ -251,13 +279,25 @@ def main(argv: list[str] | None = None) -> None:
                 todo = [c for c in todo if c.factory in args.only.split(";")]
             if n >= 50_000 and previous not in {c.factory for c in todo}:
                 todo.insert(0, Candidate(previous, (PREVIOUS_NPROBE,)))
+            kinds, prefix = served_kinds(args.bundle, xq, xb) if data == "real" else ({}, None)
             for cand in todo:
-                points = sweep(cand, xb, xq, ref, data, args.threads, plan, args.target)
+                points = sweep(cand, xb, xq, ref, data, args.threads, plan, args.target, kinds)
                 if cand.factory == previous and n >= 50_000:
                     for p in points:
                         if p["effort"] == PREVIOUS_NPROBE:
                             p["baseline"] = "previous auto plan"
                 curve += points
+            if prefix is not None and "title" in kinds:
+                # titles on the prefix index (index.store): its own candidates over P columns
+                titles, truth = kinds["title"]
+                head = np.ascontiguousarray(xb[:, :prefix])
+                for cand in candidates(n, prefix, plan):
+                    if cand.factory.startswith("IVF") and "PQ" not in cand.factory:
+                        points = sweep(cand, head, np.ascontiguousarray(titles[:, :prefix]),
+                                       truth, data, args.threads, plan, args.target)
+                        curve += [{**p, "index": f"{p['index']} on the first {prefix} "
+                                   "columns (prefix index: titles)"} for p in points]
+                del head
             best = pick([p for p in curve if p["data"] == data and p["n"] == n
                          and p["effort"] is not None], args.target, speed_key="qps_cpu")
             picked.append({"data": data, "n": n, "d": d, "best": best,

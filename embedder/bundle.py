@@ -303,6 +303,17 @@ class Bundle:
                              parts[self.dim:] if has_image else None, k, visual_weight,
                              **filters)
 
+    @property
+    def served_prefix_dims(self) -> int | None:
+        """Index columns that title queries use (the HUSE block; index.store's prefix index),
+        None where the index holds the HUSE embedding alone."""
+        return None if self.served is None else self.dim
+
+    def served_probe_queries(self, stored: np.ndarray) -> dict[str, np.ndarray]:
+        """Held-out queries of each kind the service sends that index rows alone do not stand
+        for (ServedSpace.probe_queries), from index rows; none without a visual block."""
+        return {} if self.served is None else self.served.probe_queries(stored)
+
     def served_requery(self, stored: np.ndarray, visual_weight: float | None = None
                        ) -> np.ndarray:
         """Query rows from index rows ("more like this" an indexed product)."""

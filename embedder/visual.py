@@ -222,6 +222,18 @@ class ServedSpace:
         w = self.visual_weight if visual_weight is None else visual_weight
         return query_vectors(huse, visual, w, self.visual_dim)
 
+    def probe_queries(self, stored: np.ndarray) -> dict[str, np.ndarray]:
+        """Queries of the two kinds the service sends that leave most of a row's directions
+        empty, made from `stored` index rows: a title (HUSE alone, visual block zero) and a
+        recognition probe (the instance part of the visual block alone; rows with an image).
+        An approximate index tuned on perturbed rows misses their neighbours: on fashion
+        products an IVF64 index at nprobe 2 found 0.72 of a title's 10 nearest, against 0.95
+        for a photo (docs/performance.md), so the build tunes on these too."""
+        huse, visual = split_stored(stored, stored.shape[1] - self.visual_dim)
+        with_image = np.linalg.norm(visual, axis=1) > 0
+        return {"title": self.query(huse, None),
+                "instance probe": instance_probe(visual[with_image], huse.shape[1], self.block)}
+
     def requery(self, stored: np.ndarray, visual_weight: float | None = None) -> np.ndarray:
         """Query rows from stored rows ("more like this" an indexed product)."""
         w = self.visual_weight if visual_weight is None else visual_weight

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,47 +20,89 @@ from index.store import ProductIndex, ProductRecord
 logger = logging.getLogger(__name__)
 
 
+QuerySets = Mapping[str, np.ndarray]
+PERTURBED = "perturbed"  # the query set every build measures
+
+
 def _measure(
     store: ProductIndex,
-    xq: np.ndarray,
-    ref: np.ndarray,
+    sets: QuerySets,
+    refs: Mapping[str, np.ndarray],
     positions: dict[str, int],
     k: int,
     timed: int,
-) -> dict[str, float]:
-    """recall@k of xq against `ref`, and q/s searching xq[:timed] one query at a time."""
-    hits = store.search(xq, k)
-    found = np.asarray([[positions[h.id] for h in row] + [-1] * (k - len(row)) for row in hits])
+) -> dict[str, Any]:
+    """recall@k of each query set against its exact neighbours (the lowest is the point's
+    recall), and q/s searching the first set's first `timed` queries one at a time."""
+    by_set = {}
+    for name, xq in sets.items():
+        hits = store.search(xq, k)
+        found = np.asarray([[positions[h.id] for h in row] + [-1] * (k - len(row))
+                            for row in hits])
+        by_set[name] = round(recall_at_k(found, refs[name], k), 4)
+    xq = next(iter(sets.values()))
     timed = min(timed, xq.shape[0])
     t0 = time.perf_counter()
     for i in range(timed):
         store.search(xq[i : i + 1], k)
     seconds = time.perf_counter() - t0
-    return {
-        f"recall_at_{k}": recall_at_k(found, ref, k),
-        "qps_batch1": round(timed / seconds, 1) if seconds > 0 else 0.0,
-    }
+    point: dict[str, Any] = {f"recall_at_{k}": min(by_set.values())}
+    if len(by_set) > 1:
+        point[f"recall_at_{k}_by_queries"] = by_set
+    point["qps_batch1"] = round(timed / seconds, 1) if seconds > 0 else 0.0
+    return point
 
 
-def _measure_past(store: Any, chosen: int, config: BuildConfig, curve: list[dict[str, Any]],
-                  measure: Any) -> None:
-    """Extend the tuning curve past the chosen effort (doubling), then restore the choice."""
-    effort = chosen
-    for _ in range(config.curve_points_past_target):
-        new = store.set_search_effort(min(2 * effort, config.max_search_effort))
-        if new == effort:
+def _tune(store: Any, part: str, config: BuildConfig, k: int,
+          measure: Callable[[], dict[str, Any]]) -> tuple[int | None, list[dict[str, Any]]]:
+    """Double one part's search effort ("main", or "prefix": ProductIndex's prefix index)
+    from config.min_search_effort until `measure`'s recall reaches the target, then measure
+    config.curve_points_past_target more efforts and restore the chosen one; -> (effort, curve
+    of recall and batch-1 q/s at each effort tried)."""
+
+    def set_effort(value: int) -> int:
+        return (store.set_search_effort(value) if part == "main"
+                else store.set_search_effort(value, part=part))
+
+    effort = store.search_effort if part == "main" else store.prefix_search_effort
+    if effort is not None:
+        effort = set_effort(config.min_search_effort)
+    point = measure()
+    curve = [{"search_effort": effort, **point}]
+    while (
+        effort is not None
+        and point[f"recall_at_{k}"] < config.target_recall
+        and effort < config.max_search_effort
+    ):
+        new = set_effort(min(2 * effort, config.max_search_effort))
+        if new == effort:  # IVF: every list is probed already
             break
-        effort = new
-        curve.append({"search_effort": effort, **measure(), "past_target": True})
-    store.set_search_effort(chosen)
+        effort, point = new, measure()
+        curve.append({"search_effort": effort, **point})
+    if effort is None:
+        return effort, curve
+    past = effort
+    for _ in range(config.curve_points_past_target):
+        new = set_effort(min(2 * past, config.max_search_effort))
+        if new == past:
+            break
+        past = new
+        curve.append({"search_effort": past, **measure(), "past_target": True})
+    set_effort(effort)
+    return effort, curve
 
 
 def _fill_and_measure(
-    store: Any, records: Sequence[ProductRecord], xb: np.ndarray, config: BuildConfig, t0: float
+    store: Any, records: Sequence[ProductRecord], xb: np.ndarray, config: BuildConfig, t0: float,
+    query_sets: QuerySets | None = None,
 ) -> dict[str, Any]:
     """Upsert everything, tune the search effort to the target recall, save; -> manifest.
 
     `store` is either implementation (index.store.ProductIndex, MilvusProductIndex).
+    `query_sets`: more held-out queries (name -> rows), such as the served query kinds
+    (embedder.visual.ServedSpace.probe_queries); the effort is tuned until every set reaches
+    the target. With a prefix index, the sets it answers (rows zero past its columns) tune its
+    own effort, the others the main index's.
     """
     store.upsert(records, xb)
     build_s = time.perf_counter() - t0
@@ -68,45 +110,54 @@ def _fill_and_measure(
     noise = config.query_noise
     if noise is None:
         noise = median_nn_distance(xb, config.n_eval_queries, config.seed)
-    xq = perturbed_queries(xb, config.n_eval_queries, noise, config.seed)
+    sets = {PERTURBED: perturbed_queries(xb, config.n_eval_queries, noise, config.seed)}
+    for name, xq in (query_sets or {}).items():
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if xq.ndim != 2 or xq.shape[1] != xb.shape[1]:
+            raise ValueError(f"query set {name!r} has shape {xq.shape}, not (n, {xb.shape[1]})")
+        if len(xq):
+            sets[name] = xq[: config.n_eval_queries]
     k = min(config.k, len(records))
-    ref = exact_knn(xq, xb, k)
+    refs = {name: exact_knn(xq, xb, k) for name, xq in sets.items()}
     positions = {r.id: i for i, r in enumerate(records)}
-    effort = store.search_effort
-    if effort is not None:
-        effort = store.set_search_effort(config.min_search_effort)
-    point = _measure(store, xq, ref, positions, k, config.timed_queries)
-    curve = [{"search_effort": effort, **point}]
-    while (
-        effort is not None
-        and point[f"recall_at_{k}"] < config.target_recall
-        and effort < config.max_search_effort
-    ):
-        new = store.set_search_effort(min(2 * effort, config.max_search_effort))
-        if new == effort:  # IVF: every list is probed already
-            break
-        effort, point = new, _measure(store, xq, ref, positions, k, config.timed_queries)
-        curve.append({"search_effort": effort, **point})
-    recall = point[f"recall_at_{k}"]
-    if effort is not None:
-        _measure_past(store, effort, config, curve, lambda: _measure(
-            store, xq, ref, positions, k, config.timed_queries))
+    prefix_dims = getattr(store, "prefix_dims", None)
+    on_prefix = {name for name, xq in sets.items()
+                 if prefix_dims is not None and not xq[:, prefix_dims:].any()}
+    parts = {"main": [name for name in sets if name not in on_prefix]}
+    if on_prefix:
+        parts["prefix"] = [name for name in sets if name in on_prefix]
+    tuned = {}
+    for part, names in parts.items():
+        part_sets = {name: sets[name] for name in names}
+        tuned[part] = _tune(store, part, config, k, lambda s=part_sets: _measure(
+            store, s, refs, positions, k, config.timed_queries))
+    final = _measure(store, sets, refs, positions, k, 0)
+    recall = final[f"recall_at_{k}"]
+    by_queries = final.get(f"recall_at_{k}_by_queries", {PERTURBED: recall})
+    effort, curve = tuned["main"]
     logger.info(
-        "built %s over %d products in %.1f s, recall@%d %.4f (effort %s)",
+        "built %s over %d products in %.1f s, recall@%d %.4f (effort %s%s; %s)",
         store.factory,
         len(records),
         build_s,
         k,
         recall,
         effort,
+        f", prefix index effort {tuned['prefix'][0]}" if "prefix" in tuned else "",
+        by_queries,
     )
     store.record_build(
         {
             f"recall_at_{k}": recall,
-            "recall_method": "perturbed database vectors vs exact inner product",
+            f"recall_at_{k}_by_queries": by_queries,
+            "recall_method": "exact inner product neighbours of held-out queries: perturbed "
+            "database vectors, and the query kinds named in recall_at_k_by_queries; the "
+            "lowest of them",
             "query_noise_norm": round(noise, 5),
             "search_effort": effort,
             "tuning": curve,  # recall and batch-1 q/s at each effort tried
+            **({"prefix": {"search_effort": tuned["prefix"][0], "queries": parts["prefix"],
+                           "tuning": tuned["prefix"][1]}} if "prefix" in tuned else {}),
             "eval": asdict(config),
             "build_seconds": round(build_s, 3),
         }
@@ -122,6 +173,7 @@ def build_milvus_index(
     factory: str = "auto",
     config: BuildConfig | None = None,
     overwrite: bool = False,
+    query_sets: QuerySets | None = None,
 ) -> dict[str, Any]:
     """build_product_index for a Milvus URI: a new collection is filled, measured, flushed,
     and only then served under the URI's name (the one it replaces is dropped)."""
@@ -138,7 +190,8 @@ def build_milvus_index(
         staged=True,
     )
     try:
-        manifest = _fill_and_measure(store, records, xb, config or BuildConfig(), t0)
+        manifest = _fill_and_measure(store, records, xb, config or BuildConfig(), t0,
+                                     query_sets)
         store.publish()
         return manifest
     except BaseException:
@@ -159,23 +212,29 @@ def build_product_index(
     plan: IndexPlan | None = None,
     config: BuildConfig | None = None,
     overwrite: bool = False,
+    query_sets: QuerySets | None = None,
+    prefix_dims: int | None = None,
 ) -> dict[str, Any]:
     """Create, fill, measure recall@k against exact search, save; returns the manifest.
 
-    Held-out queries are perturbed copies of database vectors (see perturbed_queries); the
-    truth is exact inner product over all of xb, so a Flat index scores 1.0. For IVF/HNSW the
-    search effort doubles until config.target_recall is met; the same queries tune and
+    Held-out queries are perturbed copies of database vectors (see perturbed_queries) and
+    each of `query_sets` (name -> rows: the kinds of query the service sends); the truth is
+    exact inner product over all of xb, so a Flat index scores 1.0. For IVF/HNSW the search
+    effort doubles until every set reaches config.target_recall; the same queries tune and
     report, so the recorded recall is slightly optimistic.
 
+    `prefix_dims`: a prefix index too (index.store; the served space's titles search it).
     overwrite=True replaces an index already in `directory`: the new one is built beside it
     and swapped in only once saved, so a failed build leaves the old index serving.
-    A Milvus URI as `directory` builds there instead (build_milvus_index).
+    A Milvus URI as `directory` builds there instead (build_milvus_index, without a prefix
+    index).
     """
     from index.milvus_target import is_milvus_uri
 
     if is_milvus_uri(directory):
         return build_milvus_index(
-            str(directory), records, xb, bundle_fingerprint, factory, config, overwrite
+            str(directory), records, xb, bundle_fingerprint, factory, config, overwrite,
+            query_sets,
         )
     directory = Path(directory)
     if overwrite and directory.exists():
@@ -191,6 +250,8 @@ def build_product_index(
             use_gpu,
             plan,
             config,
+            query_sets=query_sets,
+            prefix_dims=prefix_dims,
         )
         retired = directory.with_name(directory.name + ".old")
         shutil.rmtree(retired, ignore_errors=True)
@@ -208,8 +269,9 @@ def build_product_index(
         memory_budget_bytes=memory_budget_bytes,
         use_gpu=use_gpu,
         plan=plan,
+        prefix_dims=prefix_dims,
     )
     try:
-        return _fill_and_measure(store, records, xb, config, t0)
+        return _fill_and_measure(store, records, xb, config, t0, query_sets)
     finally:
         store.close()

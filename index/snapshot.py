@@ -40,6 +40,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         )
     return manifest
 
+PREFIX = "prefix"  # manifest entry of the prefix index (ProductIndex.create(prefix_dims=...))
+
+
 def load_vectors(
     directory: Path,
     manifest: dict[str, Any],
@@ -47,7 +50,11 @@ def load_vectors(
     rebuild_if_corrupt: bool,
     use_gpu: bool | str,
     plan: IndexPlan | None,
+    prefix_dims: int | None = None,
 ) -> VectorIndex:
+    """The vector index of an index directory: its snapshot plus the rows written after it
+    (or, with `prefix_dims`, the prefix index over the stored rows' first prefix_dims columns,
+    from the manifest's "prefix" entry); rebuilt from SQLite when its snapshot is lost."""
     info = meta.meta()
     d = int(info["d"])
     for key, value in (("d", d), ("bundle_fingerprint", info["bundle_fingerprint"])):
@@ -56,34 +63,43 @@ def load_vectors(
                 f"{MANIFEST} says {key}={manifest.get(key)!r} but {METADATA} says {value!r}"
             )
     budget = json.loads(info["memory_budget_bytes"])
+    part, width, factory, exact = manifest, d, info["factory"], meta.vectors
+    if prefix_dims is not None:
+        part, width = manifest.get(PREFIX) or {}, prefix_dims
+        factory = part.get("requested_factory", "auto")
+
+        def exact(keys: Any) -> Any:
+            return meta.vectors(keys)[:, :prefix_dims]
+
     kwargs = {
         "memory_budget_bytes": budget,
-        "exact_vectors": meta.vectors,
+        "exact_vectors": exact,
         "use_gpu": use_gpu,
         "plan": plan,
     }
-    snapshot = manifest.get("snapshot")
+    snapshot = part.get("snapshot")
     try:
         if snapshot is None:
-            vi = VectorIndex(d, info["factory"], **kwargs)
+            vi = VectorIndex(width, factory, **kwargs)
             since = 0
         else:
-            vi = _read_snapshot(directory, snapshot, d, manifest, kwargs)
+            vi = _read_snapshot(directory, snapshot, width, part["vector_state"], kwargs)
             since = int(manifest["generation"])
-        replay(vi, meta, since)
+        replay(vi, meta, since, prefix_dims)
     except CorruptIndexError as e:
         if not rebuild_if_corrupt:
             raise
         logger.warning("%s; rebuilding the vector index from %s", e, METADATA)
-        vi = VectorIndex(d, info["factory"], **kwargs)
-        replay(vi, meta, 0)
+        vi = VectorIndex(width, factory, **kwargs)
+        replay(vi, meta, 0, prefix_dims)
     return vi
+
 
 def _read_snapshot(
     directory: Path,
     snapshot: dict[str, Any],
     d: int,
-    manifest: dict[str, Any],
+    state: dict[str, Any],
     kwargs: dict[str, Any],
 ) -> VectorIndex:
     path = directory / snapshot["file"]
@@ -91,15 +107,18 @@ def _read_snapshot(
         raise CorruptIndexError(f"snapshot {path} is missing")
     if path.stat().st_size != snapshot["bytes"] or sha256_file(path) != snapshot["sha256"]:
         raise CorruptIndexError(f"snapshot {path} does not match its checksum (truncated?)")
-    return VectorIndex.read(path, d, manifest["vector_state"], **kwargs)
+    return VectorIndex.read(path, d, state, **kwargs)
 
-def replay(vi: VectorIndex, meta: MetadataStore, since: int) -> None:
+
+def replay(vi: VectorIndex, meta: MetadataStore, since: int,
+           prefix_dims: int | None = None) -> None:
+    """Apply SQLite's rows newer than `since` to `vi` (their first prefix_dims columns)."""
     keys, xb, deleted = meta.changes_since(since)
     gone = deleted[[int(k) in vi for k in deleted]] if deleted.shape[0] else deleted
     if gone.shape[0]:
         vi.remove(gone)
     if keys.shape[0]:
-        vi.upsert(keys, xb)
+        vi.upsert(keys, xb if prefix_dims is None else xb[:, :prefix_dims])
     if vi.ntotal != meta.live_count():
         raise CorruptIndexError(
             f"vector index holds {vi.ntotal} products after replay, SQLite {meta.live_count()}"

@@ -6,6 +6,13 @@ when the call returns. `save()` writes a FAISS snapshot (tmp + fsync + rename, u
 name) and then the manifest (same way, last), which names the snapshot, its sha256 and its
 generation. `open()` verifies the manifest, loads the snapshot and replays newer rows; a lost
 or damaged snapshot is rebuilt from SQLite, while a foreign or mismatched file is refused.
+
+With `prefix_dims` a second vector index holds the first prefix_dims columns of every row and
+answers the queries whose other columns are all zero (same scores: the other columns add
+nothing to their inner products). The served space's titles are such queries (HUSE block,
+visual block zero): an approximate index over whole rows scatters their neighbours over many
+lists, and a prefix index is also cheaper to scan (docs/performance.md). It is saved, loaded,
+replayed and rebuilt like the main one.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from index.snapshot import (
     FORMAT_VERSION,
     MANIFEST,
     METADATA,
+    PREFIX,
     load_vectors,
     read_manifest,
 )
@@ -108,12 +116,18 @@ class ProductIndex:
     """Products with metadata and vectors; k-NN search with category and id filters."""
 
     def __init__(
-        self, directory: Path, meta: MetadataStore, vi: VectorIndex, manifest: dict[str, Any]
+        self,
+        directory: Path,
+        meta: MetadataStore,
+        vi: VectorIndex,
+        manifest: dict[str, Any],
+        prefix_vi: VectorIndex | None = None,
     ) -> None:
         """Use create() or open(); this only wires parts that are already consistent."""
         self.directory = directory
         self._meta = meta
         self._vi = vi
+        self._prefix_vi = prefix_vi  # over the first prefix_dims columns (module docstring)
         self._manifest = manifest
         self._lock = RWLock()
         self._save_lock = threading.Lock()
@@ -128,6 +142,25 @@ class ProductIndex:
             d, factory, memory_budget_bytes=budget, exact_vectors=meta.vectors, **kwargs
         )
 
+    @staticmethod
+    def _new_prefix_vectors(
+        prefix_dims: int, factory: str, meta: MetadataStore, budget: int | None, **kwargs: Any
+    ) -> tuple[VectorIndex, str]:
+        """The prefix index and its requested factory: the main one's where it fits prefix_dims
+        columns (a PQ code count may not divide them), else "auto"."""
+
+        def exact(keys: Any) -> np.ndarray:
+            return meta.vectors(keys)[:, :prefix_dims]
+
+        for requested in dict.fromkeys((factory, "auto")):
+            try:
+                vi = VectorIndex(prefix_dims, requested, memory_budget_bytes=budget,
+                                 exact_vectors=exact, **kwargs)
+            except ValueError:
+                continue
+            return vi, requested
+        raise AssertionError("an 'auto' VectorIndex always constructs")
+
     @classmethod
     def create(
         cls,
@@ -138,8 +171,10 @@ class ProductIndex:
         memory_budget_bytes: int | None = None,
         use_gpu: bool | str = "auto",
         plan: IndexPlan | None = None,
+        prefix_dims: int | None = None,
     ) -> ProductIndex:
-        """Start an empty index in `directory` (which must not hold one already)."""
+        """Start an empty index in `directory` (which must not hold one already); with
+        `prefix_dims` (1 <= prefix_dims < d), a prefix index too (module docstring)."""
         directory = Path(directory)
         if not isinstance(bundle_fingerprint, str) or not bundle_fingerprint:
             raise ValueError(
@@ -149,19 +184,32 @@ class ProductIndex:
             raise IndexStoreError(f"{directory} already holds an index; use ProductIndex.open")
         if not isinstance(d, int) or isinstance(d, bool) or d < 1:
             raise ValueError(f"d must be a positive int, got {d!r}")
+        if prefix_dims is not None and (
+            not isinstance(prefix_dims, int) or isinstance(prefix_dims, bool)
+            or not 1 <= prefix_dims < d
+        ):
+            raise ValueError(f"prefix_dims must be an int in [1, {d}), got {prefix_dims!r}")
         directory.mkdir(parents=True, exist_ok=True)
         meta = MetadataStore.create(
             directory / METADATA, d, bundle_fingerprint, factory, memory_budget_bytes
         )
+        prefix_vi = None
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "save_seq": 0, "build": {}
+        }
         try:
             vi = cls._new_vectors(d, factory, meta, memory_budget_bytes, use_gpu=use_gpu, plan=plan)
+            if prefix_dims is not None:
+                prefix_vi, requested = cls._new_prefix_vectors(
+                    prefix_dims, factory, meta, memory_budget_bytes, use_gpu=use_gpu, plan=plan
+                )
+                manifest[PREFIX] = {"dims": prefix_dims, "requested_factory": requested}
         except (ValueError, TypeError):
             meta.close()
             for path in directory.glob(METADATA + "*"):
                 path.unlink()
             raise
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "save_seq": 0, "build": {}}
-        store = cls(directory, meta, vi, manifest)
+        store = cls(directory, meta, vi, manifest, prefix_vi)
         store.save()
         return store
 
@@ -191,10 +239,14 @@ class ProductIndex:
         meta = MetadataStore.open(directory / METADATA)
         try:
             vi = load_vectors(directory, manifest, meta, rebuild_if_corrupt, use_gpu, plan)
+            prefix_vi = None
+            if manifest.get(PREFIX):
+                prefix_vi = load_vectors(directory, manifest, meta, rebuild_if_corrupt, use_gpu,
+                                         plan, prefix_dims=int(manifest[PREFIX]["dims"]))
         except BaseException:
             meta.close()
             raise
-        return cls(directory, meta, vi, manifest)
+        return cls(directory, meta, vi, manifest, prefix_vi)
 
     def close(self) -> None:
         """Release SQLite connections (writes are already durable; save() is separate)."""
@@ -219,11 +271,19 @@ class ProductIndex:
         checked, xb = validate_batch(records, xb, self._vi.d)
         if not checked:
             return
+        prefix = None if self._prefix_vi is None else xb[:, : self._prefix_vi.d]
+        if prefix is not None and not prefix.any(axis=1).all():
+            raise ValueError(f"rows {np.flatnonzero(~prefix.any(axis=1))[:10].tolist()} are "
+                             f"zero in their first {prefix.shape[1]} columns (the prefix index's)")
         with self._lock.write():
             self._check_open()
             self._vi.prepare(xb)  # an untrained index that cannot train fails here, not later
+            if self._prefix_vi is not None:
+                self._prefix_vi.prepare(prefix)
             keys, _ = self._meta.upsert(checked, xb)
             self._vi.upsert(keys, xb)
+            if self._prefix_vi is not None:
+                self._prefix_vi.upsert(keys, prefix)
 
     def delete(self, product_ids: Sequence[str]) -> None:
         """Delete products; ProductNotFound (nothing deleted) if any id is not live."""
@@ -236,6 +296,8 @@ class ProductIndex:
             self._check_open()
             keys, _ = self._meta.delete(ids)
             self._vi.remove(keys)
+            if self._prefix_vi is not None:
+                self._prefix_vi.remove(keys)
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
@@ -252,10 +314,28 @@ class ProductIndex:
         with self._lock.read():
             return self._vi.search_effort
 
-    def set_search_effort(self, value: int) -> int:
-        """Trade speed for recall (saved with the next snapshot); returns the value in effect."""
+    def set_search_effort(self, value: int, part: str = "main") -> int:
+        """Trade speed for recall (saved with the next snapshot) of the main index or, with
+        part="prefix", of the prefix index; returns the value in effect."""
+        if part not in ("main", "prefix"):
+            raise ValueError(f"part must be 'main' or 'prefix', got {part!r}")
         with self._lock.write():
-            return self._vi.set_search_effort(value)
+            if part == "main":
+                return self._vi.set_search_effort(value)
+            if self._prefix_vi is None:
+                raise IndexStoreError(f"index in {self.directory} has no prefix index")
+            return self._prefix_vi.set_search_effort(value)
+
+    @property
+    def prefix_search_effort(self) -> int | None:
+        """The prefix index's nprobe or efSearch (None: exact, empty or no prefix index)."""
+        with self._lock.read():
+            return None if self._prefix_vi is None else self._prefix_vi.search_effort
+
+    @property
+    def prefix_dims(self) -> int | None:
+        """Columns of the prefix index (None: none; module docstring)."""
+        return None if self._prefix_vi is None else self._prefix_vi.d
 
     @property
     def factory(self) -> str:
@@ -324,7 +404,7 @@ class ProductIndex:
                 excluded = np.asarray(
                     list(self._meta.keys_for_ids(excluded_ids).values()), np.int64
                 )
-            D, I = self._vi.search(xq, k, allowed=allowed, excluded=excluded)  # noqa: E741
+            D, I = self._search_vectors(xq, k, allowed, excluded)  # noqa: E741
             # Python lists, not numpy scalars: ~10x cheaper per hit on this per-query path
             scores, keys = D.tolist(), I.tolist()
             records = self._meta.records({key for row in keys for key in row if key >= 0})
@@ -336,6 +416,27 @@ class ProductIndex:
             ]
             for score_row, key_row in zip(scores, keys, strict=True)
         ]
+
+    def _search_vectors(
+        self, xq: Any, k: int, allowed: Any, excluded: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The main index, or the prefix index for rows zero past its columns."""
+        if self._prefix_vi is None:
+            return self._vi.search(xq, k, allowed=allowed, excluded=excluded)
+        xq = as_matrix(xq, self._vi.d, "xq")
+        p = self._prefix_vi.d
+        on_prefix = ~xq[:, p:].any(axis=1)
+        if on_prefix.all():
+            return self._prefix_vi.search(xq[:, :p], k, allowed=allowed, excluded=excluded)
+        if not on_prefix.any():
+            return self._vi.search(xq, k, allowed=allowed, excluded=excluded)
+        D, I = self._vi.search(xq[~on_prefix], k, allowed=allowed, excluded=excluded)  # noqa: E741
+        Dp, Ip = self._prefix_vi.search(xq[on_prefix, :p], k, allowed=allowed, excluded=excluded)
+        scores = np.empty((xq.shape[0], k), np.float32)
+        keys = np.empty((xq.shape[0], k), np.int64)
+        scores[~on_prefix], keys[~on_prefix] = D, I
+        scores[on_prefix], keys[on_prefix] = Dp, Ip
+        return scores, keys
 
     def page(
         self, after: int, limit: int, where: ProductFilter | None = None
@@ -367,13 +468,15 @@ class ProductIndex:
             self._check_open()
             self._meta.checkpoint()
             seq = int(self._manifest.get("save_seq", 0)) + 1
-            snapshot = None
-            if self._vi.factory:
-                name = f"vectors.{seq}.faiss"
-                with replacing(self.directory / name) as tmp:
-                    self._vi.write(tmp)
-                path = self.directory / name
-                snapshot = {"file": name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+            snapshot = self._snapshot(self._vi, f"vectors.{seq}.faiss")
+            prefix = {}
+            if self._prefix_vi is not None:
+                prefix = {PREFIX: {
+                    **self._manifest[PREFIX],
+                    "factory": self._prefix_vi.factory,
+                    "snapshot": self._snapshot(self._prefix_vi, f"prefix.{seq}.faiss"),
+                    "vector_state": self._prefix_vi.state(),
+                }}
             info = self._meta.meta()
             manifest = {
                 **self._manifest,
@@ -388,15 +491,27 @@ class ProductIndex:
                 "generation": self._meta.generation(),
                 "snapshot": snapshot,
                 "vector_state": self._vi.state(),
+                **prefix,
                 "versions": _versions(),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             write_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=2).encode())
             self._manifest = manifest
-            self._remove_stale_snapshots(snapshot["file"] if snapshot else None)
+            keep = {s["file"] for s in (snapshot, prefix.get(PREFIX, {}).get("snapshot")) if s}
+            self._remove_stale_snapshots(keep)
             return self.manifest
 
-    def _remove_stale_snapshots(self, keep: str | None) -> None:
-        for path in self.directory.glob("vectors.*.faiss*"):
-            if path.name != keep:
-                path.unlink(missing_ok=True)
+    def _snapshot(self, vi: VectorIndex, name: str) -> dict[str, Any] | None:
+        """Write `vi` to `name` atomically: its manifest entry, or None while it is empty."""
+        if not vi.factory:
+            return None
+        with replacing(self.directory / name) as tmp:
+            vi.write(tmp)
+        path = self.directory / name
+        return {"file": name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+    def _remove_stale_snapshots(self, keep: set[str]) -> None:
+        for pattern in ("vectors.*.faiss*", "prefix.*.faiss*"):
+            for path in self.directory.glob(pattern):
+                if path.name not in keep:
+                    path.unlink(missing_ok=True)

@@ -95,6 +95,7 @@ def write_index(bundle: Any, products: Sequence[Any], xb: np.ndarray, out_dir: s
     directory or a Milvus URI); returns its manifest."""
     from index.build import build_product_index
     from index.milvus_target import is_milvus_uri
+    from index.plan import BuildConfig
 
     out = out_dir if is_milvus_uri(out_dir) else Path(out_dir)
     # overwrite: a rebuild is built beside the old index and swapped in only once saved.
@@ -104,8 +105,13 @@ def write_index(bundle: Any, products: Sequence[Any], xb: np.ndarray, out_dir: s
     if root is None and getattr(bundle, "path", None):
         root = Path(bundle.path).resolve().parent
     records = product_records(products, root)
+    config = build or BuildConfig()
+    rows = np.random.default_rng(config.seed).choice(
+        len(xb), size=min(config.n_eval_queries, len(xb)), replace=False)
     manifest = build_product_index(out, records, xb, bundle.fingerprint,
-                                   factory=factory, plan=plan, config=build, overwrite=True)
+                                   factory=factory, plan=plan, config=config, overwrite=True,
+                                   query_sets=bundle.served_probe_queries(xb[np.sort(rows)]),
+                                   prefix_dims=bundle.served_prefix_dims)
     logger.info("index of %d products written to %s", len(products), out)
     return manifest
 

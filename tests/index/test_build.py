@@ -91,3 +91,13 @@ def test_tuning_queries_lie_as_near_as_neighbouring_products() -> None:
     assert median_nn_distance(xb) == pytest.approx(near / 2)  # distances 0, 0, near, near
     assert median_nn_distance(xb, n=2, seed=0) in (0.0, pytest.approx(near / 2), near)
     assert BuildConfig().query_noise is None
+
+
+def test_query_sets_must_match_the_index_dimension(tmp_path):
+    with pytest.raises(ValueError, match="query set 'title' has shape"):
+        build_product_index(tmp_path / "ix", make_records(50), make_vectors(50), "fp",
+                            query_sets={"title": np.zeros((5, D + 1), np.float32)})
+    manifest = build_product_index(tmp_path / "ok", make_records(50), make_vectors(50), "fp",
+                                   query_sets={"title": make_vectors(5, seed=1),
+                                               "none": np.zeros((0, D), np.float32)})
+    assert manifest["build"]["recall_at_10_by_queries"] == {"perturbed": 1.0, "title": 1.0}

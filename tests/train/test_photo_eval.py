@@ -198,6 +198,48 @@ def test_listing_threshold_flags_at_most_the_allowed_share_by_chance():
     assert listing_threshold(x, rows, 0.02, floor=0.99) == 0.99  # never below recognition
 
 
+def test_build_tunes_an_approximate_index_on_the_served_query_kinds(tmp_path):
+    """IVF lists follow whole index rows, but a title (HUSE alone) or a recognition probe (the
+    visual block's instance part alone) leaves most of a row empty, so its neighbours spread
+    over more lists. Tuned on perturbed rows alone the build stops at an effort where probes
+    still miss a third of their neighbours here; with the served query kinds every kind
+    reaches the target."""
+    from embedder.visual import ServedSpace
+    from index.build import BuildConfig, build_product_index
+    from index.store import ProductRecord
+
+    rng = np.random.default_rng(5)
+    n, d = 2000, 8
+    huse = np.eye(d)[np.arange(n) % 8] + 0.3 * rng.normal(size=(n, d))
+    feats = rng.normal(size=(n, 24)).astype(np.float32)
+    block = VisualBlock.fit(feats, 12)
+    served = ServedSpace(block, visual_weight=0.5, near_duplicate_threshold=0.9)
+    visual = block.transform(feats)
+    visual[:10] = 0  # products without an image
+    stored = served.stored(huse, visual)
+    probes = served.probe_queries(stored[:400])
+    assert set(probes) == {"title", "instance probe"}
+    title = probes["title"]
+    assert np.allclose(title[:, d:], 0) and np.allclose(title, served.query(huse[:400], None))
+    assert len(probes["instance probe"]) == 390  # rows with an image only
+    assert np.allclose(probes["instance probe"][:, :d], 0)
+    records = [ProductRecord(id=f"p{i}", title=f"t{i}", category=f"C{i % 8}", image="",
+                             attributes={}) for i in range(n)]
+    config = BuildConfig(n_eval_queries=400, target_recall=0.9, timed_queries=10)
+    plain = build_product_index(tmp_path / "plain", records, stored, "fp", factory="IVF32,Flat",
+                                config=config)["build"]
+    served_kinds = build_product_index(tmp_path / "kinds", records, stored, "fp",
+                                       factory="IVF32,Flat", config=config,
+                                       query_sets=probes)["build"]
+    by_kind = served_kinds["recall_at_10_by_queries"]
+    assert set(by_kind) == {"perturbed", "title", "instance probe"}
+    assert min(by_kind.values()) == served_kinds["recall_at_10"] >= 0.9
+    assert served_kinds["search_effort"] > plain["search_effort"]
+    at_plain_effort = next(t for t in served_kinds["tuning"]
+                           if t["search_effort"] == plain["search_effort"])
+    assert at_plain_effort["recall_at_10_by_queries"]["instance probe"] < 0.9
+
+
 def test_served_search_recognises_the_product_then_lists_its_neighbours(tmp_path):
     from embedder.visual import ServedSpace, served_search
     from index.build import build_product_index
