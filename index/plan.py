@@ -45,6 +45,7 @@ class IndexPlan:
     candidate_hnsw_efforts: tuple[int, ...] = (16, 32, 64, 128, 256)  # efSearch >= k
     fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
     fastscan_refine_factor: int = 8  # k * factor fast-scan candidates re-ranked exactly in RAM
+    hnsw_quantizer_min_d: int = 512  # from here IVF with an HNSW coarse quantizer is a candidate
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,10 @@ def candidates(n: int, d: int, plan: IndexPlan | None = None) -> list[Candidate]
     for nlist in lists:
         efforts = tuple(e for e in plan.candidate_efforts if e <= nlist)
         out.append(Candidate(f"IVF{nlist},Flat", efforts))
+    if d >= plan.hnsw_quantizer_min_d:  # the coarse scan costs nlist x d per query
+        for nlist in lists:
+            efforts = tuple(e for e in plan.candidate_efforts if e <= nlist)
+            out.append(Candidate(f"IVF{nlist}_HNSW{plan.hnsw_m},Flat", efforts))
     out += [Candidate(f"HNSW{m}", plan.candidate_hnsw_efforts) for m in plan.candidate_hnsw_m]
     m = _fastscan_m(d, plan)
     if m:
