@@ -158,3 +158,19 @@ def test_search_effort_parts(store, tmp_path):
             plain.set_search_effort(4, part="prefix")
         assert plain.prefix_dims is None and plain.prefix_search_effort is None
     assert store.prefix_search_effort is None  # exact (Flat) prefix index
+
+
+def test_title_queries_keep_category_and_excluded_id_filters(store, xb):
+    """The prefix index gets the same filters: a category, and ids left out."""
+    from index_testdata import CATEGORIES
+
+    titles = title_queries(4)
+    category = CATEGORIES[1]
+    in_category = [i for i, r in enumerate(make_records(N)) if r.category == category]
+    hits = store.search(titles, 5, category_prefix=category)
+    assert [[h.id for h in row] for row in hits] == expected(titles, xb, in_category)[0]
+    top = [row[0].id for row in store.search(titles, 1)]
+    hits = store.search(titles, 5, exclude_ids=top)
+    assert not {h.id for row in hits for h in row} & set(top)
+    kept = [i for i in range(N) if f"p{i}" not in top]
+    assert [[h.id for h in row] for row in hits] == expected(titles, xb, kept)[0]
