@@ -17,6 +17,11 @@ class IndexPlan:
 
     flat_max_n: int = 50_000  # exact search is fast enough up to here
     hnsw_max_n: int = 300_000  # HNSW build time grows past a few minutes on 2 cores beyond
+    # The prefix index (titles; index.store) stays HNSW further: a title's nearest products are
+    # near-ties in its class, which IVF lists scatter. 1M x 256 on 2 cores: HNSW32 efSearch 64
+    # recall@10 0.967 at 5,010 q/s (129 s build) vs IVF2048 nprobe 64 0.926 at 728 q/s
+    # (bench/results/bench_index_1m_d1344_prefix.json).
+    prefix_hnsw_max_n: int = 2_000_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 40
     hnsw_ef_search: int = 128
@@ -46,6 +51,12 @@ class IndexPlan:
     fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
     fastscan_refine_factor: int = 8  # k * factor fast-scan candidates re-ranked exactly in RAM
     hnsw_quantizer_min_d: int = 512  # from here IVF with an HNSW coarse quantizer is a candidate
+
+
+def prefix_plan(plan: IndexPlan | None) -> IndexPlan:
+    """The plan of a prefix index: `plan` with HNSW kept up to prefix_hnsw_max_n vectors."""
+    plan = plan or IndexPlan()
+    return dataclass_replace(plan, hnsw_max_n=max(plan.hnsw_max_n, plan.prefix_hnsw_max_n))
 
 
 @dataclass(frozen=True)

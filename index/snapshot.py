@@ -12,7 +12,7 @@ from typing import Any
 from huse_common.atomic import sha256_file
 from index.errors import CorruptIndexError, IndexMismatchError, IndexStoreError
 from index.metadata import MetadataStore
-from index.plan import IndexPlan
+from index.plan import IndexPlan, prefix_plan
 from index.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def load_vectors(
     if prefix_dims is not None:
         part, width = manifest.get(PREFIX) or {}, prefix_dims
         factory = part.get("requested_factory", "auto")
+        plan = prefix_plan(plan)
 
         def exact(keys: Any) -> Any:
             return meta.vectors(keys)[:, :prefix_dims]

@@ -36,7 +36,7 @@ from huse_common.vectors import row_norms
 from index.arrays import as_matrix
 from index.errors import IndexMismatchError, IndexStoreError
 from index.metadata import MetadataStore, ProductFilter, ProductRecord
-from index.plan import IndexPlan
+from index.plan import IndexPlan, prefix_plan
 from index.rwlock import RWLock
 from index.snapshot import (
     FORMAT,
@@ -152,6 +152,7 @@ class ProductIndex:
         def exact(keys: Any) -> np.ndarray:
             return meta.vectors(keys)[:, :prefix_dims]
 
+        kwargs["plan"] = prefix_plan(kwargs.get("plan"))
         for requested in dict.fromkeys((factory, "auto")):
             try:
                 vi = VectorIndex(prefix_dims, requested, memory_budget_bytes=budget,

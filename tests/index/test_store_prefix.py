@@ -12,6 +12,7 @@ from index_testdata import brute_force, make_records, unit
 
 from index.build import BuildConfig, build_product_index
 from index.errors import IndexStoreError
+from index.plan import IndexPlan
 from index.store import ProductIndex
 
 D, P, N = 24, 8, 300
@@ -174,3 +175,22 @@ def test_title_queries_keep_category_and_excluded_id_filters(store, xb):
     assert not {h.id for row in hits for h in row} & set(top)
     kept = [i for i in range(N) if f"p{i}" not in top]
     assert [[h.id for h in row] for row in hits] == expected(titles, xb, kept)[0]
+
+
+def test_the_prefix_index_stays_hnsw_where_the_main_one_turns_ivf(tmp_path):
+    """index.plan.prefix_plan: titles' neighbours are near-ties that IVF lists scatter, so the
+    prefix index keeps HNSW to a larger size than the main index (at creation and reopening)."""
+    plan = IndexPlan(flat_max_n=100, hnsw_max_n=200, prefix_hnsw_max_n=1000)
+    xb = rows(500)
+    with ProductIndex.create(tmp_path / "ix", d=D, bundle_fingerprint="fp", plan=plan,
+                             prefix_dims=P) as store:
+        store.upsert(make_records(500), xb)
+        assert store.factory.startswith("IVF")
+        store.save()
+        assert store.manifest["prefix"]["factory"] == "HNSW32"
+    with ProductIndex.open(tmp_path / "ix", plan=plan) as store:
+        store.upsert(make_records(1, start=500), rows(1, seed=7))  # replans at most, stays
+        assert store.save()["prefix"]["factory"] == "HNSW32"
+        titles = title_queries(3)
+        assert [[h.id for h in row] for row in store.search(titles, 3)] == expected(
+            titles, np.vstack([xb, rows(1, seed=7)]), list(range(501)), 3)[0]
