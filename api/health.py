@@ -39,6 +39,10 @@ def health(services: Any) -> HealthPublic:
         index={
             "index_uri" if settings.index_uri else "index_dir": str(settings.index_target),
             "size": len(services.index),
+            "factory": services.index.factory,
+            "search_effort": services.index.search_effort,
+            # columns of the prefix index that title queries search (index.store); None: none
+            "prefix_dims": getattr(services.index, "prefix_dims", None),
         },
         batching={
             "enabled": settings.batching,

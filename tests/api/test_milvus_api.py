@@ -34,7 +34,9 @@ def test_api_over_milvus_answers_as_over_faiss(
     )
     with faiss_app as fc, milvus_app as mc:
         health = mc.get("/healthz").json()["index"]
-        assert health == {"index_uri": uri, "size": len(ids)}
+        assert {k: health[k] for k in ("index_uri", "size", "prefix_dims")} == {
+            "index_uri": uri, "size": len(ids), "prefix_dims": None}  # no prefix index there
+        assert health["factory"]
         top = catalog_products[0].category[0]
         for p in catalog_products[:4]:
             for query in (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedder.bundle import Bundle
@@ -13,6 +15,10 @@ def test_healthz_reports_model_index_and_versions(client, model_dir, catalog_pro
     assert body["model"]["fingerprint"] == Bundle.load(model_dir / "bundle").fingerprint
     assert body["model"]["image_backbone"].startswith("hf:")
     assert body["index"]["size"] == len(catalog_products)
+    manifest = json.loads((model_dir / "index" / "manifest.json").read_text())
+    assert body["index"]["factory"] == manifest["factory"]
+    assert body["index"]["prefix_dims"] == Bundle.load(model_dir / "bundle").served_prefix_dims
+    assert body["index"]["prefix_dims"] == manifest.get("prefix", {}).get("dims")
     assert {"python", "fastapi", "numpy"} <= set(body["versions"])
     assert body["batching"]["enabled"] is True
 

@@ -5,10 +5,13 @@ POST /v1/search; and planted near duplicates found by the CLI and the API."""
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import pytest
 
 from bench.bench_photo import run_protocol
+from embedder.catalog import read_catalog
 from train.near_duplicates import plant_duplicates
 
 HELD_OUT = 16
@@ -43,6 +46,13 @@ def test_held_out_photos_find_their_product_through_the_api(sample_catalog, tiny
         assert 0.0 <= row["leaf_p10"] <= 1.0 and {"colour", "gender"} <= set(row["attr_p10"])
     chosen = result["photo_search"]
     assert 0.0 <= chosen["visual_weight"] <= 1.0 and "rule" in chosen
+    # the titles above searched the prefix index over the HUSE block (embed_dim columns), and
+    # the build measured the service's query kinds
+    manifest = json.loads((Path(result["model_dir"]) / "index" / "manifest.json").read_text())
+    assert manifest["prefix"]["dims"] == 16 and manifest["ntotal"] == len(
+        read_catalog(sample_catalog).products)
+    assert set(manifest["build"]["recall_at_10_by_queries"]) == {
+        "perturbed", "title", "instance probe"}
 
 
 @pytest.mark.slow
