@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", default="",
                         help="the real index's bundle: also measure its served query kinds "
                         "(titles, recognition probes) made from the held-out draws")
+    parser.add_argument("--skip-prefix", action="store_true",
+                        help="with --bundle: leave out the prefix index's candidates (titles)")
     parser.add_argument("--real-spread", type=float, default=1.0,
                         help="noise norm in median nearest-neighbour distances")
     parser.add_argument("--d", type=int, default=256, help="dimension of the gaussian data")
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                         if p["effort"] == PREVIOUS_NPROBE:
                             p["baseline"] = "previous auto plan"
                 curve += points
-            if prefix is not None and "title" in kinds:
+            if prefix is not None and "title" in kinds and not args.skip_prefix:
                 # titles on the prefix index (index.store): its own candidates over P columns
                 titles, truth = kinds["title"]
                 head = np.ascontiguousarray(xb[:, :prefix])

@@ -165,6 +165,7 @@ def candidates(n: int, d: int, plan: IndexPlan | None = None) -> list[Candidate]
         for nlist in lists:
             efforts = tuple(e for e in plan.candidate_efforts if e <= nlist)
             out.append(Candidate(f"IVF{nlist}_HNSW{plan.hnsw_m},Flat", efforts))
+            out.append(Candidate(f"IVF{nlist}(SQfp16),Flat", efforts))  # half the coarse bytes
     out += [Candidate(f"HNSW{m}", plan.candidate_hnsw_efforts) for m in plan.candidate_hnsw_m]
     m = _fastscan_m(d, plan)
     if m:
