@@ -120,9 +120,9 @@ def _fill_and_measure(
     k = min(config.k, len(records))
     refs = {name: exact_knn(xq, xb, k) for name, xq in sets.items()}
     positions = {r.id: i for i, r in enumerate(records)}
-    prefix_dims = getattr(store, "prefix_dims", None)
+    answered_by_prefix = getattr(store, "on_prefix", None)  # Milvus stores have no prefix index
     on_prefix = {name for name, xq in sets.items()
-                 if prefix_dims is not None and not xq[:, prefix_dims:].any()}
+                 if answered_by_prefix is not None and answered_by_prefix(xq).all()}
     parts = {"main": [name for name in sets if name not in on_prefix]}
     if on_prefix:
         parts["prefix"] = [name for name in sets if name in on_prefix]

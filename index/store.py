@@ -338,6 +338,13 @@ class ProductIndex:
         """Columns of the prefix index (None: none; module docstring)."""
         return None if self._prefix_vi is None else self._prefix_vi.d
 
+    def on_prefix(self, xq: np.ndarray) -> np.ndarray:
+        """Which (n, d) query rows the prefix index answers: those zero past its columns
+        (all False without one)."""
+        if self._prefix_vi is None:
+            return np.zeros(len(xq), dtype=bool)
+        return ~np.asarray(xq)[:, self._prefix_vi.d :].any(axis=1)
+
     @property
     def factory(self) -> str:
         """The FAISS factory string in use ("" while an "auto" index is still empty)."""
@@ -426,7 +433,7 @@ class ProductIndex:
             return self._vi.search(xq, k, allowed=allowed, excluded=excluded)
         xq = as_matrix(xq, self._vi.d, "xq")
         p = self._prefix_vi.d
-        on_prefix = ~xq[:, p:].any(axis=1)
+        on_prefix = self.on_prefix(xq)
         if on_prefix.all():
             return self._prefix_vi.search(xq[:, :p], k, allowed=allowed, excluded=excluded)
         if not on_prefix.any():
