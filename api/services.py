@@ -50,6 +50,7 @@ class Query:
     image: Any | None = None  # PIL RGB image
     title: str | None = None
     pixels: np.ndarray | None = None  # the image as the backbone's (3, H, W) input
+    upload: bytes | None = None  # the image as sent (the embedding cache's key)
 
 
 def hits_public(hits: Sequence[Any]) -> list[SearchHitPublic]:
@@ -123,6 +124,10 @@ class Services:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
+        if settings.blas_threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(settings.blas_threads, user_api="blas")  # process-wide
         bundle.backbone("text")
         logger.info(
             "serving bundle %s (%s, image engine %s, text engine %s) and index %s (%d products)",
@@ -152,7 +157,7 @@ class Services:
 
     async def decode(self, image: bytes | None, title: str | None) -> Query:
         """A validated request's image decoded (ImageError on a bad one) beside its title."""
-        query = Query(title=title)
+        query = Query(title=title, upload=image)
         if image is not None:
             with self.metrics.stage("decode"):
                 query.image, query.pixels = await run_in_threadpool(self._decode, image)
@@ -167,7 +172,7 @@ class Services:
     async def embed(self, query: Query) -> np.ndarray:
         """The query's (index_dim,) parts (Bundle.embed_parts): from the LRU cache for a
         repeated title or image, else computed in a micro-batch with other requests."""
-        key = self.embed_cache.key(query.title, query.pixels)
+        key = self.embed_cache.key(query.title, query.upload)
         cached = self.embed_cache.get(key)
         if cached is not None:
             return cached

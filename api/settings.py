@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=1, ge=0, description="torch and text-model threads (0: torch's default)"
     )
+    # numpy's BLAS (OpenBLAS) threads. Its worker threads busy-wait after each call, and the
+    # request path's numpy matmuls are small (the visual block's projection of a few photos):
+    # with the default team of one thread per core, 32 clients' image searches cost 24.6 ms of
+    # server CPU each, on one thread 16.2 (docs/performance.md). 0 leaves the library's default.
+    blas_threads: int = Field(
+        default=1, ge=0, description="numpy's BLAS threads (0: the library's default)"
+    )
     http_parser: Literal["auto", "h11", "httptools"] = Field(
         "auto", description="HTTP/1.1 parser: auto (httptools where installed, else h11)"
     )

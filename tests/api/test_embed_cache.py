@@ -21,13 +21,11 @@ def test_lru_is_bounded_and_evicts_the_least_recent() -> None:
 
 def test_keys_are_exact_and_hits_are_copies() -> None:
     cache = EmbedCache()
-    pixels = np.zeros((3, 8, 8), np.float32)
-    assert cache.key("Red shirt", pixels) == cache.key("Red shirt", pixels.copy())
+    image = bytes(range(256)) * 4
+    assert cache.key("Red shirt", image) == cache.key("Red shirt", bytes(bytearray(image)))
     assert cache.key("Red shirt", None) != cache.key("red shirt", None)
-    assert cache.key("Red shirt", None) != cache.key("Red shirt", pixels)
-    other = pixels.copy()
-    other[0, 0, 0] = 1e-6
-    assert cache.key(None, pixels) != cache.key(None, other)
+    assert cache.key("Red shirt", None) != cache.key("Red shirt", image)
+    assert cache.key(None, image) != cache.key(None, image[:-1] + b"\x00")
     vec = np.arange(4, dtype=np.float32)
     cache.put(cache.key("x", None), vec)
     vec[0] = 99  # the caller's array is not the cached one
@@ -56,4 +54,20 @@ def test_a_repeated_title_search_skips_the_model(client, catalog_products) -> No
     assert first.json()["hits"] == second.json()["hits"]
     assert len(calls) == 1 and services.embed_cache.hits == 1
     client.post("/v1/search", data={"title": title.upper(), "k": "3"})  # another exact title
+    assert len(calls) == 2
+
+
+def test_a_repeated_photo_search_skips_the_model(client, make_image) -> None:
+    services = client.app.state.services
+    calls = []
+    submit = services.batcher.submit
+    services.batcher.submit = lambda **kw: calls.append(kw) or submit(**kw)
+    photo = make_image(color=(30, 120, 200), fmt="JPEG")
+    answers = [client.post("/v1/search", data={"k": "3"}, files={"image": ("q.jpg", photo)})
+               for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["hits"] == answers[1].json()["hits"]
+    assert len(calls) == 1 and services.embed_cache.hits == 1
+    other = make_image(color=(30, 120, 201), fmt="JPEG")  # other bytes: the model runs again
+    client.post("/v1/search", data={"k": "3"}, files={"image": ("q.jpg", other)})
     assert len(calls) == 2

@@ -6,6 +6,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.settings import Settings
 from embedder.bundle import Bundle
 
 
@@ -70,3 +71,22 @@ def test_web_page_and_assets_are_served_locally(client):
         assert client.get(asset).status_code == 200
     assert "http://" not in page.text.replace("http://127.0.0.1", "")
     assert "https://" not in page.text
+
+
+def test_server_runs_numpy_blas_on_the_configured_threads(model_dir):
+    """BLAS worker threads busy-wait between calls: the service keeps numpy's BLAS on
+    `blas_threads`. threadpoolctl reports the calling thread's view, so Services.open runs on
+    this one."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from api.metrics import ApiMetrics
+    from api.services import Services
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    with threadpool_limits(2, user_api="blas"):  # restores the process's setting afterwards
+        for configured, expected in ((0, {2}), (1, {1})):  # 0: left as it was
+            Services.open(Settings(model_dir=model_dir, blas_threads=configured),
+                          ApiMetrics()).close()
+            assert blas_threads() == expected
