@@ -358,6 +358,16 @@ class MetadataStore:
             raise ProductNotFound(product_id)
         return row[0], _record(row[1:])
 
+    def vector(self, product_id: str) -> np.ndarray:
+        """A live product's stored float32 vector, in one read (no record): the first step of
+        every "more like this" and recognised-photo search."""
+        row = self._reader.execute(
+            "SELECT vector FROM products WHERE id = ? AND deleted = 0", (product_id,)
+        ).fetchone()
+        if row is None:
+            raise ProductNotFound(product_id)
+        return np.frombuffer(row[0], dtype=np.float32).copy()
+
     def image_in_use(self, image: str) -> bool:
         """Whether any live product records this image path (a scan: writes only)."""
         row = self._reader.execute(

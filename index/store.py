@@ -375,8 +375,7 @@ class ProductIndex:
     def vector(self, product_id: str) -> np.ndarray:
         with self._lock.read():
             self._check_open()
-            key, _ = self._meta.get(product_id)
-            return self._meta.vectors(np.asarray([key]))[0]
+            return self._meta.vector(product_id)
 
     def live_vectors(self) -> tuple[list[str], np.ndarray]:
         """Ids and stored vectors of every live product (whole-catalog scans such as

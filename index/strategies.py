@@ -13,6 +13,7 @@ Filtered search of a broad filter: `overfetch`.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -22,6 +23,8 @@ import numpy as np
 
 ExactVectors = Callable[[np.ndarray], np.ndarray]
 """Returns the exact float32 vectors (n, d) of int64 ids (n,), in order (for re-ranking)."""
+
+logger = logging.getLogger(__name__)
 
 
 class MappedIds:
@@ -200,7 +203,8 @@ class ExactReranker:
 
 class GpuReplica:
     """A GPU copy of the CPU index for searches, rebuilt on the first search after a write.
-    GPU indexes are not thread-safe (FAISS wiki), so searches hold a lock."""
+    GPU indexes are not thread-safe (FAISS wiki), so searches hold a lock. An index FAISS cannot
+    copy to the GPU (say an IVF whose coarse quantizer is not flat) is searched on the CPU."""
 
     def __init__(self, fp16: bool, max_k: int) -> None:
         self.fp16 = fp16
@@ -208,21 +212,30 @@ class GpuReplica:
         self._lock = threading.Lock()
         self._res: Any = None
         self._replica: Any = None
+        self.unsupported: str | None = None  # why this index stays on the CPU
 
     def invalidate(self) -> None:
         self._replica = None
 
-    def search(self, index: Any, xq: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, index: Any, xq: np.ndarray, kk: int
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Search the GPU copy of `index` (made on first use); None where FAISS cannot copy it
+        (the caller searches on the CPU)."""
         import faiss
 
         with self._lock:
-            if self._replica is None:
+            if self._replica is None and self.unsupported is None:
                 if self._res is None:
                     self._res = faiss.StandardGpuResources()
                 co = faiss.GpuClonerOptions()
                 co.useFloat16 = self.fp16
-                self._replica = faiss.index_cpu_to_gpu(self._res, 0, index, co)
-            return self._replica.search(xq, kk)
+                try:
+                    self._replica = faiss.index_cpu_to_gpu(self._res, 0, index, co)
+                except RuntimeError as e:  # FAISS's C++ exceptions arrive as RuntimeError
+                    self.unsupported = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    logger.warning("FAISS cannot copy this index to the GPU (%s): searching "
+                                   "on the CPU", self.unsupported)
+            return None if self._replica is None else self._replica.search(xq, kk)
 
 
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]

@@ -305,10 +305,10 @@ class VectorIndex:
         rr = self._reranker
         kk = min(k * rr.factor if rr is not None else k, self.ntotal)
         gpu = self._gpu
+        found = None
         if gpu is not None and self._ids.gpu_capable and kk <= gpu.max_k:
-            D, I = gpu.search(self._index, xq, kk)  # noqa: E741
-        else:
-            D, I = self._ids.search(self._index, xq, kk)  # noqa: E741
+            found = gpu.search(self._index, xq, kk)
+        D, I = found if found is not None else self._ids.search(self._index, xq, kk)  # noqa: E741
         if rr is not None:
             D, I = rr.rerank(xq, I, k)  # noqa: E741
         if D.shape[1] < k:

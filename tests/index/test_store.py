@@ -66,11 +66,13 @@ def test_upsert_and_delete_semantics(store):
     store.upsert([ProductRecord("p1", "renamed", "Apparel>Tops", "x.jpg", {"c": "red"})], new_vec)
     assert store.get("p1").title == "renamed" and store.get("p1").category == "Apparel > Tops"
     assert store.search(new_vec, 1)[0][0].id == "p1"
+    np.testing.assert_allclose(store.vector("p1"), new_vec[0], atol=1e-6)  # the latest write
     store.delete(["p2", "p3"])
     assert len(store) == N - 2
-    with pytest.raises(ProductNotFound) as err:
-        store.get("p2")
-    assert err.value.product_id == "p2"
+    for read in (store.get, store.vector):  # a deleted product is gone for both reads
+        with pytest.raises(ProductNotFound) as err:
+            read("p2")
+        assert err.value.product_id == "p2"
     with pytest.raises(ProductNotFound):
         store.delete(["p4", "p2"])  # p2 is gone: nothing deleted, p4 survives
     assert store.get("p4").id == "p4"

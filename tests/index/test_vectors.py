@@ -229,6 +229,37 @@ def test_use_gpu_true_falls_back_to_cpu_without_gpu(xb):
     assert vi.search(xb[:2], 1)[1][:, 0].tolist() == ids_of(np.arange(2)).tolist()
 
 
+def test_an_index_faiss_cannot_copy_to_the_gpu_is_searched_on_the_cpu(monkeypatch, xb, xq):
+    """Some indexes have no GPU twin (an IVF with a PCA coarse quantizer): the GPU path must
+    answer from the CPU index, not fail every search."""
+    import types
+
+    import faiss
+
+    import index.vectors
+
+    ids = ids_of(np.arange(len(xb)))
+    cpu = VectorIndex(D, "Flat", use_gpu=False)
+    cpu.add(ids, xb)
+    tries = []
+
+    def refuse(*args: object) -> None:
+        tries.append(args)
+        raise RuntimeError("Error in index_cpu_to_gpu: this quantizer has no GPU version\nmore")
+
+    monkeypatch.setattr(index.vectors, "gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "GpuClonerOptions", types.SimpleNamespace, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", refuse, raising=False)
+    vi = VectorIndex(D, "Flat", use_gpu=True)
+    vi.add(ids, xb)
+    assert vi.use_gpu
+    for _ in range(2):
+        D_, I = vi.search(xq, 10)
+        np.testing.assert_array_equal(I, cpu.search(xq, 10)[1])
+    assert len(tries) == 1  # refused once, then not asked again
+
+
 @pytest.mark.parametrize(
     ("factory", "plan"),
     [("HNSW16", IndexPlan(hnsw_ef_search=16)), ("IVF16,Flat", IndexPlan(ivf_nprobe=1))],
