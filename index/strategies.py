@@ -169,10 +169,15 @@ def gpu_available() -> bool:
 
 
 def is_lossy(base: Any) -> bool:
-    """True when the FAISS index stores compressed codes (results need exact re-ranking)."""
+    """True when the FAISS index stores compressed codes (results need exact re-ranking).
+    fp16 scalar codes are not: unit vectors' inner products move by < 1e-3 (IndexPlan's
+    half_precision_min_d), and re-ranking would read k x rerank_factor vectors from disk."""
     import faiss
 
-    return not isinstance(base, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
+    if isinstance(base, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat)):
+        return False
+    sq = getattr(faiss.downcast_index(base), "sq", None)
+    return sq is None or sq.qtype != faiss.ScalarQuantizer.QT_fp16
 
 
 class ExactReranker:

@@ -63,6 +63,18 @@ def test_lossy_factory_needs_exact_source():
         VectorIndex(D, "IVF4,PQ4")
 
 
+def test_fp16_codes_need_no_reranking_and_keep_scores_within_1e_3(xq):
+    """fp16 centroids and lists (wide rows' large-index plan) are searched without exact
+    vectors: the ranking is the exact one but for near ties, the scores within 1e-3."""
+    xb = make_vectors(3000)
+    vi = VectorIndex(D, "IVF8(SQfp16),SQfp16", use_gpu=False, plan=IndexPlan(ivf_nprobe=8))
+    vi.add(ids_of(np.arange(len(xb))), xb)
+    D_, I = vi.search(xq, 10)
+    D_ref, I_ref = brute_force(xq, xb, 10)
+    assert recall(I, ids_of(I_ref)) >= 0.99
+    np.testing.assert_allclose(D_, D_ref, atol=1e-3)
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
 def test_upsert_replaces_and_remove_deletes(xb, factory):
     vi = VectorIndex(D, factory, use_gpu=False)
@@ -154,6 +166,13 @@ def test_choose_factory_thresholds():
     assert choose_factory(1_000_000, 256) == "IVF2048,Flat"
     assert choose_factory(1_000_000, 256, memory_budget_bytes=200 * 2**20) == "IVF2048,PQ64x8"
     assert choose_factory(100, 256, memory_budget_bytes=1000) == "Flat"  # too few for PQ
+    # wide rows (the served vector): fp16 centroids and lists, PQ only past their budget
+    wide = plan.half_precision_min_d
+    assert choose_factory(1_000_000, wide) == "IVF2048(SQfp16),SQfp16"
+    assert choose_factory(1_000_000, wide, memory_budget_bytes=wide * 2 * 2**20) == (
+        "IVF2048(SQfp16),SQfp16")
+    over = choose_factory(1_000_000, wide, memory_budget_bytes=wide * 2**20)  # fp16 needs 2x
+    assert over.startswith("IVF2048,PQ")
     with pytest.raises(ValueError, match="n=-1"):
         choose_factory(-1, 256)
 
