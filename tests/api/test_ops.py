@@ -6,7 +6,6 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.settings import Settings
 from embedder.bundle import Bundle
 
 
@@ -73,20 +72,30 @@ def test_web_page_and_assets_are_served_locally(client):
     assert "https://" not in page.text
 
 
+_BLAS_CHECK = """
+import sys
+from threadpoolctl import threadpool_info, threadpool_limits
+from api.metrics import ApiMetrics
+from api.services import Services
+from api.settings import Settings
+threadpool_limits(2, user_api="blas")
+Services.open(Settings(model_dir=sys.argv[1], blas_threads=int(sys.argv[2])), ApiMetrics()).close()
+print(sorted({p["num_threads"] for p in threadpool_info()
+              if p["user_api"] == "blas" and "numpy" in p["filepath"]}))
+"""
+
+
 def test_server_runs_numpy_blas_on_the_configured_threads(model_dir):
     """BLAS worker threads busy-wait between calls: the service keeps numpy's BLAS on
-    `blas_threads`. threadpoolctl reports the calling thread's view, so Services.open runs on
-    this one."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+    `blas_threads`. In a fresh process each: what other tests' servers set lingers in this one,
+    and OpenBLAS reports some settings per thread."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from api.metrics import ApiMetrics
-    from api.services import Services
-
-    def blas_threads() -> set[int]:
-        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
-
-    with threadpool_limits(2, user_api="blas"):  # restores the process's setting afterwards
-        for configured, expected in ((0, {2}), (1, {1})):  # 0: left as it was
-            Services.open(Settings(model_dir=model_dir, blas_threads=configured),
-                          ApiMetrics()).close()
-            assert blas_threads() == expected
+    root = Path(__file__).resolve().parents[2]
+    for configured, expected in ((0, "[2]"), (1, "[1]")):  # 0: left as it was
+        run = subprocess.run([sys.executable, "-c", _BLAS_CHECK, str(model_dir), str(configured)],
+                             capture_output=True, text=True, cwd=root, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.strip().splitlines()[-1] == expected
