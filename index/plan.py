@@ -55,8 +55,8 @@ class IndexPlan:
     # search reads the centroids and the probed lists, so half the bytes is ~2x the speed, at
     # half the memory. Inner products of unit vectors move by < 1e-3, below the gaps that
     # order neighbours. 1M x 1,344 real-like rows, 2 threads: nprobe 2 photos 0.999 and
-    # recognition probes 0.982 at 5,158 q/s (float32 IVF2048,Flat: 2,168), 2.6 GB instead of
-    # 5.1 (bench/results/bench_index_1m_d1344_fp16lists.json).
+    # recognition probes 0.982 at 5,251 q/s (float32 IVF2048,Flat, same run: 2,352), 2.6 GB
+    # instead of 5.1 (bench/results/bench_index_1m_d1344_plan.json).
     half_precision_min_d: int = 512
 
 

@@ -209,7 +209,8 @@ class ExactReranker:
 class GpuReplica:
     """A GPU copy of the CPU index for searches, rebuilt on the first search after a write.
     GPU indexes are not thread-safe (FAISS wiki), so searches hold a lock. An index FAISS cannot
-    copy to the GPU (say an IVF whose coarse quantizer is not flat) is searched on the CPU."""
+    copy to the GPU (FAISS versions differ on IVF indexes whose coarse quantizer is not flat) is
+    searched on the CPU: one replica per index type."""
 
     def __init__(self, fp16: bool, max_k: int) -> None:
         self.fp16 = fp16

@@ -110,7 +110,8 @@ class VectorIndex:
         self.factory, self._index, self._ids = factory, ids.wrap(base), ids
         self._reranker = (ExactReranker(self._exact_source, self.plan.rerank_factor)
                           if lossy else None)
-        self._invalidate_replica()
+        if self._gpu is not None:  # a new index type: FAISS may copy this one to the GPU
+            self._gpu = GpuReplica(self.plan.gpu_fp16, self.plan.gpu_max_k)
 
     def _invalidate_replica(self) -> None:
         if self._gpu is not None:
