@@ -56,9 +56,10 @@ def _measure(
 def _tune(store: Any, part: str, config: BuildConfig, k: int,
           measure: Callable[[], dict[str, Any]]) -> tuple[int | None, list[dict[str, Any]]]:
     """Double one part's search effort ("main", or "prefix": ProductIndex's prefix index)
-    from config.min_search_effort until `measure`'s recall reaches the target, then measure
-    config.curve_points_past_target more efforts and restore the chosen one; -> (effort, curve
-    of recall and batch-1 q/s at each effort tried)."""
+    from config.min_search_effort until `measure`'s recall reaches the target, narrow the last
+    doubling down (config.effort_refine_steps bisections, keeping the lowest effort that reaches
+    it), then measure config.curve_points_past_target more efforts and restore the chosen one;
+    -> (effort, curve of recall and batch-1 q/s at each effort tried)."""
 
     def set_effort(value: int) -> int:
         return (store.set_search_effort(value) if part == "main"
@@ -81,7 +82,20 @@ def _tune(store: Any, part: str, config: BuildConfig, k: int,
         curve.append({"search_effort": effort, **point})
     if effort is None:
         return effort, curve
-    past = effort
+    past = effort  # the points past the target continue from the last doubling
+    below = [p["search_effort"] for p in curve if p[f"recall_at_{k}"] < config.target_recall]
+    if point[f"recall_at_{k}"] >= config.target_recall and below:
+        low = max(below)
+        for _ in range(config.effort_refine_steps):
+            mid = set_effort((low + effort) // 2)
+            if mid in (low, effort):
+                break
+            found = measure()
+            curve.append({"search_effort": mid, **found})
+            if found[f"recall_at_{k}"] >= config.target_recall:
+                effort = mid
+            else:
+                low = mid
     for _ in range(config.curve_points_past_target):
         new = set_effort(min(2 * past, config.max_search_effort))
         if new == past:
@@ -89,7 +103,7 @@ def _tune(store: Any, part: str, config: BuildConfig, k: int,
         past = new
         curve.append({"search_effort": past, **measure(), "past_target": True})
     set_effort(effort)
-    return effort, curve
+    return effort, sorted(curve, key=lambda p: p["search_effort"])
 
 
 def _fill_and_measure(

@@ -91,6 +91,11 @@ class BuildConfig:
     # Efforts measured past the chosen one (doubling), so the manifest's curve shows what more
     # effort would buy; the chosen effort is kept.
     curve_points_past_target: int = 2
+    # Halvings of the gap between the last effort below the target and the first above it,
+    # keeping the lowest that reaches it: doubling alone overshoots by up to 2x. 1M titles on
+    # an HNSW32 prefix index: efSearch 32 0.940, 40 0.953 at 5,835 q/s, 64 0.967 at 3,905
+    # (bench/results/bench_index_1m_titles_efsearch.json).
+    effort_refine_steps: int = 2
 
 
 def _power_of_two(x: float) -> int:

@@ -235,9 +235,10 @@ def test_build_tunes_an_approximate_index_on_the_served_query_kinds(tmp_path):
     assert set(by_kind) == {"perturbed", "title", "instance probe"}
     assert min(by_kind.values()) == served_kinds["recall_at_10"] >= 0.9
     assert served_kinds["search_effort"] > plain["search_effort"]
-    at_plain_effort = next(t for t in served_kinds["tuning"]
-                           if t["search_effort"] == plain["search_effort"])
-    assert at_plain_effort["recall_at_10_by_queries"]["instance probe"] < 0.9
+    up_to_plain = [t for t in served_kinds["tuning"]
+                   if t["search_effort"] <= plain["search_effort"]]
+    assert up_to_plain  # where the perturbed rows alone would have stopped, probes miss:
+    assert all(t["recall_at_10_by_queries"]["instance probe"] < 0.9 for t in up_to_plain)
 
 
 def test_served_search_recognises_the_product_then_lists_its_neighbours(tmp_path):
