@@ -234,7 +234,8 @@ def build_product_index(
     Held-out queries are perturbed copies of database vectors (see perturbed_queries) and
     each of `query_sets` (name -> rows: the kinds of query the service sends); the truth is
     exact inner product over all of xb, so a Flat index scores 1.0. For IVF/HNSW the search
-    effort doubles until every set reaches config.target_recall; the same queries tune and
+    effort doubles (then narrows: BuildConfig.effort_refine_steps) until every set reaches
+    config.target_recall; the same queries tune and
     report, so the recorded recall is slightly optimistic.
 
     `prefix_dims`: a prefix index too (index.store; the served space's titles search it).
