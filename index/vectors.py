@@ -77,7 +77,7 @@ class VectorIndex:
         self.use_gpu = want_gpu and gpu_available()
         if use_gpu is True and not self.use_gpu:
             logger.warning("use_gpu=True but FAISS sees no GPU; searching on CPU")
-        self._gpu = GpuReplica(self.plan.gpu_fp16, self.plan.gpu_max_k) if self.use_gpu else None
+        self._gpu: GpuReplica | None = None  # one per index type (_make), when use_gpu
         self.factory = ""  # resolved factory string, "" until data arrives for "auto"
         self._index: Any = None
         self._ids = MappedIds()  # how ids are kept and removed (index.strategies)
@@ -110,7 +110,7 @@ class VectorIndex:
         self.factory, self._index, self._ids = factory, ids.wrap(base), ids
         self._reranker = (ExactReranker(self._exact_source, self.plan.rerank_factor)
                           if lossy else None)
-        if self._gpu is not None:  # a new index type: FAISS may copy this one to the GPU
+        if self.use_gpu:  # a new index type: FAISS may copy this one to the GPU
             self._gpu = GpuReplica(self.plan.gpu_fp16, self.plan.gpu_max_k)
 
     def _invalidate_replica(self) -> None:
