@@ -295,6 +295,31 @@ def test_static_int8_image_engine_uses_the_shipped_ranges(no_network, one_thread
         load_backbone("efficientnet-lite0", device="cpu", engine="onnx-int8")
 
 
+def test_static_int8_quantises_the_folded_graph(no_network, one_thread, tmp_path) -> None:
+    """The image model is quantised after ORT folds its "same" Pads into the Convs: no Pad
+    (each cost a dequantize / float pad / quantize round trip) and features equal to the bit
+    to quantising the graph as exported."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    export = backbones.onnx_model_path("efficientnet-lite0")
+    load_backbone("efficientnet-lite0", device="cpu", engine="onnx")  # makes the export
+    ranges = backbones.int8_ranges_path("efficientnet-lite0")
+    folded, plain = tmp_path / "folded.onnx", tmp_path / "plain.onnx"
+    backbones.quantize_static_int8(export, folded, ranges)
+    quantize_static(export, plain, None, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=ranges)
+    ops = {n.op_type for n in onnx.load(str(folded)).graph.node}
+    assert "Pad" not in ops and "Pad" in {n.op_type for n in onnx.load(str(plain)).graph.node}
+    pixels = np.random.default_rng(0).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
+    out = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+           .run(None, {"pixels": pixels})[0] for p in (folded, plain)]
+    assert np.array_equal(out[0], out[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folded.onnx", "plain.onnx"]
+
+
 def test_auto_engine_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
 
