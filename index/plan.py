@@ -51,12 +51,14 @@ class IndexPlan:
     fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
     fastscan_refine_factor: int = 8  # k * factor fast-scan candidates re-ranked exactly in RAM
     hnsw_quantizer_min_d: int = 512  # from here IVF with an HNSW coarse quantizer is a candidate
-    # From this width an IVF index keeps its coarse centroids and its lists in fp16: a batch-1
-    # search reads the centroids and the probed lists, so half the bytes is ~2x the speed, at
-    # half the memory. Inner products of unit vectors move by < 1e-3, below the gaps that
-    # order neighbours. 1M x 1,344 real-like rows, 2 threads: nprobe 2 photos 0.999 and
-    # recognition probes 0.982 at 5,251 q/s (float32 IVF2048,Flat, same run: 2,352), 2.6 GB
-    # instead of 5.1 (bench/results/bench_index_1m_d1344_plan.json).
+    # From this width an exact index keeps its rows in fp16 ("SQfp16": 1,344-d, one thread,
+    # batch 1: 0.35 ms against 0.55 at 4k rows, 2.8 against 6.4 at 20k), and an IVF index its
+    # coarse centroids and its lists: a batch-1 search reads the centroids and the probed
+    # lists, so half the bytes is ~2x the speed, at half the memory. Inner products of unit
+    # vectors move by < 1e-3, below the gaps that order neighbours. 1M x 1,344 real-like
+    # rows, 2 threads: nprobe 2 photos 0.999 and recognition probes 0.982 at 5,251 q/s
+    # (float32 IVF2048,Flat, same run: 2,352), 2.6 GB instead of 5.1
+    # (bench/results/bench_index_1m_d1344_plan.json).
     half_precision_min_d: int = 512
 
 
@@ -133,9 +135,10 @@ def choose_factory(
 ) -> str:
     """Pick a FAISS factory string for n vectors of dimension d.
 
-    Exact Flat while small; HNSW for mid sizes; IVF-Flat when large (fp16 centroids and lists
-    from `half_precision_min_d`); IVF-PQ (re-ranked exactly from stored vectors) when those
-    exceed the memory budget and there are enough vectors to train PQ codebooks.
+    Exact Flat while small; HNSW for mid sizes; IVF-Flat when large; from
+    `half_precision_min_d`, the flat rows, the IVF centroids and lists in fp16; IVF-PQ
+    (re-ranked exactly from stored vectors) when those exceed the memory budget and there are
+    enough vectors to train PQ codebooks.
     """
     plan = plan or IndexPlan()
     if n < 0 or d < 1:
@@ -148,7 +151,7 @@ def choose_factory(
     if over_budget and n >= 2**plan.pq_bits:  # PQ codebooks need >= 2**bits training points
         return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}x{plan.pq_bits}"
     if n <= plan.flat_max_n:
-        return "Flat"
+        return "SQfp16" if d >= plan.half_precision_min_d else "Flat"
     hnsw = f"HNSW{plan.hnsw_m}"
     fits = memory_budget_bytes is None or estimate_bytes(n, d, hnsw, plan) <= memory_budget_bytes
     if n <= plan.hnsw_max_n and fits:

@@ -208,7 +208,7 @@ def test_reopen_keeps_every_write(store_backend):
         assert len(again) == N + 2
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+@pytest.mark.parametrize("factory", ["Flat", "SQfp16", "HNSW16", "IVF4,Flat"])
 def test_reopen_replays_writes_after_snapshot(tmp_path, factory):
     s = ProductIndex.create(tmp_path / "ix", d=D, bundle_fingerprint="fp-1", factory=factory)
     s.upsert(make_records(N), make_vectors(N))

@@ -75,7 +75,7 @@ def test_fp16_codes_need_no_reranking_and_keep_scores_within_1e_3(xq):
     np.testing.assert_allclose(D_, D_ref, atol=1e-3)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+@pytest.mark.parametrize("factory", ["Flat", "SQfp16", "HNSW16", "IVF4,Flat"])
 def test_upsert_replaces_and_remove_deletes(xb, factory):
     vi = VectorIndex(D, factory, use_gpu=False)
     ids = ids_of(np.arange(len(xb)))
@@ -84,7 +84,7 @@ def test_upsert_replaces_and_remove_deletes(xb, factory):
     vi.upsert(ids[:5], new)
     vi.remove(ids[5:10])
     assert vi.ntotal == len(xb) - 5
-    np.testing.assert_allclose(vi.vectors(ids[:5]), new, atol=1e-6)
+    np.testing.assert_allclose(vi.vectors(ids[:5]), new, atol=1e-3 if "fp16" in factory else 1e-6)
     _, I = vi.search(new, 1)
     np.testing.assert_array_equal(I[:, 0], ids[:5])  # the new vectors are found under old ids
     _, I = vi.search(xb[5:10], 50)
@@ -166,8 +166,9 @@ def test_choose_factory_thresholds():
     assert choose_factory(1_000_000, 256) == "IVF2048,Flat"
     assert choose_factory(1_000_000, 256, memory_budget_bytes=200 * 2**20) == "IVF2048,PQ64x8"
     assert choose_factory(100, 256, memory_budget_bytes=1000) == "Flat"  # too few for PQ
-    # wide rows (the served vector): fp16 centroids and lists, PQ only past their budget
+    # wide rows (the served vector): fp16 rows, centroids and lists, PQ only past their budget
     wide = plan.half_precision_min_d
+    assert choose_factory(1_000, wide) == "SQfp16"  # exact, over fp16 rows
     assert choose_factory(1_000_000, wide) == "IVF2048(SQfp16),SQfp16"
     assert choose_factory(1_000_000, wide, memory_budget_bytes=wide * 2 * 2**20) == (
         "IVF2048(SQfp16),SQfp16")
