@@ -131,14 +131,16 @@ def estimate_bytes(n: int, d: int, factory: str, plan: IndexPlan | None = None) 
 
 
 def choose_factory(
-    n: int, d: int, memory_budget_bytes: int | None = None, plan: IndexPlan | None = None
+    n: int, d: int, memory_budget_bytes: int | None = None, plan: IndexPlan | None = None,
+    gpu: bool = False,
 ) -> str:
     """Pick a FAISS factory string for n vectors of dimension d.
 
     Exact Flat while small; HNSW for mid sizes; IVF-Flat when large; from
     `half_precision_min_d`, the flat rows, the IVF centroids and lists in fp16; IVF-PQ
     (re-ranked exactly from stored vectors) when those exceed the memory budget and there are
-    enough vectors to train PQ codebooks.
+    enough vectors to train PQ codebooks. `gpu`: exact search stays Flat, which FAISS copies to
+    the GPU (in fp16 with `gpu_fp16`); it copies no flat fp16 index.
     """
     plan = plan or IndexPlan()
     if n < 0 or d < 1:
@@ -151,7 +153,7 @@ def choose_factory(
     if over_budget and n >= 2**plan.pq_bits:  # PQ codebooks need >= 2**bits training points
         return f"IVF{_nlist(n, plan)},PQ{_pq_m(d, plan)}x{plan.pq_bits}"
     if n <= plan.flat_max_n:
-        return "SQfp16" if d >= plan.half_precision_min_d else "Flat"
+        return "SQfp16" if d >= plan.half_precision_min_d and not gpu else "Flat"
     hnsw = f"HNSW{plan.hnsw_m}"
     fits = memory_budget_bytes is None or estimate_bytes(n, d, hnsw, plan) <= memory_budget_bytes
     if n <= plan.hnsw_max_n and fits:

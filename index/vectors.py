@@ -223,7 +223,7 @@ class VectorIndex:
             return None
         if self._index is not None and n < 2 * max(self._n_at_plan, 1):
             return None
-        chosen = choose_factory(n, self.d, self.memory_budget_bytes, self.plan)
+        chosen = choose_factory(n, self.d, self.memory_budget_bytes, self.plan, self.use_gpu)
         return chosen if chosen != self.factory else None
 
     # ---------------------------------------------------------------- mutations

@@ -169,6 +169,7 @@ def test_choose_factory_thresholds():
     # wide rows (the served vector): fp16 rows, centroids and lists, PQ only past their budget
     wide = plan.half_precision_min_d
     assert choose_factory(1_000, wide) == "SQfp16"  # exact, over fp16 rows
+    assert choose_factory(1_000, wide, gpu=True) == "Flat"  # FAISS copies Flat to a GPU
     assert choose_factory(1_000_000, wide) == "IVF2048(SQfp16),SQfp16"
     assert choose_factory(1_000_000, wide, memory_budget_bytes=wide * 2 * 2**20) == (
         "IVF2048(SQfp16),SQfp16")
