@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     setting("--http-parser", "http_parser", choices=("auto", "h11", "httptools"))
     setting("--torch-threads", "torch_threads", type=int, metavar="N")
     setting("--blas-threads", "blas_threads", type=int, metavar="N")
+    setting("--inline-search-max-ms", "inline_search_max_ms", type=float, metavar="MS")
     setting("--read-timeout", "request_read_timeout_s", type=float, metavar="S")
     setting("--max-connections", "max_connections", type=int, metavar="N")
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -38,9 +39,11 @@ from api.settings import Settings
 from embedder.classify import PATH_KEY
 from embedder.images import ImageLimits, MemoryBudget, load_image
 from embedder.visual import DEFAULT_NEIGHBOURS, near_duplicates_of
-from index.errors import IndexMismatchError
+from index.errors import IndexBusy, IndexMismatchError
 
 logger = logging.getLogger(__name__)
+
+SEARCH_MS_SMOOTHING = 0.1  # weight of the newest search in the running mean of search time
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Services:
             self._embed, BatchConfig.from_settings(settings), on_batch=metrics.observe_batch
         )
         self.embed_cache = EmbedCache()
+        self._search_ms = 0.0  # running mean of served searches' time (Services._search)
         assert settings.uploads_dir is not None
         images = ImageStore(settings.uploads_dir, settings.media_root)
         self.catalog = Catalog(index, images, metrics, self.decode, self.index_row)
@@ -246,7 +250,7 @@ class Services:
             else:
                 query = await self.decode(request.image, request.title)
                 parts = await self.embed(query)
-                hits, _ = await run_in_threadpool(
+                served = partial(
                     self.bundle.served_search,
                     self.index,
                     parts,
@@ -255,9 +259,37 @@ class Services:
                     request.visual_weight,
                     where=resolved.where,
                 )
+                hits, _ = await self._search(served, inline=resolved.where is None)
         public = hits_public(hits)
         notice = None if public else empty_notice(request.category, request.filters)
         return SearchPublic(hits=public, count=len(public), query=kind, notice=notice)
+
+    async def _search(self, search: Callable[..., Any], inline: bool) -> Any:
+        """`search(wait=...)` on the event loop when it may run there (Settings.
+        inline_search_max_ms; an in-memory index, no filter) and a write does not hold the
+        index, else on a thread. Its time feeds the running mean that decides."""
+        if (inline and self._search_ms < self.settings.inline_search_max_ms
+                and getattr(self.index, "nonblocking_reads", False)):
+            start = time.perf_counter()
+            try:
+                out = search(wait=False)
+            except IndexBusy:
+                pass  # a write holds the index: wait for it on a thread
+            else:
+                self._note_search(start)
+                return out
+
+        def timed() -> Any:
+            start = time.perf_counter()
+            out = search()
+            self._note_search(start)
+            return out
+
+        return await run_in_threadpool(timed)
+
+    def _note_search(self, start: float) -> None:
+        ms = (time.perf_counter() - start) * 1000.0
+        self._search_ms += SEARCH_MS_SMOOTHING * (ms - self._search_ms)
 
     async def near_duplicates(
         self, product_id: str, threshold: float | None, k: int | None

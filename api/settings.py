@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     blas_threads: int = Field(
         default=1, ge=0, description="numpy's BLAS threads (0: the library's default)"
     )
+    # A search whose index answers in memory runs on the event loop itself when recent
+    # searches took under this many ms (wall time, GIL waits included: a photo search's two
+    # scans take 2-5 ms under 32 clients): its hand-off to a thread cost ~1 ms of CPU per photo
+    # search (docs/performance.md). Slower ones (exact search over tens of thousands of wide
+    # rows), filtered ones and any that a write would make wait go to a thread. 0: always.
+    inline_search_max_ms: float = Field(
+        default=10.0, ge=0.0,
+        description="searches recently faster than this run on the event loop (0: never)",
+    )
     http_parser: Literal["auto", "h11", "httptools"] = Field(
         "auto", description="HTTP/1.1 parser: auto (httptools where installed, else h11)"
     )

@@ -292,15 +292,16 @@ class Bundle:
         return self.served.stored(parts[:, :self.dim], visual)
 
     def served_search(self, index: Any, parts: np.ndarray, has_image: bool, k: int,
-                      visual_weight: float | None = None,
+                      visual_weight: float | None = None, wait: bool = True,
                       **filters: Any) -> tuple[list[Any], str | None]:
         """(hits, recognised product id or None) of one `embed_parts` row against the index
-        (embedder.visual.served_search; `filters` go to index.search); without a visual block,
-        a plain HUSE search."""
+        (embedder.visual.served_search; `filters` go to index.search, `wait=False` to every
+        index read); without a visual block, a plain HUSE search."""
         if self.served is None:
-            return index.search(parts[None, :], k, **filters)[0], None
+            reads = {} if wait else {"wait": False}
+            return index.search(parts[None, :], k, **reads, **filters)[0], None
         return served_search(index, self.served, parts[:self.dim],
-                             parts[self.dim:] if has_image else None, k, visual_weight,
+                             parts[self.dim:] if has_image else None, k, visual_weight, wait,
                              **filters)
 
     @property

@@ -255,7 +255,7 @@ def near_duplicates_of(index: Any, product_id: str, huse_dim: int, block: Visual
 
 
 def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.ndarray | None,
-                  k: int, visual_weight: float | None = None,
+                  k: int, visual_weight: float | None = None, wait: bool = True,
                   **filters: Any) -> tuple[list[Any], str | None]:
     """(hits, id of the recognised product or None) for one query against the served index.
 
@@ -266,17 +266,19 @@ def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.
     knows its title too, so they share its class far more often than the photo's own
     neighbours do). Otherwise, and for
     titles or weight 0, one weighted search: (1 - w) * cos(HUSE) + w * cos(visual). `filters`
-    (category_prefix=, where=) go to every index search."""
+    (category_prefix=, where=) go to every index search; `wait=False` to every index read
+    (index.store: IndexBusy rather than wait for a write)."""
     w = served.visual_weight if visual_weight is None else visual_weight
+    reads = {} if wait else {"wait": False}
     if visual is not None and w > 0:
         probe = instance_probe(visual[None, :], len(huse), served.block)
-        top = index.search(probe, 1, **filters)[0]
+        top = index.search(probe, 1, **reads, **filters)[0]
         if top and top[0].score >= served.recognition:
             found = top[0]
             rest: list[Any] = []
             if k > 1:
-                xq = served.requery(index.vector(found.id)[None, :], w)
-                rest = index.search(xq, k - 1, exclude_ids=[found.id], **filters)[0]
+                xq = served.requery(index.vector(found.id, **reads)[None, :], w)
+                rest = index.search(xq, k - 1, exclude_ids=[found.id], **reads, **filters)[0]
             return [found, *rest], found.id
     xq = served.query(huse[None, :], None if visual is None else visual[None, :], w)
-    return index.search(xq, k, **filters)[0], None
+    return index.search(xq, k, **reads, **filters)[0], None

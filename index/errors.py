@@ -24,3 +24,9 @@ class ProductNotFound(IndexStoreError, KeyError):
 
     def __str__(self) -> str:
         return f"product not found: {self.product_id!r}"
+
+
+class IndexBusy(Exception):
+    """A write holds the index, or waits for it, and the reader asked not to wait (`wait=False`:
+    the API's event loop, which must never block). Not a client error: the caller retries on a
+    thread."""

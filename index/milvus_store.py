@@ -50,6 +50,8 @@ def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class MilvusProductIndex:
     """Products with metadata and vectors in one Milvus collection; k-NN with filters."""
 
+    nonblocking_reads = False  # every read is a network call: never on an event loop
+
     def __init__(
         self, client: Any, target: MilvusTarget, collection: str, plan: MilvusPlan
     ) -> None:

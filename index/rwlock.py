@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from index.errors import IndexBusy
+
 
 class RWLock:
     """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
@@ -17,9 +19,12 @@ class RWLock:
         self._waiting_writers = 0
 
     @contextmanager
-    def read(self) -> Iterator[None]:
+    def read(self, wait: bool = True) -> Iterator[None]:
+        """Shared access; `wait=False` raises IndexBusy instead of waiting for a writer."""
         with self._cond:
             while self._writer or self._waiting_writers:
+                if not wait:
+                    raise IndexBusy("a write holds or waits for the index")
                 self._cond.wait()
             self._readers += 1
         try:

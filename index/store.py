@@ -115,6 +115,10 @@ def check_ids(product_ids: Sequence[str]) -> list[str]:
 class ProductIndex:
     """Products with metadata and vectors; k-NN search with category and id filters."""
 
+    # search() and vector() take wait=False: in memory, they either answer now or raise
+    # IndexBusy, so a caller on an event loop can try them without blocking it.
+    nonblocking_reads = True
+
     def __init__(
         self,
         directory: Path,
@@ -372,8 +376,9 @@ class ProductIndex:
             self._check_open()
             return self._meta.facet_counts()
 
-    def vector(self, product_id: str) -> np.ndarray:
-        with self._lock.read():
+    def vector(self, product_id: str, wait: bool = True) -> np.ndarray:
+        """A live product's stored row; `wait=False`: IndexBusy rather than wait for a write."""
+        with self._lock.read(wait):
             self._check_open()
             return self._meta.vector(product_id)
 
@@ -393,12 +398,14 @@ class ProductIndex:
         category_prefix: str | None = None,
         exclude_ids: Sequence[str] | None = None,
         where: ProductFilter | None = None,
+        wait: bool = True,
     ) -> list[list[Hit]]:
         """k nearest products per query row, best first; fewer only if fewer match.
 
-        `category_prefix` and `where` (categories, attribute equality) both restrict hits."""
+        `category_prefix` and `where` (categories, attribute equality) both restrict hits.
+        `wait=False` raises IndexBusy instead of waiting for a write (nonblocking_reads)."""
         excluded_ids = check_ids(exclude_ids) if exclude_ids is not None else None
-        with self._lock.read():
+        with self._lock.read(wait):
             self._check_open()
             allowed = None
             if category_prefix is not None:

@@ -57,3 +57,75 @@ def test_product_id_and_query_together_is_refused(reader, catalog_products):
     r = reader.post("/v1/search", data={"product_id": catalog_products[0].id, "title": "x"})
     assert r.status_code == 422
     assert "either product_id" in r.json()["detail"]
+
+
+def _on_event_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _record_threads(services, seen: list[bool]) -> None:
+    """Wrap the bundle's served search to note whether each call ran on the event loop."""
+    search = services.bundle.served_search
+
+    def recorded(*args, **kwargs):
+        seen.append(_on_event_loop())
+        return search(*args, **kwargs)
+
+    services.bundle.served_search = recorded
+
+
+def test_fast_searches_run_on_the_event_loop_slow_or_filtered_ones_on_a_thread(
+        make_client, catalog_products):
+    """No thread hand-off for an in-memory search that has been fast; filtered searches (an
+    exact subset scan) and a service told 0 ms always hand off."""
+    title = {"title": catalog_products[0].title, "k": "3"}
+    for limit, expected in ((60_000.0, True), (0.0, False)):
+        client = make_client(inline_search_max_ms=limit)
+        seen: list[bool] = []
+        _record_threads(client.app.state.services, seen)
+        assert client.post("/v1/search", data=title).status_code == 200
+        assert client.post("/v1/search", data={**title, "filters": '{"colour": "Red"}'}
+                           ).status_code == 200
+        assert seen == [expected, False]
+
+
+def test_a_search_during_a_write_waits_on_a_thread_and_the_loop_keeps_serving(
+        make_client, catalog_products):
+    """A write holds the index: the search, tried on the event loop, must not block it; it
+    answers once the write is done, and the loop answers other requests meanwhile."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = make_client(inline_search_max_ms=60_000.0)
+    services = client.app.state.services
+    seen: list[bool] = []
+    _record_threads(services, seen)
+    holding, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with services.index._lock.write():
+            holding.set()
+            release.wait(30)
+
+    with ThreadPoolExecutor(2) as pool:
+        writer = pool.submit(write)
+        assert holding.wait(10)
+        search = pool.submit(client.post, "/v1/search",
+                             data={"title": catalog_products[0].title, "k": "3"})
+        time.sleep(0.3)
+        started = time.perf_counter()
+        assert client.get("/openapi.json").status_code == 200  # the loop is not blocked
+        assert time.perf_counter() - started < 5
+        assert not search.done()  # waiting for the write, on a thread
+        release.set()
+        writer.result(10)
+        answer = search.result(30)
+    assert answer.status_code == 200 and answer.json()["count"] == 3
+    assert seen == [True, False]  # tried on the loop (IndexBusy), then run on a thread

@@ -375,3 +375,32 @@ def test_sigkill_during_save_keeps_previous_index(faiss_store, tmp_path, func, t
     assert len(again) == N + 7  # the upsert made before the crash was replayed from SQLite
     assert again.get("p1006").title == "title 1006"
     again.close()
+
+
+def test_reads_that_must_not_wait_raise_index_busy_during_a_write(faiss_store):
+    """wait=False (the API's event loop) gets IndexBusy instead of waiting for a writer."""
+    import threading
+
+    from index.errors import IndexBusy
+
+    xq = make_vectors(1, seed=2)
+    assert faiss_store.search(xq, 1, wait=False)[0]  # no writer: answers now
+    holding, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with faiss_store._lock.write():
+            holding.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(IndexBusy):
+            faiss_store.search(xq, 1, wait=False)
+        with pytest.raises(IndexBusy):
+            faiss_store.vector("p0", wait=False)
+    finally:
+        release.set()
+        writer.join(10)
+    assert faiss_store.vector("p0", wait=False).shape == (D,)
