@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="noise norm in median nearest-neighbour distances")
     parser.add_argument("--work", default="", help="where the index is built (default: temp)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recall-tie-epsilon", type=float, default=None,
+                        help="BuildConfig.recall_tie_epsilon (default: its default; 0: id recall)")
     parser.add_argument("--out", default="bench_build", help="results name")
     args = parser.parse_args(argv)
     import tempfile
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     xb, _, about, _ = dataset("real", args.n, 1, data_args)
     bundle = Bundle.load(args.bundle)
     config = BuildConfig(seed=args.seed)
+    if args.recall_tie_epsilon is not None:
+        config = replace(config, recall_tie_epsilon=args.recall_tie_epsilon)
     rows = np.random.default_rng(config.seed).choice(args.n, config.n_eval_queries, replace=False)
     records = [ProductRecord(id=f"p{i}", title=f"t{i}", category=f"C{i % 50}", image="",
                              attributes={}) for i in range(args.n)]

@@ -13,6 +13,28 @@ def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int) -> np.ndarray:
     return knn(xq, xb, min(k, xb.shape[0]))[1]
 
 
+def exact_knn_scores(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, row positions), each (nq, k), of the k largest inner products, best first."""
+    return knn(xq, xb, min(k, xb.shape[0]))
+
+
+def tie_aware_recall_at_k(I: np.ndarray, xq: np.ndarray, xb: np.ndarray,  # noqa: E741
+                          ref_scores: np.ndarray, k: int, epsilon: float) -> float:
+    """Mean fraction of the first k results (row positions in xb, -1 pads) whose exact inner
+    product with the query is at least the exact k-th best minus `epsilon`: ann-benchmarks'
+    k-NN recall. Among products that tie with the k-th (the same title listed twice, near
+    copies) any is a right answer; id recall counts only the ones exact search happened to
+    rank first, so no search effort reaches it."""
+    I = np.asarray(I)[:, :k]  # noqa: E741
+    found = I >= 0
+    rows = xb[np.where(found, I, 0)]  # (nq, k, d)
+    scores = np.einsum("qkd,qd->qk", rows, np.asarray(xq, dtype=np.float32))
+    kk = min(k, ref_scores.shape[1])
+    threshold = ref_scores[:, kk - 1 : kk] - epsilon
+    hits = (found & (scores >= threshold)).sum(axis=1)
+    return float(np.mean(np.minimum(hits, kk)) / kk) if len(hits) else 0.0
+
+
 def recall_at_k(I: np.ndarray, I_ref: np.ndarray, k: int) -> float:  # noqa: E741
     """Mean fraction of the true top-k found in the first k results (-1 pads never match)."""
     hits = [

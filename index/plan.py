@@ -98,6 +98,12 @@ class BuildConfig:
     # an HNSW32 prefix index: efSearch 32 0.940, 40 0.953 at 5,835 q/s, 64 0.967 at 3,905
     # (bench/results/bench_index_1m_titles_efsearch.json).
     effort_refine_steps: int = 2
+    # A result counts when its exact inner product is within this of the exact k-th best
+    # (ann-benchmarks' recall; index.evaluation.tie_aware_recall_at_k). 0: id recall, under
+    # which near-tied products cap what any effort reaches: 400k real-like rows, titles on an
+    # HNSW32 prefix stayed at 0.893 from efSearch 2 to 16 and the tuning chose 128
+    # (bench/results/bench_build_400k_d1344.json).
+    recall_tie_epsilon: float = 1e-3
 
 
 def _power_of_two(x: float) -> int:
