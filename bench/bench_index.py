@@ -39,14 +39,20 @@ import numpy as np
 
 from bench.common import machine_info, print_table, write_results
 from huse_common.vectors import l2_normalize
-from index.evaluation import exact_knn, median_nn_distance, recall_at_k
-from index.plan import Candidate, IndexPlan, candidates, choose_factory, pick
+from index.evaluation import (
+    exact_knn_scores,
+    median_nn_distance,
+    recall_at_k,
+    tie_aware_recall_at_k,
+)
+from index.plan import BuildConfig, Candidate, IndexPlan, candidates, choose_factory, pick
 from index.vectors import omp_threads
 
 logger = logging.getLogger(__name__)
-COLUMNS = ["data", "n", "index", "effort", "recall@10", "qps_b1", "qps_cpu", "cpu_ms", "p50_ms",
-           "p99_ms", "build_s", "index_mb"]
+COLUMNS = ["data", "n", "index", "effort", "recall@10", "recall@10 ties", "qps_b1", "qps_cpu",
+           "cpu_ms", "p50_ms", "p99_ms", "build_s", "index_mb"]
 K = 10
+TIE_EPSILON = BuildConfig().recall_tie_epsilon  # tie-aware recall, as index.build measures
 DEFAULT_REAL_INDEX = Path("/work/runs/baseline/index")
 PREVIOUS_NPROBE = 32  # what the plan used before this benchmark picked the numbers
 
@@ -163,8 +169,16 @@ def batch1(
     return found, qps, took, cpu
 
 
+def _recalls(found: np.ndarray, xq: np.ndarray, xb: np.ndarray,
+             ref: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """(recall@K by id, tie-aware recall@K as index.build measures it) against `ref`, the exact
+    (scores, ids)."""
+    ties = tie_aware_recall_at_k(found, xq, xb, ref[0], K, TIE_EPSILON)
+    return round(recall_at_k(found, ref[1], K), 4), round(ties, 4)
+
+
 def _point(data: str, n: int, name: str, effort: Any, found: np.ndarray, timing: tuple,
-           ref: np.ndarray, threads: int) -> dict[str, Any]:
+           recalls: tuple[float, float], threads: int) -> dict[str, Any]:
     """One curve point. `qps_cpu` = threads / mean CPU seconds per query: the rate `threads`
     cores would sustain if they were ours alone (wall `qps` on a shared machine is lower)."""
     qps, took, cpu = timing
@@ -173,7 +187,8 @@ def _point(data: str, n: int, name: str, effort: Any, found: np.ndarray, timing:
         "n": n,
         "index": name,
         "effort": effort,
-        "recall_at_10": round(recall_at_k(found, ref, K), 4),
+        "recall_at_10": recalls[0],
+        "recall_at_10_ties": recalls[1],
         "qps": round(qps, 1),
         "cpu_ms": round(float(cpu.mean()) * 1e3, 4),
         "qps_cpu": round(threads / float(cpu.mean()), 1),
@@ -194,11 +209,11 @@ def served_kinds(bundle_dir: str, xq: np.ndarray,
 
     bundle = Bundle.load(bundle_dir)
     kinds = bundle.served_probe_queries(xq)
-    found = {name: (q, exact_knn(q, xb, K)) for name, q in kinds.items() if len(q)}
+    found = {name: (q, exact_knn_scores(q, xb, K)) for name, q in kinds.items() if len(q)}
     return found, bundle.served_prefix_dims
 
 
-def sweep(cand: Candidate, xb: np.ndarray, xq: np.ndarray, ref: np.ndarray, data: str,
+def sweep(cand: Candidate, xb: np.ndarray, xq: np.ndarray, ref: tuple, data: str,
           threads: int, plan: IndexPlan, target: float,
           kinds: dict[str, tuple] | None = None) -> list[dict[str, Any]]:
     """Build one candidate and measure it at each effort; stops once recall passes 0.999 or
@@ -218,14 +233,17 @@ def sweep(cand: Candidate, xb: np.ndarray, xq: np.ndarray, ref: np.ndarray, data
     for effort in cand.efforts:
         set_effort(index, effort)
         found, *timing = batch1(index.search, xq, threads)
-        point = _point(data, xb.shape[0], cand.factory, effort, found, tuple(timing), ref,
-                       threads)
+        point = _point(data, xb.shape[0], cand.factory, effort, found, tuple(timing),
+                       _recalls(found, xq, xb, ref), threads)
         if kinds:
             by_kind = {"draws": point["recall_at_10"]}
+            ties = {"draws": point["recall_at_10_ties"]}
             with omp_threads(threads):
                 for name, (q, truth) in kinds.items():
-                    by_kind[name] = round(recall_at_k(index.search(q, K)[1], truth, K), 4)
-            point.update(recall_at_10=min(by_kind.values()), recall_at_10_by_queries=by_kind)
+                    by_kind[name], ties[name] = _recalls(index.search(q, K)[1], q, xb, truth)
+            point.update(recall_at_10=min(by_kind.values()), recall_at_10_by_queries=by_kind,
+                         recall_at_10_ties=min(ties.values()),
+                         recall_at_10_ties_by_queries=ties)
         point.update(build_s=round(build_s, 1), index_mb=round(size_mb, 1),
                      rss_delta_mb=round(rss_mb, 1))
         logger.info("%s", point)
@@ -255,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="searching threads, batch 1")
     parser.add_argument("--target", type=float, default=0.95, help="recall@10 to reach")
     parser.add_argument("--only", default="", help="factories to measure, separated by ;")
+    parser.add_argument("--only-prefix", default="",
+                        help="prefix index (titles) factories to measure, separated by ;")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_index", help="results name")
     args = parser.parse_args(argv)
@@ -269,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             xb, xq, about, _ = dataset(data, n, args.queries, args)
             datasets[f"{data}/{n}"] = about
             t0 = time.perf_counter()
-            ref = exact_knn(xq, xb, K)
+            ref = exact_knn_scores(xq, xb, K)
             exact_qps = xq.shape[0] / (time.perf_counter() - t0)
             curve.append({"data": data, "n": n, "index": "exact (numpy, batch 1000)",
                           "effort": None, "recall_at_10": 1.0, "qps": round(exact_qps, 1),
@@ -294,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
                 titles, truth = kinds["title"]
                 head = np.ascontiguousarray(xb[:, :prefix])
                 for cand in candidates(n, prefix, plan):
+                    if args.only_prefix and cand.factory not in args.only_prefix.split(";"):
+                        continue
                     if "PQ" not in cand.factory:  # (PQ fails on this data, see above)
                         points = sweep(cand, head, np.ascontiguousarray(titles[:, :prefix]),
                                        truth, data, args.threads, plan, args.target)
@@ -305,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
             picked.append({"data": data, "n": n, "d": d, "best": best,
                            "auto_factory": choose_factory(n, d, None, plan)})
             del xb, xq
-    rows = [{**p, "recall@10": p["recall_at_10"], "qps_b1": p["qps"]} for p in curve]
+    rows = [{**p, "recall@10": p["recall_at_10"], "recall@10 ties": p.get("recall_at_10_ties"),
+             "qps_b1": p["qps"]} for p in curve]
     print_table(rows, COLUMNS)
     for p in picked:
         print(f"\n{p['data']} n={p['n']}: best at recall@10 >= {args.target}: {p['best']}")
