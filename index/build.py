@@ -27,9 +27,6 @@ logger = logging.getLogger(__name__)
 
 
 QuerySets = Mapping[str, np.ndarray]
-# More held-out queries: the sets themselves, or a function of the build's held-out perturbed
-# rows that makes them (the served query kinds: embedder.visual.ServedSpace.probe_queries).
-ExtraQueries = QuerySets | Callable[[np.ndarray], QuerySets]
 PERTURBED = "perturbed"  # the query set every build measures
 
 
@@ -117,16 +114,13 @@ def _tune(store: Any, part: str, config: BuildConfig, k: int,
 
 def _fill_and_measure(
     store: Any, records: Sequence[ProductRecord], xb: np.ndarray, config: BuildConfig, t0: float,
-    query_sets: ExtraQueries | None = None,
+    query_sets: QuerySets | None = None,
 ) -> dict[str, Any]:
     """Upsert everything, tune the search effort to the target recall, save; -> manifest.
 
     `store` is either implementation (index.store.ProductIndex, MilvusProductIndex).
-    `query_sets`: more held-out queries (name -> rows), or a function making them from the
-    held-out perturbed rows, such as the served query kinds
-    (embedder.visual.ServedSpace.probe_queries): made from index rows, a title's own row is
-    among its neighbours, and the build tuned the 1M title index to efSearch 10 where held-out
-    titles need 16 (bench_index_1m_d1344_ties.json). The effort is tuned until every set reaches
+    `query_sets`: more held-out queries (name -> rows), such as the served query kinds
+    (embedder.visual.ServedSpace.probe_queries); the effort is tuned until every set reaches
     the target. With a prefix index, the sets it answers (rows zero past its columns) tune its
     own effort, the others the main index's.
     """
@@ -137,8 +131,7 @@ def _fill_and_measure(
     if noise is None:
         noise = median_nn_distance(xb, config.n_eval_queries, config.seed)
     sets = {PERTURBED: perturbed_queries(xb, config.n_eval_queries, noise, config.seed)}
-    extra = query_sets(sets[PERTURBED]) if callable(query_sets) else (query_sets or {})
-    for name, xq in extra.items():
+    for name, xq in (query_sets or {}).items():
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != xb.shape[1]:
             raise ValueError(f"query set {name!r} has shape {xq.shape}, not (n, {xb.shape[1]})")
@@ -210,7 +203,7 @@ def build_milvus_index(
     factory: str = "auto",
     config: BuildConfig | None = None,
     overwrite: bool = False,
-    query_sets: ExtraQueries | None = None,
+    query_sets: QuerySets | None = None,
 ) -> dict[str, Any]:
     """build_product_index for a Milvus URI: a new collection is filled, measured, flushed,
     and only then served under the URI's name (the one it replaces is dropped)."""
@@ -249,14 +242,13 @@ def build_product_index(
     plan: IndexPlan | None = None,
     config: BuildConfig | None = None,
     overwrite: bool = False,
-    query_sets: ExtraQueries | None = None,
+    query_sets: QuerySets | None = None,
     prefix_dims: int | None = None,
 ) -> dict[str, Any]:
     """Create, fill, measure recall@k against exact search, save; returns the manifest.
 
     Held-out queries are perturbed copies of database vectors (see perturbed_queries) and
-    each of `query_sets` (name -> rows: the kinds of query the service sends, or a function
-    making them from the perturbed copies; see _fill_and_measure); the truth is
+    each of `query_sets` (name -> rows: the kinds of query the service sends); the truth is
     exact inner product over all of xb, so a Flat index scores 1.0. For IVF/HNSW the search
     effort doubles (then narrows: BuildConfig.effort_refine_steps) until every set reaches
     config.target_recall; the same queries tune and

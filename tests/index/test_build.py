@@ -104,24 +104,3 @@ def test_query_sets_must_match_the_index_dimension(tmp_path):
                                    query_sets={"title": make_vectors(5, seed=1),
                                                "none": np.zeros((0, D), np.float32)})
     assert manifest["build"]["recall_at_10_by_queries"] == {"perturbed": 1.0, "title": 1.0}
-
-
-def test_query_kinds_are_made_from_the_held_out_perturbed_rows(tmp_path):
-    """A function as query_sets gets the build's perturbed queries (not index rows, whose own
-    row would be among their neighbours) and its sets are measured beside them."""
-    xb = make_vectors(200)
-    seen = []
-
-    def kinds(held_out: np.ndarray) -> dict[str, np.ndarray]:
-        seen.append(held_out)
-        title = held_out.copy()
-        title[:, D // 2:] = 0  # zero past a prefix, as a title query is
-        return {"title": title}
-
-    config = BuildConfig(n_eval_queries=40)
-    manifest = build_product_index(tmp_path / "ix", make_records(200), xb, "fp",
-                                   config=config, query_sets=kinds)
-    (held_out,) = seen
-    assert held_out.shape == (40, D)
-    assert not (np.abs(held_out @ xb.T) > 1 - 1e-6).any()  # no query is an index row
-    assert set(manifest["build"]["recall_at_10_by_queries"]) == {"perturbed", "title"}
