@@ -268,8 +268,8 @@ class Services:
         """`search(wait=...)` on the event loop when it may run there (Settings.
         inline_search_max_ms; an in-memory index, no filter) and a write does not hold the
         index, else on a thread. Its time feeds the running mean that decides."""
-        if (inline and self._search_ms < self.settings.inline_search_max_ms
-                and getattr(self.index, "nonblocking_reads", False)):
+        if (inline and self.index.nonblocking_reads
+                and self._search_ms < self.settings.inline_search_max_ms):
             start = time.perf_counter()
             try:
                 out = search(wait=False)

@@ -298,8 +298,7 @@ class Bundle:
         (embedder.visual.served_search; `filters` go to index.search, `wait=False` to every
         index read); without a visual block, a plain HUSE search."""
         if self.served is None:
-            reads = {} if wait else {"wait": False}
-            return index.search(parts[None, :], k, **reads, **filters)[0], None
+            return index.search(parts[None, :], k, wait=wait, **filters)[0], None
         return served_search(index, self.served, parts[:self.dim],
                              parts[self.dim:] if has_image else None, k, visual_weight, wait,
                              **filters)

@@ -269,16 +269,15 @@ def served_search(index: Any, served: ServedSpace, huse: np.ndarray, visual: np.
     (category_prefix=, where=) go to every index search; `wait=False` to every index read
     (index.store: IndexBusy rather than wait for a write)."""
     w = served.visual_weight if visual_weight is None else visual_weight
-    reads = {} if wait else {"wait": False}
     if visual is not None and w > 0:
         probe = instance_probe(visual[None, :], len(huse), served.block)
-        top = index.search(probe, 1, **reads, **filters)[0]
+        top = index.search(probe, 1, wait=wait, **filters)[0]
         if top and top[0].score >= served.recognition:
             found = top[0]
             rest: list[Any] = []
             if k > 1:
-                xq = served.requery(index.vector(found.id, **reads)[None, :], w)
-                rest = index.search(xq, k - 1, exclude_ids=[found.id], **reads, **filters)[0]
+                xq = served.requery(index.vector(found.id, wait=wait)[None, :], w)
+                rest = index.search(xq, k - 1, exclude_ids=[found.id], wait=wait, **filters)[0]
             return [found, *rest], found.id
     xq = served.query(huse[None, :], None if visual is None else visual[None, :], w)
-    return index.search(xq, k, **reads, **filters)[0], None
+    return index.search(xq, k, wait=wait, **filters)[0], None

@@ -192,7 +192,9 @@ class MilvusProductIndex:
     def get(self, product_id: str) -> ProductRecord:
         return product_record(self._one(product_id, META_FIELDS))
 
-    def vector(self, product_id: str) -> np.ndarray:
+    def vector(self, product_id: str, wait: bool = True) -> np.ndarray:
+        """`wait` as ProductIndex's; a network read is never tried without waiting
+        (nonblocking_reads), so it is ignored."""
         return np.asarray(self._one(product_id, ["vector"])["vector"], dtype=np.float32)
 
     def image_in_use(self, image: str) -> bool:
@@ -235,10 +237,12 @@ class MilvusProductIndex:
         category_prefix: str | None = None,
         exclude_ids: Sequence[str] | None = None,
         where: ProductFilter | None = None,
+        wait: bool = True,
     ) -> list[list[Hit]]:
         """k nearest products per query row, best first; fewer only if fewer match.
 
-        `category_prefix` and `where` (categories, attribute equality) both restrict hits."""
+        `category_prefix` and `where` (categories, attribute equality) both restrict hits.
+        `wait` as ProductIndex's, ignored (nonblocking_reads)."""
         xq = as_matrix(xq, self.d, "xq")
         if (
             isinstance(k, bool)
