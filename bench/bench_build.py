@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.bench_index import dataset
 from bench.common import machine_info, write_results
 
@@ -50,13 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     config = BuildConfig(seed=args.seed)
     if args.recall_tie_epsilon is not None:
         config = replace(config, recall_tie_epsilon=args.recall_tie_epsilon)
+    rows = np.random.default_rng(config.seed).choice(args.n, config.n_eval_queries, replace=False)
     records = [ProductRecord(id=f"p{i}", title=f"t{i}", category=f"C{i % 50}", image="",
                              attributes={}) for i in range(args.n)]
     with tempfile.TemporaryDirectory(dir=args.work or None) as work:
         t0 = time.perf_counter()
         manifest = build_product_index(
             Path(work) / "index", records, xb, bundle.fingerprint, config=config,
-            query_kinds=bundle.served_probe_queries,
+            query_sets=bundle.served_probe_queries(xb[np.sort(rows)]),
             prefix_dims=bundle.served_prefix_dims)
         seconds = time.perf_counter() - t0
     build: dict[str, Any] = manifest["build"]

@@ -311,8 +311,7 @@ class Bundle:
 
     def served_probe_queries(self, stored: np.ndarray) -> dict[str, np.ndarray]:
         """Held-out queries of each kind the service sends that index rows alone do not stand
-        for (ServedSpace.probe_queries), from the index rows of products held out of the
-        build's tuning; none without a visual block."""
+        for (ServedSpace.probe_queries), from index rows; none without a visual block."""
         return {} if self.served is None else self.served.probe_queries(stored)
 
     def served_requery(self, stored: np.ndarray, visual_weight: float | None = None

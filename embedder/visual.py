@@ -224,8 +224,7 @@ class ServedSpace:
 
     def probe_queries(self, stored: np.ndarray) -> dict[str, np.ndarray]:
         """Queries of the two kinds the service sends that leave most of a row's directions
-        empty, made from `stored` index rows (index.build: of products held out of the index
-        while its effort is tuned): a title (HUSE alone, visual block zero) and a
+        empty, made from `stored` index rows: a title (HUSE alone, visual block zero) and a
         recognition probe (the instance part of the visual block alone; rows with an image).
         An approximate index tuned on perturbed rows misses their neighbours: on fashion
         products an IVF64 index at nprobe 2 found 0.72 of a title's 10 nearest, against 0.95

@@ -30,14 +30,11 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def knn(xq: np.ndarray, xb: np.ndarray, k: int, exclude_self: bool = False,
-        max_scores: int | None = None, exclude_rows: np.ndarray | None = None,
-        ) -> tuple[np.ndarray, np.ndarray]:
+        max_scores: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product k-NN in query blocks: D, I (nq, k), best first, I = row of xb.
 
     `exclude_self`: query i and database row i are the same item, so row i is left out of
-    query i's results. `exclude_rows`: rows of xb left out of every query's results (as if
-    deleted, without copying xb). At most `max_scores` (default MAX_SCORES) scores exist at
-    once."""
+    query i's results. At most `max_scores` (default MAX_SCORES) scores exist at once."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
@@ -52,7 +49,5 @@ def knn(xq: np.ndarray, xb: np.ndarray, k: int, exclude_self: bool = False,
         if exclude_self:
             rows = np.arange(len(sims))
             sims[rows, rows + start] = -np.inf
-        if exclude_rows is not None:
-            sims[:, exclude_rows] = -np.inf
         D[start:start + len(sims)], I[start:start + len(sims)] = topk(sims, k)
     return D, I

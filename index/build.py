@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 QuerySets = Mapping[str, np.ndarray]
-QueryKinds = Callable[[np.ndarray], QuerySets]  # held-out rows -> named query sets
-PERTURBED = "perturbed"  # the query sets every build measures
-HELD_OUT = "held-out products"
+PERTURBED = "perturbed"  # the query set every build measures
 
 
 def _measure(
@@ -114,51 +112,33 @@ def _tune(store: Any, part: str, config: BuildConfig, k: int,
     return effort, sorted(curve, key=lambda p: p["search_effort"])
 
 
-def tuning_rows(n: int, config: BuildConfig) -> np.ndarray:
-    """Sorted rows of n products that the tuning's queries are made from: products held out
-    of the index while its effort is tuned (BuildConfig.held_out_fraction, at most
-    n_eval_queries), or with a fraction of 0, sampled index rows."""
-    fraction = config.held_out_fraction
-    count = min(config.n_eval_queries, int(n * fraction) if fraction > 0 else n)
-    return np.sort(np.random.default_rng(config.seed).choice(n, size=count, replace=False))
-
-
 def _fill_and_measure(
     store: Any, records: Sequence[ProductRecord], xb: np.ndarray, config: BuildConfig, t0: float,
-    query_kinds: QueryKinds | None = None,
+    query_sets: QuerySets | None = None,
 ) -> dict[str, Any]:
     """Upsert everything, tune the search effort to the target recall, save; -> manifest.
 
     `store` is either implementation (index.store.ProductIndex, MilvusProductIndex).
-    Held-out products (tuning_rows) are upserted only after the tuning: they are queries
-    the index has not seen, themselves (HELD_OUT) and as `query_kinds(rows)` (name -> query
-    rows, such as the served query kinds: embedder.visual.ServedSpace.probe_queries). With
-    perturbed rows (PERTURBED) they are the query sets the effort is tuned on until every
-    set reaches the target. With a prefix index, the sets it answers (rows zero past its
-    columns) tune its own effort, the others the main index's.
+    `query_sets`: more held-out queries (name -> rows), such as the served query kinds
+    (embedder.visual.ServedSpace.probe_queries); the effort is tuned until every set reaches
+    the target. With a prefix index, the sets it answers (rows zero past its columns) tune its
+    own effort, the others the main index's.
     """
-    xb = np.ascontiguousarray(xb, dtype=np.float32)
-    rows = tuning_rows(len(records), config)
-    held = rows if config.held_out_fraction > 0 else rows[:0]
-    indexed = np.ones(len(records), dtype=bool)
-    indexed[held] = False
-    store.upsert([r for r, keep in zip(records, indexed, strict=True) if keep],
-                 xb[indexed] if len(held) else xb)
+    store.upsert(records, xb)
     build_s = time.perf_counter() - t0
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
     noise = config.query_noise
     if noise is None:
         noise = median_nn_distance(xb, config.n_eval_queries, config.seed)
     sets = {PERTURBED: perturbed_queries(xb, config.n_eval_queries, noise, config.seed)}
-    if len(held):
-        sets[HELD_OUT] = xb[held]
-    for name, xq in (query_kinds(xb[rows]) if query_kinds and len(rows) else {}).items():
+    for name, xq in (query_sets or {}).items():
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != xb.shape[1]:
-            raise ValueError(f"query kind {name!r} has shape {xq.shape}, not (n, {xb.shape[1]})")
+            raise ValueError(f"query set {name!r} has shape {xq.shape}, not (n, {xb.shape[1]})")
         if len(xq):
-            sets[name] = xq
-    k = min(config.k, len(records) - len(held))
-    refs = {name: exact_knn_scores(xq, xb, k, exclude=held) for name, xq in sets.items()}
+            sets[name] = xq[: config.n_eval_queries]
+    k = min(config.k, len(records))
+    refs = {name: exact_knn_scores(xq, xb, k) for name, xq in sets.items()}
     epsilon = config.recall_tie_epsilon
 
     def recall_of(name: str, found: np.ndarray) -> float:
@@ -180,10 +160,6 @@ def _fill_and_measure(
         tuned[part] = _tune(store, part, config, k, lambda s=part_sets: _measure(
             store, s, recall_of, positions, k, config.timed_queries))
     final = _measure(store, sets, recall_of, positions, k, 0)
-    if len(held):
-        t1 = time.perf_counter()
-        store.upsert([records[i] for i in held], xb[held])
-        build_s += time.perf_counter() - t1
     recall = final[f"recall_at_{k}"]
     by_queries = final.get(f"recall_at_{k}_by_queries", {PERTURBED: recall})
     effort, curve = tuned["main"]
@@ -202,10 +178,8 @@ def _fill_and_measure(
         {
             f"recall_at_{k}": recall,
             f"recall_at_{k}_by_queries": by_queries,
-            "recall_method": "exact inner product neighbours, among the indexed products, of "
-            "held-out queries: perturbed database vectors, "
-            + ("products added only after the tuning" if len(held) else "sampled index rows")
-            + " and the query kinds named in recall_at_k_by_queries made from them; the "
+            "recall_method": "exact inner product neighbours of held-out queries: perturbed "
+            "database vectors, and the query kinds named in recall_at_k_by_queries; the "
             "lowest of them; "
             + (f"a result counts when its exact score is within {epsilon:g} of the exact k-th "
                "best (ann-benchmarks)" if epsilon > 0 else "by id"),
@@ -229,7 +203,7 @@ def build_milvus_index(
     factory: str = "auto",
     config: BuildConfig | None = None,
     overwrite: bool = False,
-    query_kinds: QueryKinds | None = None,
+    query_sets: QuerySets | None = None,
 ) -> dict[str, Any]:
     """build_product_index for a Milvus URI: a new collection is filled, measured, flushed,
     and only then served under the URI's name (the one it replaces is dropped)."""
@@ -246,12 +220,8 @@ def build_milvus_index(
         staged=True,
     )
     try:
-        # Nothing held out: Milvus indexes each inserted batch as its own segment, so the
-        # products added after the tuning would get their own IVF lists (128 from 300 rows in
-        # a test) and the tuned index would not be the one served.
-        config = replace(config or BuildConfig(), held_out_fraction=0.0)
-        manifest = _fill_and_measure(store, records, xb, config, t0,
-                                     query_kinds)
+        manifest = _fill_and_measure(store, records, xb, config or BuildConfig(), t0,
+                                     query_sets)
         store.publish()
         return manifest
     except BaseException:
@@ -272,18 +242,17 @@ def build_product_index(
     plan: IndexPlan | None = None,
     config: BuildConfig | None = None,
     overwrite: bool = False,
-    query_kinds: QueryKinds | None = None,
+    query_sets: QuerySets | None = None,
     prefix_dims: int | None = None,
 ) -> dict[str, Any]:
     """Create, fill, measure recall@k against exact search, save; returns the manifest.
 
-    Held-out queries are perturbed copies of database vectors (see perturbed_queries),
-    products kept out of the index until the tuning is done, and `query_kinds` of those
-    (the kinds of query the service sends; see _fill_and_measure); the truth is exact inner
-    product over the indexed rows, so a Flat index scores 1.0. For IVF/HNSW the search
+    Held-out queries are perturbed copies of database vectors (see perturbed_queries) and
+    each of `query_sets` (name -> rows: the kinds of query the service sends); the truth is
+    exact inner product over all of xb, so a Flat index scores 1.0. For IVF/HNSW the search
     effort doubles (then narrows: BuildConfig.effort_refine_steps) until every set reaches
-    config.target_recall; the same queries tune and report, so the recorded recall is
-    slightly optimistic.
+    config.target_recall; the same queries tune and
+    report, so the recorded recall is slightly optimistic.
 
     `prefix_dims`: a prefix index too (index.store; the served space's titles search it).
     overwrite=True replaces an index already in `directory`: the new one is built beside it
@@ -296,7 +265,7 @@ def build_product_index(
     if is_milvus_uri(directory):
         return build_milvus_index(
             str(directory), records, xb, bundle_fingerprint, factory, config, overwrite,
-            query_kinds,
+            query_sets,
         )
     directory = Path(directory)
     if overwrite and directory.exists():
@@ -312,7 +281,7 @@ def build_product_index(
             use_gpu,
             plan,
             config,
-            query_kinds=query_kinds,
+            query_sets=query_sets,
             prefix_dims=prefix_dims,
         )
         retired = directory.with_name(directory.name + ".old")
@@ -334,6 +303,6 @@ def build_product_index(
         prefix_dims=prefix_dims,
     )
     try:
-        return _fill_and_measure(store, records, xb, config, t0, query_kinds)
+        return _fill_and_measure(store, records, xb, config, t0, query_sets)
     finally:
         store.close()

@@ -13,12 +13,9 @@ def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int) -> np.ndarray:
     return exact_knn_scores(xq, xb, k)[1]
 
 
-def exact_knn_scores(xq: np.ndarray, xb: np.ndarray, k: int, exclude: np.ndarray | None = None,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, row positions), each (nq, k), of the k largest inner products, best first;
-    `exclude`: rows of xb that are not candidates (positions stay those of xb)."""
-    left = xb.shape[0] - (0 if exclude is None else len(np.unique(exclude)))
-    return knn(xq, xb, min(k, left), exclude_rows=exclude)
+def exact_knn_scores(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, row positions), each (nq, k), of the k largest inner products, best first."""
+    return knn(xq, xb, min(k, xb.shape[0]))
 
 
 def tie_aware_recall_at_k(I: np.ndarray, xq: np.ndarray, xb: np.ndarray,  # noqa: E741

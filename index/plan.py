@@ -73,13 +73,6 @@ class BuildConfig:
     """How recall is measured (and search effort tuned) at build time; lands in the manifest."""
 
     n_eval_queries: int = 1000
-    # Products kept out of the index while its effort is tuned, then added (at most this
-    # fraction of them, and n_eval_queries): the tuning's queries are products the index has
-    # not seen, as users' queries are. Queries made from indexed rows land on their own row
-    # (an HNSW node whose links lead to its neighbours) and reach the target at a lower
-    # effort: 1M real-like rows, the build chose efSearch 10 for titles, where titles of
-    # products not in the index need 16 (bench/results/bench_build_1m_d1344_ties.json).
-    held_out_fraction: float = 0.1
     # Norm of the perturbation added to sampled database vectors to make held-out queries.
     # None: the median distance between neighbouring products (sampled), so queries land as
     # near their products as the products lie to each other, as bench_index's real-like queries

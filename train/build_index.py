@@ -106,9 +106,11 @@ def write_index(bundle: Any, products: Sequence[Any], xb: np.ndarray, out_dir: s
         root = Path(bundle.path).resolve().parent
     records = product_records(products, root)
     config = build or BuildConfig()
+    rows = np.random.default_rng(config.seed).choice(
+        len(xb), size=min(config.n_eval_queries, len(xb)), replace=False)
     manifest = build_product_index(out, records, xb, bundle.fingerprint,
                                    factory=factory, plan=plan, config=config, overwrite=True,
-                                   query_kinds=bundle.served_probe_queries,
+                                   query_sets=bundle.served_probe_queries(xb[np.sort(rows)]),
                                    prefix_dims=bundle.served_prefix_dims)
     logger.info("index of %d products written to %s", len(products), out)
     return manifest
