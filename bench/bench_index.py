@@ -46,6 +46,7 @@ from index.evaluation import (
     tie_aware_recall_at_k,
 )
 from index.plan import BuildConfig, Candidate, IndexPlan, candidates, choose_factory, pick
+from index.strategies import served_ef_search
 from index.vectors import omp_threads
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def set_effort(index: Any, effort: int) -> None:
     if ivf is not None:
         ivf.nprobe = effort
     else:
-        faiss.downcast_index(index).hnsw.efSearch = max(effort, K)
+        faiss.downcast_index(index).hnsw.efSearch = served_ef_search(effort, K)
 
 
 def batch1(

@@ -47,7 +47,8 @@ class IndexPlan:
     candidate_lists_per_sqrt_n: tuple[float, ...] = (2.0, 4.0)  # 8+: k-means too slow here
     candidate_hnsw_m: tuple[int, ...] = (16, 32)
     candidate_efforts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # IVF nprobe
-    candidate_hnsw_efforts: tuple[int, ...] = (10, 16, 32, 64, 128, 256)  # efSearch >= k
+    # efSearch; the service searches at >= 2k (index.strategies.served_ef_search)
+    candidate_hnsw_efforts: tuple[int, ...] = (20, 32, 64, 128, 256)
     fastscan_dims_per_code: int = 4  # PQ fast-scan: 4-bit codes over d/4 sub-vectors
     fastscan_refine_factor: int = 8  # k * factor fast-scan candidates re-ranked exactly in RAM
     hnsw_quantizer_min_d: int = 512  # from here IVF with an HNSW coarse quantizer is a candidate

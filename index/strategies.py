@@ -99,6 +99,15 @@ class NativeIds(MappedIds):
         return np.concatenate(lists) if lists else np.empty(0, np.int64)
 
 
+HNSW_EF_PER_K = 2  # an HNSW search of k results runs at efSearch >= 2k whatever the setting
+
+
+def served_ef_search(ef_search: int, k: int) -> int:
+    """The efSearch an HNSW search of k results runs at (HNSW_EF_PER_K): what benchmarks
+    must search at to measure what the service serves."""
+    return max(ef_search, HNSW_EF_PER_K * k)
+
+
 class Tombstones(MappedIds):
     """For indexes that cannot remove rows (HNSW): removed rows become tombstones, skipped while
     searching (an IDSelectorBitmap over live rows); HNSW also needs efSearch >= k."""
@@ -131,7 +140,7 @@ class Tombstones(MappedIds):
 
         params = faiss.SearchParameters()
         if isinstance(base, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=max(base.hnsw.efSearch, 2 * kk))
+            params = faiss.SearchParametersHNSW(efSearch=served_ef_search(base.hnsw.efSearch, kk))
         if self.n_tombstones:
             bits = np.packbits(~self.dead, bitorder="little")
             sel = faiss.IDSelectorBitmap(self.dead.shape[0], faiss.swig_ptr(bits))

@@ -94,6 +94,24 @@ def test_upsert_replaces_and_remove_deletes(xb, factory):
         vi.remove(ids[5:6])
 
 
+def test_hnsw_searches_at_the_served_ef_search_floor():
+    """Below 2k the store searches HNSW at efSearch 2k; benchmarks search through the same
+    served_ef_search, so their curves are what the service runs."""
+    import faiss
+
+    from index.strategies import served_ef_search
+
+    xb, xq = make_vectors(5000), make_vectors(200, seed=2)
+    vi = VectorIndex(D, "HNSW8", use_gpu=False)
+    vi.add(ids_of(np.arange(len(xb))), xb)
+    vi.set_search_effort(1)
+    assert served_ef_search(1, 10) == 20 and served_ef_search(64, 10) == 64
+    found = {ef: ids_of(vi.base.search(xq, 10, params=faiss.SearchParametersHNSW(efSearch=ef))[1])
+             for ef in (10, served_ef_search(1, 10))}
+    assert not np.array_equal(found[10], found[20])  # the floor changes results here
+    np.testing.assert_array_equal(vi.search(xq, 10)[1], found[20])
+
+
 def test_hnsw_tombstones_then_rebuild(xb, xq):
     vi = VectorIndex(D, "HNSW16", use_gpu=False, plan=IndexPlan(tombstone_rebuild_fraction=0.1))
     ids = ids_of(np.arange(len(xb)))
