@@ -65,10 +65,13 @@ def make_tail(model: Any, trunk_blocks: int, train_from: int, n_classes: int) ->
             self.drop = torch.nn.Dropout(0.2)
             self.fc = torch.nn.Linear(self.head.out_channels, n_classes)
 
-        def forward(self, x: Any) -> Any:
+        def features(self, x: Any) -> Any:
             for block in self.blocks:
                 x = block(x, drop_connect_rate=None)
-            return self.fc(self.drop(self.swish(self.head(x)).mean(dim=(2, 3))))
+            return self.swish(self.head(x)).mean(dim=(2, 3))
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(self.drop(self.features(x)))
 
     tail = Tail()
     trained = list(tail.blocks)[max(0, train_from - trunk_blocks):]
@@ -122,6 +125,45 @@ def train_arm(tail: Any, maps: Any, flips: Any, y: np.ndarray, splits: Any, epoc
             "test_top1": best["test_top1"], "curve": curve}
 
 
+def tower_retrieval(tail: Any, maps: Any, cfg: Any, feats: Any) -> dict[str, float]:
+    """Validation and test class recall@1 (image->text, text->image) and fused leaf top-1 of
+    HUSE towers trained (train.stages, the bundle's config, one 512 image tower) on the
+    catalog's features with the backbone columns replaced by `tail`'s pooled features (the
+    tail as trained for all epochs)."""
+    import dataclasses
+
+    import torch
+
+    from train.loop import TrainData, train_model
+    from train.stages import build_towers, prepare
+    from train.tower_search import validation_scores
+
+    tail.eval()
+    with torch.inference_mode():
+        pooled = torch.cat([tail.features(maps[s:s + 256]) for s in range(0, len(maps), 256)])
+    image = feats.image.copy()
+    image[:, : pooled.shape[1]] = pooled.numpy()
+    cfg = dataclasses.replace(cfg, image_towers=((512,),), w_nce_alternatives=())
+    prep = prepare(cfg, feats=dataclasses.replace(feats, image=image))
+    model = build_towers(prep, (512,))
+    splits, leaf = prep.data.splits, prep.data.leaf
+    result = train_model(model, TrainData(image=image, text=prep.text_input, y=prep.spaces.y,
+                                          train_idx=prep.train_rows, val_idx=splits.val,
+                                          leaf_head=leaf, A=prep.graph), cfg, None)
+    out = {}
+    for split, rows in (("val", splits.val), ("test", splits.test)):
+        x = TrainData(image=image, text=prep.text_input, y=prep.spaces.y,
+                      train_idx=prep.train_rows, val_idx=rows, leaf_head=leaf,
+                      A=prep.graph).validation()
+        score = validation_scores(model, x[0], x[1], x[2][leaf], leaf, result.best_epoch,
+                                  (512,), cfg.w_nce)
+        out |= {f"{split}_fused_top1": round(100 * score.fused_top1, 2),
+                f"{split}_image_to_text_r1": round(100 * score.image_to_text_r1, 2),
+                f"{split}_text_to_image_r1": round(100 * score.text_to_image_r1, 2)}
+    return {**out,
+            "best_epoch": result.best_epoch}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, help="a trained bundle: its split and labels")
@@ -135,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="", help="where the trunk maps are cached")
+    parser.add_argument("--towers", action="store_true",
+                        help="also train HUSE towers on each arm's features: test cross-modal R@1")
     parser.add_argument("--out", default="bench_tail_finetune")
     args = parser.parse_args(argv)
 
@@ -147,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     bundle = Bundle.load(args.bundle)
-    _, data = bundle_data(bundle, args.catalog)
+    cfg, data = bundle_data(bundle, args.catalog)
     y = data.y[data.leaf]
     backbone = load_backbone(SPEC, "cpu", engine="torch")
     model = backbone.model.to(memory_format=torch.contiguous_format)
@@ -172,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         tail = make_tail(model, args.trunk_blocks, train_from, n_classes)
         results[name] = train_arm(tail, cached[False], cached[True], y, data.splits,
                                   args.epochs, args.lr, args.seed)
+        if args.towers:
+            results[name]["towers"] = tower_retrieval(tail, cached[False], cfg, data.feats)
+            print(results[name]["towers"], flush=True)
     for name, r in results.items():
         print(f"{name}: val {r['val_top1']} (epoch {r['best_epoch']}), test {r['test_top1']}")
     path = write_results(args.out, {
