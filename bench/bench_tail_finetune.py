@@ -176,9 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4, help="backbone blocks (head: 10x)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", default="", help="where the trunk maps are cached")
+    parser.add_argument("--work", default="",
+                        help="where the trunk maps are cached (default: beside the bundle)")
     parser.add_argument("--towers", action="store_true",
-                        help="also train HUSE towers on each arm's features: test cross-modal R@1")
+                        help="also train HUSE towers on each arm's features: cross-modal R@1")
     parser.add_argument("--out", default="bench_tail_finetune")
     args = parser.parse_args(argv)
 
@@ -200,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     cached = {}
     for flip in (False, True):
-        path = work / f"{SPEC}_{args.trunk_blocks}{'_mirrored' if flip else ''}.npy"
+        # keyed by catalog and size as well: the cache must not serve another catalog's maps
+        path = work / (f"{Path(args.catalog).stem}_{len(paths)}_{SPEC}_{args.trunk_blocks}"
+                       f"{'_mirrored' if flip else ''}.npy")
         if not path.exists():
             t0 = time.perf_counter()
             np.save(path, trunk_maps(model, backbone.preprocess, paths, args.trunk_blocks, flip))
