@@ -147,14 +147,12 @@ def tower_retrieval(tail: Any, maps: Any, cfg: Any, feats: Any) -> dict[str, flo
     prep = prepare(cfg, feats=dataclasses.replace(feats, image=image))
     model = build_towers(prep, (512,))
     splits, leaf = prep.data.splits, prep.data.leaf
-    result = train_model(model, TrainData(image=image, text=prep.text_input, y=prep.spaces.y,
-                                          train_idx=prep.train_rows, val_idx=splits.val,
-                                          leaf_head=leaf, A=prep.graph), cfg, None)
+    data = TrainData(image=image, text=prep.text_input, y=prep.spaces.y,
+                     train_idx=prep.train_rows, val_idx=splits.val, leaf_head=leaf, A=prep.graph)
+    result = train_model(model, data, cfg, None)
     out = {}
     for split, rows in (("val", splits.val), ("test", splits.test)):
-        x = TrainData(image=image, text=prep.text_input, y=prep.spaces.y,
-                      train_idx=prep.train_rows, val_idx=rows, leaf_head=leaf,
-                      A=prep.graph).validation()
+        x = dataclasses.replace(data, val_idx=rows).validation()
         score = validation_scores(model, x[0], x[1], x[2][leaf], leaf, result.best_epoch,
                                   (512,), cfg.w_nce)
         out |= {f"{split}_fused_top1": round(100 * score.fused_top1, 2),

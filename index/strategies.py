@@ -110,7 +110,7 @@ def served_ef_search(ef_search: int, k: int) -> int:
 
 class Tombstones(MappedIds):
     """For indexes that cannot remove rows (HNSW): removed rows become tombstones, skipped while
-    searching (an IDSelectorBitmap over live rows); HNSW also needs efSearch >= k."""
+    searching (an IDSelectorBitmap over live rows); HNSW searches at served_ef_search."""
 
     kind = "tomb"
     gpu_capable = False  # HNSW always searches on CPU
