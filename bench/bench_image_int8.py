@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,30 +48,13 @@ COLUMNS = ["arm", "queries", "photo_r1", "photo_r10", "leaf_p10", "d_photo_r1_ci
 
 def calibrate(products: list[Any], n: int, seed: int, ranges: Path) -> list[str]:
     """Fit the int8 activation ranges on `n` products' images (drawn by `seed`); -> their ids."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    from embedder.backbones import load_backbone, onnx_model_path, quantize_static_int8
+    from embedder.backbones import calibrate_int8_ranges, load_backbone
     from embedder.images import load_image
 
     fp32 = load_backbone(SPEC, device="cpu", engine="onnx")
     chosen = sorted(np.random.default_rng(seed).choice(len(products), n, replace=False))
     pixels = fp32.preprocess_batch([load_image(products[i].image_path) for i in chosen])
-    pixels = np.asarray(pixels, dtype=np.float32)
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.at = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.at >= len(pixels):
-                return None
-            self.at += 32
-            return {"pixels": pixels[self.at - 32 : self.at]}
-
-    ranges.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        quantize_static_int8(onnx_model_path(SPEC), Path(tmp) / "m.onnx", ranges, Batches())
-    logger.info("wrote int8 ranges fit on %d images to %s", n, ranges)
+    calibrate_int8_ranges(SPEC, pixels, ranges)
     return [products[i].id for i in chosen]
 
 

@@ -95,6 +95,9 @@ class Backbone:
         # int8 only: how the model was quantised, when that is not the engine's one way
         # (static int8 image models name their activation ranges), so features never mix.
         self.quantisation = ""
+        # weights digest of a trained tail (embedder.backbone_tail) loaded over the packaged
+        # weights; "" for the packaged model
+        self.tail_digest = ""
 
     @property
     def onnx(self) -> bool:
@@ -108,7 +111,8 @@ class Backbone:
         precision = "|int8" if self.engine.endswith("int8") else ""
         if precision and self.quantisation:
             precision += f"-{self.quantisation}"
-        return f"{self.spec}|{self.kind}|dim={self.dim}|pre={PREPROCESS_VERSION}{precision}"
+        tail = f"|tail={self.tail_digest}" if self.tail_digest else ""
+        return f"{self.spec}|{self.kind}|dim={self.dim}|pre={PREPROCESS_VERSION}{tail}{precision}"
 
     def _autocast(self) -> Any:
         import torch
@@ -161,6 +165,7 @@ class ImageBackbone(Backbone):
         out = ImageBackbone(self.spec + COLOUR_SUFFIX, self.dim + colour.dim, self.model,
                             self.device, self.preprocess, self._features, self.engine, colour)
         out.quantisation = self.quantisation
+        out.tail_digest = self.tail_digest
         out.session_factory = self.session_factory
         return out
 

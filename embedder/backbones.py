@@ -25,6 +25,7 @@ from typing import Any
 
 from PIL import Image
 
+from embedder.backbone_tail import TunedTail
 from embedder.backbone_types import (
     PREPROCESS_VERSION,
     TEXT_INPUTS,
@@ -66,6 +67,7 @@ ONNX_OPSET = 17
 # Bump when the int8 quantisation settings change, so cached int8 files are quantised again.
 # 2: static int8 quantises the graph after ORT's basic optimisations (Pads folded into Convs).
 ONNX_INT8_VERSION = 2
+CALIBRATION_BATCH = 32  # images per calibration call
 # Specs that "auto" runs int8, where search quality on real data stayed equal to fp32's
 # (docs/performance.md): MiniLM (dynamic quantisation, per-channel int8 weights; title search
 # R@10, bench_text_int8) and EfficientNet-Lite0 (static int8, below; photo R@1/R@10 and leaf
@@ -126,6 +128,7 @@ def load_backbone(
     device: str | None = None,
     text_config: TextConfig = DEFAULT_TEXT_CONFIG,
     engine: str = "auto",
+    tail: TunedTail | None = None,
 ) -> Backbone:
     """Load a frozen backbone by spec (see module docstring); raises BackboneError.
 
@@ -137,6 +140,9 @@ def load_backbone(
     Exports are cached on disk (see onnx_cache_dir), so only the first start pays for them.
     "auto" (the default) picks onnx (int8 for INT8_BY_DEFAULT) where it applies and is
     installed, and falls back to torch if the export fails.
+    `tail`: trained weights of an EfficientNet's last blocks (embedder.backbone_tail), loaded
+    over the packaged ones; its int8 engine uses the tail's own activation ranges, and "auto"
+    runs fp32 ONNX for a tail that has none.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"backbone spec must be a non-empty string, got {spec!r}")
@@ -144,7 +150,13 @@ def load_backbone(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     device = device or default_device()
+    if tail is not None and spec not in _EFFICIENTNETS:
+        raise BackboneError(f"a tuned tail needs an EfficientNet backbone, got {spec!r}")
     resolved = resolve_engine(spec, device, engine)
+    if resolved == INT8_ENGINE and tail is not None and not tail.int8_ranges:
+        if engine != "auto":
+            raise BackboneError("this tuned tail has no int8 activation ranges: use 'onnx'")
+        resolved = "onnx"
     if resolved != "torch" and (spec not in _ONNX_SOURCES or device != "cpu"):
         raise BackboneError(
             f"engine {resolved!r} runs {sorted(_ONNX_SOURCES)} on cpu only, got {spec!r} on "
@@ -153,13 +165,15 @@ def load_backbone(
     backbone: Backbone | None = None
     if resolved != "torch":
         try:
-            backbone = _load_onnx(spec, text_config, int8=resolved == INT8_ENGINE)
+            backbone = _load_onnx(spec, text_config, int8=resolved == INT8_ENGINE, tail=tail)
         except BackboneError as e:
             if engine != "auto":
                 raise
             logger.warning("ONNX Runtime unavailable for %s (%s); using torch", spec, e)
     if backbone is None:
-        backbone = _load_torch(spec, device, text_config)
+        backbone = _load_torch(spec, device, text_config, tail)
+    if tail is not None:
+        backbone.tail_digest = tail.weights_digest
     if with_colour:
         if not isinstance(backbone, ImageBackbone):
             raise BackboneError(f"{spec!r} is a {backbone.kind} backbone; only image backbones "
@@ -169,9 +183,10 @@ def load_backbone(
     return backbone
 
 
-def _load_torch(spec: str, device: str, text_config: TextConfig) -> Backbone:
+def _load_torch(spec: str, device: str, text_config: TextConfig,
+                tail: TunedTail | None = None) -> Backbone:
     if spec in _EFFICIENTNETS:
-        return _load_efficientnet(spec, device)
+        return _load_efficientnet(spec, device, tail)
     if spec == _MINILM_SPEC:
         return _load_hf(spec, str(_minilm_path()), device, text_config, local_only=True)
     if spec.startswith(_HF_PREFIX) and len(spec) > len(_HF_PREFIX):
@@ -215,7 +230,7 @@ def _fold_batchnorm(model: Any) -> None:
         setattr(owner, bn, torch.nn.Identity())
 
 
-def _load_efficientnet(spec: str, device: str) -> ImageBackbone:
+def _load_efficientnet(spec: str, device: str, tail: TunedTail | None = None) -> ImageBackbone:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -228,6 +243,11 @@ def _load_efficientnet(spec: str, device: str) -> ImageBackbone:
         raise BackboneError(f"cannot read {spec} weights at {weights}: {e}") from e
     model.load_state_dict(state, strict=True)
     _fold_batchnorm(model.eval())
+    if tail is not None:
+        try:
+            tail.apply(model)
+        except ValueError as e:
+            raise BackboneError(f"{spec}: {e}") from e
     # channels_last runs ~1.4x faster with oneDNN on CPU (same values to ~1e-5)
     model.to(device, memory_format=torch.channels_last)
     return ImageBackbone(
@@ -235,16 +255,26 @@ def _load_efficientnet(spec: str, device: str) -> ImageBackbone:
     )
 
 
+def is_efficientnet(spec: str) -> bool:
+    """Whether `spec` (without "+colour") is a packaged EfficientNet (a tail can be tuned)."""
+    return spec in _EFFICIENTNETS
+
+
 def int8_ranges_path(spec: str) -> Path:
     """The shipped activation ranges of `spec`'s static int8 model (image specs only)."""
     return INT8_RANGES_DIR / f"{spec}.json"
 
 
-def int8_quantisation(spec: str) -> str:
+def int8_quantisation(spec: str, tail: TunedTail | None = None) -> str:
     """How `spec` is quantised to int8: "" (dynamic, text) or "static-<digest of the shipped
-    ranges>" (images; BackboneError when the ranges are missing)."""
+    ranges>" (images; BackboneError when the ranges are missing), of the tail's own ranges
+    with a tuned tail."""
     if spec not in _EFFICIENTNETS:
         return ""
+    if tail is not None:
+        if not tail.int8_ranges:
+            raise BackboneError("this tuned tail has no int8 activation ranges")
+        return "static-" + tail.ranges_digest
     path = int8_ranges_path(spec)
     try:
         return "static-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -252,29 +282,29 @@ def int8_quantisation(spec: str) -> str:
         raise BackboneError(f"no int8 activation ranges for {spec} ({path}): {e}") from e
 
 
-def onnx_model_path(spec: str, int8: bool = False) -> Path:
+def onnx_model_path(spec: str, int8: bool = False, tail: TunedTail | None = None) -> Path:
     """Where the export of `spec` is cached: keyed by spec, export version and the versions of
-    everything that shapes the graph (torch, onnx, the model code and weights packages); the
-    int8 file also by the quantisation version, onnxruntime's (its quantiser) and, for static
-    int8, the shipped activation ranges."""
+    everything that shapes the graph (torch, onnx, the model code and weights packages) and a
+    tuned tail's weights; the int8 file also by the quantisation version, onnxruntime's (its
+    quantiser) and, for static int8, the activation ranges (shipped, or the tail's)."""
     sources = ("torch", "onnx", *_ONNX_SOURCES[spec], *(("onnxruntime",) if int8 else ()))
     key = {
         "spec": spec,
         "export": ONNX_EXPORT_VERSION,
         "opset": ONNX_OPSET,
         "preprocess": PREPROCESS_VERSION,
-        **({"int8": ONNX_INT8_VERSION, "quantisation": int8_quantisation(spec)} if int8 else {}),
+        **({"tail": tail.weights_digest} if tail is not None else {}),
+        **({"int8": ONNX_INT8_VERSION, "quantisation": int8_quantisation(spec, tail)}
+           if int8 else {}),
         **{name: importlib.metadata.version(name) for name in sources},
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return onnx_cache_dir() / f"{spec}{'-int8' if int8 else ''}-{digest}.onnx"
 
 
-def _export_onnx(spec: str, target: Path) -> None:
+def _export_onnx(spec: str, target: Path, tail: TunedTail | None = None) -> None:
     """Export the torch model (with its pooling) to `target` atomically (huse_common.atomic),
     so a crash or a concurrent start never leaves a half-written model."""
-    import warnings
-
     import torch
 
     class Pooled(torch.nn.Module):
@@ -289,7 +319,7 @@ def _export_onnx(spec: str, target: Path) -> None:
                 return _efficientnet_features(self.model, inputs[0])
             return mean_pooled(self.model, dict(zip(TEXT_INPUTS, inputs, strict=True)))
 
-    source = _load_torch(spec, "cpu", DEFAULT_TEXT_CONFIG)
+    source = _load_torch(spec, "cpu", DEFAULT_TEXT_CONFIG, tail)
     module = Pooled(source)
     if isinstance(source, ImageBackbone):
         size = source.preprocess.size
@@ -299,6 +329,17 @@ def _export_onnx(spec: str, target: Path) -> None:
         tokens = source.tokenizer(["a b", "c"], padding=True, return_tensors="pt")
         example = tuple(tokens[name] for name in TEXT_INPUTS)
         inputs, axes = list(TEXT_INPUTS), {name: {0: "n", 1: "t"} for name in TEXT_INPUTS}
+    _export_module(module, example, inputs, axes, target, spec)
+
+
+def _export_module(module: Any, example: tuple, inputs: list[str], axes: dict[str, Any],
+                   target: Path, what: str) -> None:
+    """torch.onnx.export of `module` (output "features", batch axis dynamic) to `target`,
+    atomically (huse_common.atomic)."""
+    import warnings
+
+    import torch
+
     try:
         with replacing(target) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter warns about folding
@@ -313,19 +354,53 @@ def _export_onnx(spec: str, target: Path) -> None:
                 dynamo=False,
             )
     except (ImportError, RuntimeError, OSError) as e:
-        raise BackboneError(f"cannot export {spec} to ONNX: {e}") from e
-    logger.info("exported %s to %s", spec, target)
+        raise BackboneError(f"cannot export {what} to ONNX: {e}") from e
+    logger.info("exported %s to %s", what, target)
 
 
-def _quantize_onnx(source: Path, target: Path, spec: str) -> None:
+def trunk_backbone(trunk: Any, backbone: ImageBackbone) -> ImageBackbone:
+    """An ImageBackbone whose "features" are the flattened output maps of `trunk` (a torch
+    module over `backbone`'s model, embedder.backbone_tail.trunk_module), with `backbone`'s
+    preprocessing: run in fp32 ONNX Runtime on CPU (~4x torch's speed here) when installed,
+    else in torch. The export is a temporary file, deleted once the session holds it."""
+    import importlib.util
+
+    import torch
+
+    size = backbone.preprocess.size
+    example = torch.zeros(1, 3, size, size)
+    with torch.inference_mode():
+        dim = int(trunk(example).shape[1])
+    spec = f"{backbone.spec}-trunk"
+    if backbone.device == "cpu" and all(importlib.util.find_spec(m) for m in ONNX_MODULES):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trunk.onnx"
+            _export_module(trunk, (example,), ["pixels"], {"pixels": {0: "n"}}, path, spec)
+            session = _session(path)
+        return ImageBackbone(spec, dim, session, "cpu", backbone.preprocess, None, "onnx")
+
+    def maps(model: Any, pixels: Any) -> Any:
+        return model(pixels.float())
+
+    return ImageBackbone(spec, dim, trunk, backbone.device, backbone.preprocess, maps)
+
+
+def _quantize_onnx(source: Path, target: Path, spec: str, tail: TunedTail | None = None
+                   ) -> None:
     """int8 copy of an export, written atomically: weights per output channel (per-tensor
     scales lost 4x more cosine on MiniLM). Text: activations quantised per batch at run time
-    (dynamic). Images: static QDQ int8 with the shipped activation ranges (INT8_RANGES_DIR)."""
+    (dynamic). Images: static QDQ int8 with the shipped activation ranges (INT8_RANGES_DIR), or
+    a tuned tail's own."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
         with replacing(target) as tmp:
-            if int8_quantisation(spec):
+            if tail is not None:
+                with tempfile.TemporaryDirectory(dir=target.parent) as d:
+                    ranges = Path(d) / "ranges.json"
+                    ranges.write_bytes(tail.int8_ranges)
+                    quantize_static_int8(source, tmp, ranges)
+            elif int8_quantisation(spec):
                 quantize_static_int8(source, tmp, int8_ranges_path(spec))
             else:
                 quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8)
@@ -358,6 +433,35 @@ def quantize_static_int8(source: Path, target: Path, ranges: Path, calibration: 
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=ranges)
+
+
+def calibrate_int8_ranges(spec: str, pixels: Any, ranges: Path,
+                          tail: TunedTail | None = None) -> Path:
+    """Fit the static int8 activation ranges (min/max) of `spec`'s export (with `tail`) on
+    (n, 3, H, W) preprocessed `pixels`; writes them to `ranges` and returns it."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader
+
+    pixels = np.asarray(pixels, dtype=np.float32)
+    fp32 = onnx_model_path(spec, tail=tail)
+    if not fp32.is_file():
+        _export_onnx(spec, fp32, tail)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.at = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.at >= len(pixels):
+                return None
+            self.at += CALIBRATION_BATCH
+            return {"pixels": pixels[self.at - CALIBRATION_BATCH : self.at]}
+
+    ranges.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=fp32.parent) as tmp:
+        quantize_static_int8(fp32, Path(tmp) / "int8.onnx", ranges, Batches())
+    logger.info("fit int8 ranges of %s on %d images into %s", spec, len(pixels), ranges)
+    return ranges
 
 
 def _fold_graph(source: Path, target: Path) -> None:
@@ -402,33 +506,34 @@ def _session(path: Path, threads: int = 0) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _load_onnx(spec: str, text_config: TextConfig, int8: bool = False) -> Backbone:
-    """Open the cached export of `spec` in ONNX Runtime (exporting it, and for int8 quantising
-    the export, on first use)."""
+def _load_onnx(spec: str, text_config: TextConfig, int8: bool = False,
+               tail: TunedTail | None = None) -> Backbone:
+    """Open the cached export of `spec` (with `tail`) in ONNX Runtime (exporting it, and for
+    int8 quantising the export, on first use)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError as e:
         raise BackboneError(f"engine 'onnx' needs onnxruntime (extra 'onnx'): {e}") from e
-    fp32 = onnx_model_path(spec)
+    fp32 = onnx_model_path(spec, tail=tail)
     if int8:
         engine = INT8_ENGINE
 
         def make(target: Path) -> None:
             if not fp32.is_file():
-                _export_onnx(spec, fp32)
-            _quantize_onnx(fp32, target, spec)
+                _export_onnx(spec, fp32, tail)
+            _quantize_onnx(fp32, target, spec, tail)
 
-        path = onnx_model_path(spec, int8=True)
+        path = onnx_model_path(spec, int8=True, tail=tail)
         session = _cached_session(path, make)
     else:
         engine, path = "onnx", fp32
-        session = _cached_session(fp32, partial(_export_onnx, spec))
+        session = _cached_session(fp32, partial(_export_onnx, spec, tail=tail))
     if spec in _EFFICIENTNETS:
         size = _EFFICIENTNETS[spec][2]
         image = ImageBackbone(
             spec, _EFFICIENTNET_DIM, session, "cpu", SquarePadPreprocess(size), None, engine
         )
-        image.quantisation = int8_quantisation(spec) if int8 else ""
+        image.quantisation = int8_quantisation(spec, tail) if int8 else ""
         image.session_factory = partial(_session, path)
         return image
     from transformers import AutoConfig, AutoTokenizer

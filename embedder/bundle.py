@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from embedder import bundle_io
+from embedder.backbone_tail import TunedTail
 from embedder.backbones import ENGINES
 from embedder.bundle_config import BackboneInfo, BundleConfig, TowerShape, package_versions
 from embedder.classify import (
@@ -44,7 +45,8 @@ class Bundle:
                  centroids: Mapping[str, np.ndarray] | None = None,
                  tfidf: TfidfText | None = None, device: str = "cpu", path: Path | None = None,
                  image_engine: str = "auto", files: Mapping[str, bytes] | None = None,
-                 served: ServedSpace | None = None, text_engine: str = "auto"):
+                 served: ServedSpace | None = None, text_engine: str = "auto",
+                 image_tail: TunedTail | None = None):
         heads = config.head_names
         if list(labels) != heads:
             raise BundleError(f"label heads {list(labels)} differ from config heads {heads}")
@@ -75,6 +77,12 @@ class Bundle:
         self.text_engine = text_engine
         self._backbones: dict[str, Any] = {}
         self.served = served  # the index's space beside HUSE (embedder.visual); None: HUSE alone
+        tail_from = image_tail.first_block if image_tail is not None else 0
+        if tail_from != config.image_backbone.tuned_from:
+            raise BundleError(f"config says the image backbone is tuned from block "
+                              f"{config.image_backbone.tuned_from}, its tuned tail from "
+                              f"{tail_from} (0: none)")
+        self.image_tail = image_tail  # trained last blocks of the image backbone, or None
         if served is not None and not config.photo_search:
             raise BundleError("a served space needs its photo_search config entries")
         self._files = dict(files) if files is not None else None
@@ -90,6 +98,7 @@ class Bundle:
                      train_config: Mapping[str, Any] | None = None,
                      served: ServedSpace | None = None,
                      photo_search: Mapping[str, Any] | None = None,
+                     image_tail: TunedTail | None = None,
                      device: str = "cpu") -> Bundle:
         """A bundle around a trained HuseModel: the config is derived from the model's shapes
         and the arguments, once; nothing is edited afterwards. `photo_search`: how `served` was
@@ -106,7 +115,8 @@ class Bundle:
             versions=package_versions(), loss_weights=dict(loss_weights or {}),
             train_config=dict(train_config or {}),
             photo_search={**served.config(), **(photo_search or {})} if served else {})
-        return cls(config, model.cpu(), labels, centroids, tfidf, device=device, served=served)
+        return cls(config, model.cpu(), labels, centroids, tfidf, device=device, served=served,
+                   image_tail=image_tail)
 
     # --- properties of the contract ---
     @property
@@ -139,7 +149,8 @@ class Bundle:
         """{file name: bytes} of every model file: as read by `load`, else serialised once."""
         if self._files is None:
             self._files = bundle_io.serialize(bundle_io.BundleParts(
-                self.config, self.model, self.labels, self.centroids, self.tfidf, self.served))
+                self.config, self.model, self.labels, self.centroids, self.tfidf, self.served,
+                self.image_tail))
         return self._files
 
     @property
@@ -202,7 +213,8 @@ class Bundle:
             engine = self.image_engine if kind == "image" else self.text_engine
             if engine == "auto":
                 engine = matching_engine(info.spec, self.device or default_device(), info.engine)
-            bb = load_backbone(info.spec, device=self.device, engine=engine)
+            bb = load_backbone(info.spec, device=self.device, engine=engine,
+                               tail=self.image_tail if kind == "image" else None)
             if bb.dim != info.dim:
                 raise BundleError(f"{kind} backbone {info.spec} gives {bb.dim}-d features, "
                                   f"bundle expects {info.dim}")
@@ -378,4 +390,4 @@ class Bundle:
         parts, files = bundle_io.read_files(root)
         return cls(parts.config, parts.model, parts.labels, parts.centroids, parts.tfidf,
                    device=device, path=root, image_engine=image_engine, files=files,
-                   served=parts.served, text_engine=text_engine)
+                   served=parts.served, text_engine=text_engine, image_tail=parts.image_tail)

@@ -39,14 +39,19 @@ class BackboneInfo:
     # engine the training features came from ("onnx-int8" features differ from fp32 ones);
     # "" = not recorded (bundles written before it was)
     engine: str = ""
+    # first trained block of a tuned tail (embedder.backbone_tail; its weights are a bundle
+    # file); 0 = the packaged weights
+    tuned_from: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "dim": self.dim, **({"engine": self.engine}
-                                                       if self.engine else {})}
+        return {"spec": self.spec, "dim": self.dim,
+                **({"engine": self.engine} if self.engine else {}),
+                **({"tuned_from": self.tuned_from} if self.tuned_from else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BackboneInfo:
-        return cls(str(d["spec"]), int(d["dim"]), str(d.get("engine", "")))
+        return cls(str(d["spec"]), int(d["dim"]), str(d.get("engine", "")),
+                   int(d.get("tuned_from", 0)))
 
 
 @dataclass(frozen=True)

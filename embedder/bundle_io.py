@@ -9,6 +9,9 @@ Directory layout (format version 1):
 - `centroids.npz`: one (C_head, d) float32 array per head (unit-norm means of the training
   split's fused embeddings); written with fixed zip timestamps, so equal arrays give equal bytes;
 - `tfidf.json` when the text tower takes TF-IDF: vocabulary, idf, n-gram range (no pickle);
+- `image_tail.safetensors` (and `image_tail_int8.json`, its int8 activation ranges) when the
+  image backbone's last blocks were trained (embedder.backbone_tail; config.json's
+  image_backbone.tuned_from says from which block);
 - `visual.npz` when the index holds the served space (embedder.visual): the visual block's PCA
   mean and (whitened) components; its settings are config.json's "photo_search";
 - `report.json`, `report.md`, `plots/*.png` beside them (train.report): they describe the
@@ -32,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.backbone_tail import TAIL_RANGES_FILE, TAIL_WEIGHTS_FILE, TunedTail
 from embedder.bundle_config import BundleConfig, build_model
 from embedder.errors import BundleError
 from embedder.tfidf import TfidfText
@@ -44,7 +48,7 @@ LABELS_FILE = "labels.json"
 CENTROIDS_FILE = "centroids.npz"
 TFIDF_FILE = "tfidf.json"
 VISUAL_FILE = "visual.npz"
-OPTIONAL_FILES = (CENTROIDS_FILE, TFIDF_FILE, VISUAL_FILE)
+OPTIONAL_FILES = (CENTROIDS_FILE, TFIDF_FILE, VISUAL_FILE, TAIL_WEIGHTS_FILE, TAIL_RANGES_FILE)
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE, *OPTIONAL_FILES)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: npz bytes depend on data only
 
@@ -82,6 +86,7 @@ class BundleParts:
     centroids: dict[str, np.ndarray]
     tfidf: TfidfText | None
     served: Any = None  # embedder.visual.ServedSpace | None
+    image_tail: TunedTail | None = None
 
 
 def serialize(parts: BundleParts) -> dict[str, bytes]:
@@ -101,6 +106,10 @@ def serialize(parts: BundleParts) -> dict[str, bytes]:
         files[TFIDF_FILE] = json_bytes(parts.tfidf.to_dict())
     if parts.served is not None:
         files[VISUAL_FILE] = npz_bytes(parts.served.block.arrays())
+    if parts.image_tail is not None:
+        files[TAIL_WEIGHTS_FILE] = parts.image_tail.weights
+        if parts.image_tail.int8_ranges:
+            files[TAIL_RANGES_FILE] = parts.image_tail.int8_ranges
     return files
 
 
@@ -186,7 +195,14 @@ def read_files(root: Path) -> tuple[BundleParts, dict[str, bytes]]:
                                             config.image_backbone.dim)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise BundleError(f"{root}/{VISUAL_FILE}: {e}") from e
-    return BundleParts(config, model, labels, centroids, tfidf, served), files
+    image_tail = None
+    if config.image_backbone.tuned_from:
+        files[TAIL_WEIGHTS_FILE] = _read(root, TAIL_WEIGHTS_FILE)
+        if (root / TAIL_RANGES_FILE).exists():
+            files[TAIL_RANGES_FILE] = _read(root, TAIL_RANGES_FILE)
+        image_tail = TunedTail(config.image_backbone.tuned_from, files[TAIL_WEIGHTS_FILE],
+                               files.get(TAIL_RANGES_FILE, b""))
+    return BundleParts(config, model, labels, centroids, tfidf, served, image_tail), files
 
 
 def _check_state(root: Path, expected: Mapping[str, Any], state: Mapping[str, Any]) -> None:

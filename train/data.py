@@ -6,6 +6,7 @@ torch, faiss and sklearn are imported inside the functions, so the CLI's `--help
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class ProductFeatures:
 
 @dataclass(frozen=True)
 class CatalogFeatures(ProductFeatures):
-    """Valid products and their frozen features, row-aligned, in memory."""
+    """Valid products and their backbone features, row-aligned, in memory."""
 
     products: list[Any]  # embedder.catalog.Product
     image: np.ndarray  # (n, Di) float32
@@ -50,6 +51,8 @@ class CatalogFeatures(ProductFeatures):
     image_backbone: Any  # embedder.bundle_config.BackboneInfo
     text_backbone: Any
     catalog_summary: dict
+    # the packaged backbone's (n, Di) features when `image` comes from a tuned one (baselines)
+    frozen_image: np.ndarray | None = None
     streamed = False  # train.streaming.ShardedFeatures: True
 
     @property
@@ -84,28 +87,38 @@ def load_features(catalog: str | Path, cfg: TrainConfig, rejects_path: Path | No
     """Read + validate the catalog (unless its `report` is given), then extract (cached) image
     and title features."""
     from embedder.backbones import load_backbone
-    from embedder.bundle_config import BackboneInfo
-    from embedder.features import FeatureCache, extract_image_features, extract_text_features
+    from embedder.features import FeatureCache, extract_text_features
 
     if report is None:
         report = read_products(catalog, cfg, rejects_path)
     device = None if cfg.device == "auto" else cfg.device
-    cache = FeatureCache(cfg.cache_dir or None)
-    try:
-        image_bb = load_backbone(cfg.image_backbone, device=device)
-        image = extract_image_features(report.products, image_bb, cache,
+    image, image_info = image_features(report.products, cfg)
+    with FeatureCache(cfg.cache_dir or None) as cache:
+        text_bb = load_backbone(cfg.text_backbone, device=device)
+        text = extract_text_features([p.title for p in report.products], text_bb, cache,
+                                     show_progress=cfg.show_progress)
+    return CatalogFeatures(report.products, image, text, image_info, text_bb, report.summary())
+
+
+def image_features(products: Sequence[Any], cfg: TrainConfig, tail: Any = None
+                   ) -> tuple[np.ndarray, Any]:
+    """(n, Di) cached image features of `products` from the config's image backbone (with a
+    tuned `tail`, embedder.backbone_tail) and its BackboneInfo."""
+    from embedder.backbones import load_backbone
+    from embedder.bundle_config import BackboneInfo
+    from embedder.features import FeatureCache, extract_image_features
+
+    device = None if cfg.device == "auto" else cfg.device
+    image_bb = load_backbone(cfg.image_backbone, device=device, tail=tail)
+    with FeatureCache(cfg.cache_dir or None) as cache:
+        image = extract_image_features(products, image_bb, cache,
                                        batch_size=cfg.feature_batch_size,
                                        num_workers=cfg.num_workers,
                                        show_progress=cfg.show_progress,
                                        model_calls=cfg.feature_model_calls)
-        image_info = BackboneInfo(image_bb.spec, image_bb.dim, image_bb.engine)
-        del image_bb
-        text_bb = load_backbone(cfg.text_backbone, device=device)
-        text = extract_text_features([p.title for p in report.products], text_bb, cache,
-                                     show_progress=cfg.show_progress)
-    finally:
-        cache.close()
-    return CatalogFeatures(report.products, image, text, image_info, text_bb, report.summary())
+    info = BackboneInfo(image_bb.spec, image_bb.dim, image_bb.engine,
+                        tail.first_block if tail is not None else 0)
+    return image, info
 
 
 def ray_features(catalog: str | Path, cfg: TrainConfig, address: str | None = None,
@@ -147,12 +160,20 @@ class LabeledFeatures:
 
     product_ids: list[str]
     titles: list[str]
-    image: np.ndarray  # (n, Di) frozen image-backbone features
+    image: np.ndarray  # (n, Di) image-backbone features (tuned backbone when it was tuned)
     text: np.ndarray  # (n, Dt) frozen text-backbone features
     labels: dict[str, np.ndarray]  # head -> int64 (n,), -1 = not in the head's label space
     # Full category path per row ("A > B > C"). Optional: retrieval then knows the leaf class of
     # rare products too; without it, rows with leaf label -1 are skipped as queries.
     categories: list[str] | None = None
+    # (n, Di) the packaged backbone's features when the image backbone was tuned (the frozen
+    # baselines read `baseline_image`); None: `image` is already the frozen backbone's
+    frozen_image: np.ndarray | None = None
+
+    @property
+    def baseline_image(self) -> np.ndarray:
+        """The frozen image backbone's features: what the baselines run on."""
+        return self.image if self.frozen_image is None else self.frozen_image
 
     def __post_init__(self) -> None:
         n = len(self.product_ids)
@@ -188,12 +209,14 @@ class SplitData:
     def rows(self, rows: np.ndarray) -> LabeledFeatures:
         f = self.feats
         image, text = f.take(rows)
+        frozen = getattr(f, "frozen_image", None)
         return LabeledFeatures(
             product_ids=[f.products[i].id for i in rows],
             titles=[f.products[i].title for i in rows],
             image=image, text=text,
             labels={h: v[rows] for h, v in self.y.items()},
             categories=[f.products[i].category_path for i in rows],
+            frozen_image=None if frozen is None else frozen[rows],
         )
 
     @property
@@ -235,6 +258,10 @@ def bundle_data(bundle: Any, catalog: str | Path, **explicit: Any) -> tuple[Trai
     label spaces."""
     cfg = config_from_bundle(bundle, **explicit)
     feats = load_features(catalog, cfg)
+    if bundle.image_tail is not None:  # the bundle's tuned backbone; the packaged one's too
+        image, info = image_features(feats.products, cfg, bundle.image_tail)
+        feats = dataclasses.replace(feats, image=image, image_backbone=info,
+                                    frozen_image=feats.image)
     values, _, splits = split_catalog(feats, cfg)
     y = {}
     for head in bundle.heads:

@@ -133,7 +133,7 @@ def logreg_baseline(train: LabeledFeatures, test: LabeledFeatures, head: str, n_
                     cfg: EvalConfig, val: LabeledFeatures | None = None) -> dict[str, Any]:
     """Baseline (a): logistic regression on standardised concat(image, text) frozen features."""
     def feats(split: LabeledFeatures, rows: np.ndarray) -> np.ndarray:
-        return np.hstack([split.image[rows], split.text[rows]]).astype(np.float32)
+        return np.hstack([split.baseline_image[rows], split.text[rows]]).astype(np.float32)
 
     def top1(model: Any, x: np.ndarray, y: np.ndarray) -> float:
         return float(np.mean(model.predict(x) == y))
@@ -176,8 +176,8 @@ def knn_baseline(train: LabeledFeatures, test: LabeledFeatures, head: str, n_cla
                  cfg: EvalConfig, retrieval_classes: np.ndarray) -> dict[str, Any]:
     """Baseline (b): cosine k-NN on frozen image features (classification + retrieval)."""
     tr = _labelled(train, head)
-    xb = l2_normalize(np.asarray(train.image[tr], np.float32))
-    xq = l2_normalize(np.asarray(test.image, np.float32))
+    xb = l2_normalize(np.asarray(train.baseline_image[tr], np.float32))
+    xq = l2_normalize(np.asarray(test.baseline_image, np.float32))
     k = min(cfg.knn_k, len(tr))
     D, I = knn_search(xq, xb, k)  # noqa: E741 (faiss naming)
     votes = np.zeros((len(xq), n_classes), dtype=np.float64)

@@ -249,10 +249,13 @@ def fit_served_space(bundle: Any, products: Sequence[Any], image: np.ndarray, te
 
 def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: np.ndarray,
                  text_backbone_feats: np.ndarray, query_rows: np.ndarray, seed: int,
-                 cache_dir: str | None = None) -> dict[str, Any]:
+                 cache_dir: str | None = None,
+                 frozen_image: np.ndarray | None = None) -> dict[str, Any]:
     """The report's photo-search section: the query rows' photos (cropped, mirrored, JPEG) and
     titles against every product, for the served space (default weight, as served_search
-    answers), the universal space alone and the frozen backbones alone (cosine)."""
+    answers), the universal space alone and the frozen backbones alone (cosine).
+    `frozen_image`: the packaged image backbone's features of `products` when the bundle's
+    backbone was tuned (its queries then run through the packaged backbone too)."""
     from embedder.colour import backbone_part
     from embedder.features import FeatureCache
 
@@ -265,14 +268,20 @@ def photo_report(bundle: Any, products: Sequence[Any], image: np.ndarray, text: 
     backbone = bundle.backbone("image")
     with FeatureCache(cache_dir or None) as cache:
         q_feats = photo_query_features(qp, backbone, cache, seed)
+        frozen_q, frozen_db = q_feats, image
+        if frozen_image is not None:
+            from embedder.backbones import load_backbone
+
+            packaged = load_backbone(spec, device=bundle.device, engine=backbone.engine)
+            frozen_q, frozen_db = photo_query_features(qp, packaged, cache, seed), frozen_image
     huse_db = bundle.embed_features(image, text, [p.title for p in products])
     huse_q = bundle.embed_features(image_feats=q_feats)
     huse_t = bundle.embed_features(text_feats=text[query_rows], titles=[p.title for p in qp])
     db = served.stored(huse_db, served.block.transform(image))
     frozen_t = l2n(text_backbone_feats)
     spaces = {
-        "frozen backbone (cosine)": (l2n(backbone_part(q_feats, spec))
-                                     @ l2n(backbone_part(image, spec)).T,
+        "frozen backbone (cosine)": (l2n(backbone_part(frozen_q, spec))
+                                     @ l2n(backbone_part(frozen_db, spec)).T,
                                      frozen_t[query_rows] @ frozen_t.T),
         "universal space alone": (huse_q @ huse_db.T, huse_t @ huse_db.T),
         "served": (served_scores(db, huse_q, served.block.transform(q_feats),

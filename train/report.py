@@ -274,8 +274,15 @@ def _training_section(report: dict, history: list[dict]) -> str:
                  f"{history[-1]['val_loss']:.4f}."]
     for key, label in RUN_KEYS:
         if report.get(key):
-            shown = {k: v for k, v in report[key].items() if k != "image_tower_selection"}
+            shown = {k: v for k, v in report[key].items()
+                     if k not in ("image_tower_selection", "backbone_tuning")}
             lines.append(f"- {label}: {_brief(shown)}")
+    tuning = report.get("training", {}).get("backbone_tuning")
+    if tuning:
+        curve = ", ".join(f"{p['val_top1']:.1f}" for p in tuning["curve"])
+        lines.append(f"- image backbone: blocks {tuning['first_block']}+ and the head conv "
+                     f"trained on the leaf classes ({tuning['seconds']:.0f} s; validation leaf "
+                     f"top-1 by epoch {curve}; epoch {tuning['best_epoch']} kept)")
     selection = report.get("training", {}).get("image_tower_selection")
     if selection:
         lines += [f"- image tower {selection['chosen']} and w_nce "

@@ -38,6 +38,7 @@ class Prepared:
     text_input: np.ndarray | None
     train_rows: np.ndarray  # rows per epoch (rare classes repeated when oversampling)
     graph: np.ndarray  # (C_leaf, C_leaf) class-name distances (semantic graph loss)
+    tuning: Any = None  # train.backbone_tuning.TuningResult; None: the packaged image backbone
 
     @property
     def heads(self) -> dict[str, int]:
@@ -92,6 +93,8 @@ def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
     `feats` (train.data.CatalogFeatures, or train.streaming.ShardedFeatures) skips reading the
     catalog; without it, the catalog's size decides between the two (cfg.streaming)."""
     from embedder.tfidf import TfidfText
+    from train.backbone_tuning import skip_reason, tune_image_backbone
+    from train.data import image_features
     from train.semantic_graph import build_semantic_graph
     from train.splits import build_label_spaces, oversample
     from train.streaming import held_rows, load_training_features, tower_text_input
@@ -104,6 +107,19 @@ def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
     data = SplitData(feats, splits, spaces.y, leaf,
                      held=held_rows(splits, cfg) if feats.streamed else None)
     check_trainable(data, spaces, cfg)
+    tuning = None
+    y_leaf = spaces.y[leaf]
+    skip = skip_reason(cfg, int((y_leaf[splits.train] >= 0).sum()), feats.streamed)
+    if skip:
+        logger.info("image backbone not tuned: %s", skip)
+    else:
+        with timed("backbone tuning", timings):
+            tuning = tune_image_backbone(feats.products, y_leaf, splits, cfg)
+        with timed("tuned image features", timings):
+            image, info = image_features(feats.products, cfg, tuning.tail)
+        feats = dataclasses.replace(feats, image=image, image_backbone=info,
+                                    frozen_image=feats.image)
+        data = dataclasses.replace(data, feats=feats)
     tfidf = None
     if cfg.use_tfidf:
         titles = feats.titles
@@ -114,7 +130,7 @@ def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
         graph = build_semantic_graph(spaces.labels[leaf], feats.text_backbone)
     train_rows = (oversample(splits.train, spaces.y[leaf], cfg.oversample_percentile, cfg.seed)
                   if cfg.oversample_percentile is not None else splits.train)
-    return Prepared(cfg, data, spaces, tfidf, text_input, train_rows, graph)
+    return Prepared(cfg, data, spaces, tfidf, text_input, train_rows, graph, tuning)
 
 
 def _input_norms(feats: Any, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -248,7 +264,7 @@ def assemble(prep: Prepared, fitted: Fitted) -> Assembled:
         loss_weights={"w_cls": cfg.w_cls, "w_graph": cfg.w_graph, "w_gap": cfg.w_gap,
                       "w_nce": cfg.w_nce, "nce_temperature": cfg.nce_temperature,
                       "graph_margin": cfg.graph_margin},
-        train_config=cfg.to_dict())
+        train_config=cfg.to_dict(), image_tail=prep.tuning.tail if prep.tuning else None)
     draft = Bundle.from_trained(fitted.model, prep.spaces.labels, **trained)
     val = data.used.val
     titles = feats.titles
@@ -302,7 +318,8 @@ def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
         with timed("photo search evaluation", timings):
             evaluation["photo_search"] = {
                 **photo_report(bundle, products, image, text, text, rows.test,
-                               getattr(cfg, "seed", 0), cache_dir),
+                               getattr(cfg, "seed", 0), cache_dir,
+                               frozen_image=getattr(data.feats, "frozen_image", None)),
                 "rule": bundle.config.photo_search.get("rule", "")}
     return Evaluated(evaluation, artifacts)
 
@@ -381,7 +398,9 @@ def report(bundle_dir: Path, prep: Prepared, fitted: Fitted, assembled: Assemble
                      "image_tower": list(fitted.model.image_tower.hidden),
                      "w_nce": cfg.w_nce if fitted.w_nce is None else fitted.w_nce,
                      **({"image_tower_selection": fitted.tower_selection}
-                        if fitted.tower_selection else {})},
+                        if fitted.tower_selection else {}),
+                     # the image backbone's last blocks (train.backbone_tuning), when trained
+                     **({"backbone_tuning": prep.tuning.summary()} if prep.tuning else {})},
         # the served space's validation grid, scores and rule (report.json only)
         **({"photo_selection": assembled.photo.to_dict()} if assembled.photo else {}),
         "bundle": {"dir": str(bundle_dir), "fingerprint": assembled.bundle.fingerprint},

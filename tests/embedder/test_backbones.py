@@ -27,15 +27,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture()
-def one_thread():
-    """Packaged models run single-threaded (the suite shares 2 cores); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
@@ -323,7 +314,7 @@ def test_static_int8_quantises_the_folded_graph(no_network, one_thread, tmp_path
 def test_auto_engine_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HUSE_ONNX_DIR", str(tmp_path))
 
-    def broken(spec, target):
+    def broken(spec, target, tail=None):
         raise BackboneError("exporter broke")
 
     monkeypatch.setattr(backbones, "_export_onnx", broken)

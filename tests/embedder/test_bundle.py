@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from embedder.backbone_tail import TunedTail
 from embedder.bundle import BackboneInfo, Bundle, TfidfText, class_centroids
 from embedder.bundle_io import CONFIG_FILE, LABELS_FILE, MODEL_FILES, WEIGHTS_FILE
 from embedder.errors import BundleError
@@ -155,17 +156,20 @@ def test_tfidf_matches_sklearn():
     assert np.allclose(again.transform(queries), tf.transform(queries))
 
 
-def _with_served(bundle: Bundle) -> Bundle:
-    """The bundle with a served space (visual block over random image features)."""
+def _with_served(bundle: Bundle, tail: TunedTail | None = None) -> Bundle:
+    """The bundle with a served space (visual block over random image features), and with
+    `tail` (embedder.backbone_tail.TunedTail) as its image backbone's tuned tail."""
     import dataclasses
 
     from embedder.visual import ServedSpace, VisualBlock
 
     feats = np.random.default_rng(0).normal(size=(20, bundle.config.image_backbone.dim))
     served = ServedSpace(VisualBlock.fit(feats, 4, whiten=0.5), 0.3, 0.8, 0.6)
-    config = dataclasses.replace(bundle.config, photo_search=served.config())
+    image = dataclasses.replace(bundle.config.image_backbone,
+                                tuned_from=tail.first_block if tail else 0)
+    config = dataclasses.replace(bundle.config, photo_search=served.config(), image_backbone=image)
     return Bundle(config, bundle.model, bundle.labels, bundle.centroids, bundle.tfidf,
-                  served=served)
+                  served=served, image_tail=tail)
 
 
 def test_served_space_round_trips_and_shapes_index_rows(bundle, tmp_path):
@@ -195,7 +199,7 @@ def test_fingerprint_covers_every_file_labels_included(bundle, tmp_path):
     from index.errors import IndexMismatchError
     from index.store import ProductIndex
 
-    bundle = _with_served(bundle)
+    bundle = _with_served(bundle, TunedTail(13, b"tail weights", b"{}"))
     bundle.save(tmp_path / "b")
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(MODEL_FILES)
     assert Bundle.load(tmp_path / "b").fingerprint == bundle.fingerprint
@@ -218,6 +222,29 @@ def test_fingerprint_covers_every_file_labels_included(bundle, tmp_path):
         assert tampered.fingerprint != bundle.fingerprint, name
         with pytest.raises(IndexMismatchError):
             ProductIndex.open(tmp_path / "ix", expected_fingerprint=tampered.fingerprint)
+
+
+def test_a_tuned_tail_round_trips_and_must_match_the_config(bundle, tmp_path):
+    import dataclasses
+
+    from embedder.backbone_tail import TAIL_WEIGHTS_FILE
+
+    tail = TunedTail(13, b"tail weights", b"{}")
+    tuned = _with_served(bundle, tail)
+    again = Bundle.load(tuned.save(tmp_path / "b"))
+    assert again.image_tail == tail and again.fingerprint == tuned.fingerprint
+    with pytest.raises(BundleError, match="tuned tail from 0"):
+        Bundle(tuned.config, bundle.model, bundle.labels, bundle.centroids, bundle.tfidf,
+               served=tuned.served)
+    untuned = dataclasses.replace(tuned.config, image_backbone=bundle.config.image_backbone)
+    with pytest.raises(BundleError, match="tuned from block 0"):
+        Bundle(untuned, bundle.model, bundle.labels, bundle.centroids, bundle.tfidf,
+               served=tuned.served, image_tail=tail)
+    (tmp_path / "b" / TAIL_WEIGHTS_FILE).unlink()
+    with pytest.raises(BundleError, match=TAIL_WEIGHTS_FILE):
+        Bundle.load(tmp_path / "b")
+    _with_served(bundle).save(tmp_path / "b")  # re-saved untuned: no stale tail file is left
+    assert not (tmp_path / "b" / "image_tail_int8.json").exists()
 
 
 def test_save_is_deterministic_and_drops_stale_optional_files(bundle, tmp_path):
