@@ -2,10 +2,10 @@
 
 The HUSE towers see the backbone's pooled features only. Photos of look-alike classes (tops and
 T-shirts, flats and heels) sit together in the frozen ImageNet features, and text->image
-retrieval misses them (docs/ablation.md). Training the backbone's last blocks and its head conv
-on the catalog's leaf classes separates them (bench/bench_tail_finetune.py); train.backbone_tuning
-does it. The trained weights travel in the bundle: the backbone that serves it is the packaged one
-with these weights loaded, so training features, index rows and API queries come from one model.
+retrieval misses them. Training the backbone's last blocks and its head conv on the catalog's
+leaf classes separates them (docs/ablation.md, rounds 7 and 8); train.backbone_tuning does it.
+The trained weights travel in the bundle: the backbone that serves it is the packaged one with
+these weights loaded, so training features, index rows and API queries come from one model.
 
 The blocks before `first_block` never train: their output maps ("trunk maps") are computed
 once per photo by `trunk_module`, and the tail trains on them.
