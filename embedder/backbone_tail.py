@@ -84,8 +84,9 @@ def trunk_map_shape(model: Any, first_block: int, size: int) -> tuple[int, int, 
     """(C, h, w) of the trunk's output maps for size x size photos."""
     import torch
 
+    pixels = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
     with torch.inference_mode():
-        return tuple(_trunk(model, torch.zeros(1, 3, size, size), first_block).shape[1:])
+        return tuple(_trunk(model, pixels, first_block).shape[1:])
 
 
 def trunk_module(model: Any, first_block: int) -> Any:

@@ -368,7 +368,7 @@ def trunk_backbone(trunk: Any, backbone: ImageBackbone) -> ImageBackbone:
     import torch
 
     size = backbone.preprocess.size
-    example = torch.zeros(1, 3, size, size)
+    example = torch.zeros(1, 3, size, size, device=backbone.device)
     with torch.inference_mode():
         dim = int(trunk(example).shape[1])
     spec = f"{backbone.spec}-trunk"

@@ -112,11 +112,13 @@ def _fit_tail(model: Any, maps: np.ndarray, map_shape: tuple[int, ...], y: np.nd
         {"params": head, "lr": t.lr * t.head_lr_factor},
         {"params": [p for p in tail.parameters() if id(p) not in ids], "lr": t.lr}],
         weight_decay=t.weight_decay)
-    labels = torch.from_numpy(y.astype(np.int64))
+    device = next(tail.parameters()).device
+    tail.fc.to(device)
+    labels = torch.from_numpy(y.astype(np.int64)).to(device)
 
     def batch(rows: np.ndarray, view: np.ndarray) -> Any:
         x = maps[rows, view].astype(np.float32)
-        return torch.from_numpy(x).reshape(len(rows), *map_shape)
+        return torch.from_numpy(x).reshape(len(rows), *map_shape).to(device)
 
     val = np.arange(n_train, len(maps))
     best, best_top1, best_state, curve = 0, -1.0, None, []
@@ -142,7 +144,7 @@ def _fit_tail(model: Any, maps: np.ndarray, map_shape: tuple[int, ...], y: np.nd
             with torch.inference_mode():
                 pred = np.concatenate([
                     tail(batch(val[lo:lo + 256], np.zeros(len(val[lo:lo + 256]), int)))
-                    .argmax(1).numpy() for lo in range(0, len(val), 256)])
+                    .argmax(1).cpu().numpy() for lo in range(0, len(val), 256)])
             top1 = float((pred == y[val]).mean())
         curve.append({"epoch": epoch, "loss": float(np.mean(losses)),
                       "val_top1": round(100 * top1, 2),
@@ -175,9 +177,9 @@ def tune_image_backbone(products: list[Any], y: np.ndarray, splits: Any,
     t0 = time.perf_counter()
     t = cfg.backbone_tuning
     spec = split_spec(cfg.image_backbone)[0]
-    device = "cpu" if cfg.device == "auto" and not torch.cuda.is_available() else (
-        "cuda" if cfg.device == "auto" else cfg.device)
-    backbone = load_backbone(spec, device=device, engine="torch")
+    backbone = load_backbone(spec, device=None if cfg.device == "auto" else cfg.device,
+                             engine="torch")
+    device = backbone.device
     model = backbone.model.float().to(memory_format=torch.contiguous_format)
     train, val = tuning_rows(y, splits, cfg)
     rows = np.concatenate([train, val])
