@@ -119,7 +119,8 @@ def write_index(bundle: Any, products: Sequence[Any], xb: np.ndarray, out_dir: s
 def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path,
                 factory: str | None = None, modality: str = "fused",
                 cache_dir: str | None = None, show_progress: bool = False) -> str | Path:
-    """Read the catalog, extract (cached) features with the bundle's backbones, build the index
+    """Read the catalog, extract (cached) features with the bundle's backbones (its tuned image
+    tail included), build the index
     in a directory or a Milvus collection (`milvus://host:port/name`, bulk-loaded). factory
     None = the bundle's training config `index_factory` (a FAISS one: Milvus chooses 'auto').
     Past the training config's `streaming.min_products` the features are streamed from
@@ -138,7 +139,7 @@ def build_index(bundle_dir: str | Path, catalog: str | Path, out_dir: str | Path
     # this catalog's features: not the training run's shard directory
     cfg = dataclasses.replace(cfg, catalog=str(catalog),
                               streaming=dataclasses.replace(cfg.streaming, shards=""))
-    feats = load_training_features(cfg)
+    feats = load_training_features(cfg, image_tail=bundle.image_tail)
     milvus = is_milvus_uri(out_dir)
     factory = factory or ("auto" if milvus else cfg.index_factory)
     if feats.streamed:

@@ -83,16 +83,16 @@ def read_products(catalog: str | Path, cfg: TrainConfig,
 
 
 def load_features(catalog: str | Path, cfg: TrainConfig, rejects_path: Path | None = None,
-                  report: Any = None) -> CatalogFeatures:
+                  report: Any = None, image_tail: Any = None) -> CatalogFeatures:
     """Read + validate the catalog (unless its `report` is given), then extract (cached) image
-    and title features."""
+    and title features (the image backbone with `image_tail`'s tuned weights when given)."""
     from embedder.backbones import load_backbone
     from embedder.features import FeatureCache, extract_text_features
 
     if report is None:
         report = read_products(catalog, cfg, rejects_path)
     device = None if cfg.device == "auto" else cfg.device
-    image, image_info = image_features(report.products, cfg)
+    image, image_info = image_features(report.products, cfg, image_tail)
     with FeatureCache(cfg.cache_dir or None) as cache:
         text_bb = load_backbone(cfg.text_backbone, device=device)
         text = extract_text_features([p.title for p in report.products], text_bb, cache,

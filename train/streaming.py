@@ -157,20 +157,28 @@ def write_local_shards(products: list[Any], image_bb: Any, text_bb: Any, out_dir
     return FeatureShards(out_dir)
 
 
-def _check_backbones(shards: FeatureShards, cfg: Any) -> None:
-    """The shards' backbones are the config's (else their features mean something else)."""
+def _check_backbones(shards: FeatureShards, cfg: Any, image_tail: Any = None) -> None:
+    """The shards' backbones are the config's, with `image_tail`'s weights when given (else
+    their features mean something else)."""
     for kind, want in (("image", cfg.image_backbone), ("text", cfg.text_backbone)):
         have = shards.manifest[f"{kind}_backbone"]["spec"]
         if have != want:
             raise FeatureCacheError(f"{shards.directory} holds {kind} features of {have!r}, the "
                                     f"config asks for {want!r}: --set {kind}_backbone={have}")
+    namespace = shards.manifest["image_backbone"].get("namespace", "")
+    tuned = f"|tail={image_tail.weights_digest}" if image_tail is not None else "|tail="
+    if (tuned in namespace) != (image_tail is not None):
+        raise FeatureCacheError(f"{shards.directory} holds image features of another image "
+                                f"backbone ({namespace}) than the bundle's")
 
 
-def load_training_features(cfg: Any, rejects_path: Path | None = None) -> Any:
+def load_training_features(cfg: Any, rejects_path: Path | None = None,
+                           image_tail: Any = None) -> Any:
     """The catalog's features for training: train.data.CatalogFeatures (in memory) up to
     `streaming.min_products` valid products, else ShardedFeatures. Shards come from
     `streaming.shards` when given (loaded whole when the catalog is small), else are written
-    from the feature cache when streaming."""
+    from the feature cache when streaming. `image_tail`: the image backbone's tuned tail
+    (embedder.backbone_tail; a bundle's), else the packaged backbone."""
     from embedder.backbones import load_backbone
     from embedder.bundle_config import BackboneInfo
     from embedder.features import FeatureCache
@@ -180,17 +188,18 @@ def load_training_features(cfg: Any, rejects_path: Path | None = None) -> Any:
     s = cfg.streaming
     stream = len(report.products) > s.min_products
     if not stream and not s.shards:
-        return load_features(cfg.catalog, cfg, report=report)
+        return load_features(cfg.catalog, cfg, report=report, image_tail=image_tail)
     device = None if cfg.device == "auto" else cfg.device
     text_bb = load_backbone(cfg.text_backbone, device=device)
     if s.shards:
         shards = FeatureShards(s.shards)
-        _check_backbones(shards, cfg)
+        _check_backbones(shards, cfg, image_tail)
         entry = shards.manifest["image_backbone"]
         image_info = BackboneInfo(entry["spec"], int(entry["dim"]), str(entry.get("engine", "")))
     else:
-        image_bb = load_backbone(cfg.image_backbone, device=device)
-        image_info = BackboneInfo(image_bb.spec, image_bb.dim, image_bb.engine)
+        image_bb = load_backbone(cfg.image_backbone, device=device, tail=image_tail)
+        image_info = BackboneInfo(image_bb.spec, image_bb.dim, image_bb.engine,
+                                  image_tail.first_block if image_tail is not None else 0)
         with FeatureCache(cfg.cache_dir or None) as cache:
             root = cache.root
         shards = write_local_shards(report.products, image_bb, text_bb,

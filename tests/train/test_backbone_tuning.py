@@ -114,3 +114,20 @@ def test_api_embeds_photos_with_the_tuned_backbone(tuned_run, tmp_path):
                             files={"image": ("p.jpg", Path(product.image_path).read_bytes())})
             assert r.status_code == 200, r.text
             assert r.json()["hits"][0]["id"] == product.id
+
+
+def test_build_index_embeds_with_the_bundles_tuned_backbone(tuned_run, tmp_path):
+    """The nightly rebuild (`train.huse build-index`) must give the rows the training run
+    indexed: the tuned backbone's, not the packaged one's."""
+    from index.store import ProductIndex
+    from train.build_index import build_index
+
+    cfg, out = tuned_run
+    rebuilt = build_index(out / "bundle", cfg.catalog, tmp_path / "idx", factory="Flat",
+                          cache_dir=cfg.cache_dir)
+    with ProductIndex.open(out / "index") as trained, ProductIndex.open(rebuilt) as again:
+        ids, vectors = trained.live_vectors()
+        ids_again, vectors_again = again.live_vectors()
+    order = np.argsort(ids_again)
+    assert sorted(ids) == list(np.array(ids_again)[order])
+    assert np.allclose(vectors[np.argsort(ids)], vectors_again[order], atol=1e-5)
