@@ -300,7 +300,7 @@ class Services:
         threshold = self.bundle.near_duplicate_threshold if threshold is None else threshold
         found = await run_in_threadpool(
             near_duplicates_of, self.index, product_id, self.bundle.dim,
-            self.bundle.visual_block, threshold, k
+            self.bundle.served_space, threshold, k
         )
         public = hits_public(found)
         return SearchPublic(hits=public, count=len(public), query="near-duplicates")

@@ -270,6 +270,11 @@ class Bundle:
         return self._visual().block
 
     @property
+    def served_space(self) -> ServedSpace:
+        """The served space; BundleError when the bundle has none."""
+        return self._visual()
+
+    @property
     def near_duplicate_threshold(self) -> float:
         return self._visual().near_duplicate_threshold
 

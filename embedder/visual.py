@@ -164,8 +164,20 @@ def instance_probe(visual: np.ndarray, huse_dim: int, block: VisualBlock) -> np.
 
 
 def instance_queries(stored: np.ndarray, huse_dim: int, block: VisualBlock) -> np.ndarray:
-    """instance_probe from stored index rows (near duplicates of indexed products)."""
+    """instance_probe from stored index rows."""
     return instance_probe(split_stored(stored, huse_dim)[1], huse_dim, block)
+
+
+def duplicate_queries(stored: np.ndarray, huse_dim: int, served: ServedSpace) -> np.ndarray:
+    """Near-duplicate listing queries from stored index rows: their inner product with stored
+    rows is the cosine the bundle lists duplicates by (ServedSpace.duplicate_colour): the
+    whole visual blocks', colour histogram included, or their instance parts'."""
+    if not served.duplicate_colour:
+        return instance_queries(stored, huse_dim, served.block)
+    visual = split_stored(stored, huse_dim)[1]
+    q = np.zeros((len(visual), huse_dim + served.visual_dim), np.float32)
+    q[:, huse_dim:] = visual / BLOCK_SCALE  # stored blocks are unit / sqrt(2): undo it
+    return q
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,9 @@ class ServedSpace:
     # instance cosine at or above which a photo is taken for an indexed product (served_search);
     # None: the near-duplicate threshold (bundles before the two were told apart)
     recognition_threshold: float | None = None
+    # near duplicates are listed by the whole visual block's cosine, colour histogram included
+    # (chosen on validation photos, train.photo_search); False: by the instance part alone
+    duplicate_colour: bool = False
 
     @property
     def recognition(self) -> float:
@@ -194,7 +209,8 @@ class ServedSpace:
         return {"visual_dim": self.visual_dim, "visual_weight": self.visual_weight,
                 "near_duplicate_threshold": self.near_duplicate_threshold,
                 "recognition_threshold": self.recognition,
-                "colour_weight": self.block.colour_weight}
+                "colour_weight": self.block.colour_weight,
+                "duplicate_colour": self.duplicate_colour}
 
     @classmethod
     def from_bytes(cls, data: bytes, config: Mapping[str, Any], image_dim: int) -> ServedSpace:
@@ -210,7 +226,8 @@ class ServedSpace:
             raise ValueError(f"visual_weight must be in [0, 1], got {weight}")
         recognition = config.get("recognition_threshold")
         return cls(block, weight, float(config["near_duplicate_threshold"]),
-                   None if recognition is None else float(recognition))
+                   None if recognition is None else float(recognition),
+                   bool(config.get("duplicate_colour", False)))
 
     def stored(self, huse: np.ndarray, visual: np.ndarray) -> np.ndarray:
         """Index rows from HUSE embeddings and visual blocks (zero rows: no image)."""
@@ -244,12 +261,12 @@ class ServedSpace:
 DEFAULT_NEIGHBOURS = 10  # near-duplicate candidates per product (a listing rarely has more copies)
 
 
-def near_duplicates_of(index: Any, product_id: str, huse_dim: int, block: VisualBlock,
+def near_duplicates_of(index: Any, product_id: str, huse_dim: int, served: ServedSpace,
                        threshold: float, k: int = DEFAULT_NEIGHBOURS) -> list[Any]:
-    """Hits (score = instance cosine, see instance_probe) of one indexed product's near
+    """Hits (score = the listing cosine, see duplicate_queries) of one indexed product's near
     duplicates, best first: its k nearest other products with cosine >= threshold. `index` is
     an index.store.ProductIndex (duck-typed: embedder does not import index)."""
-    xq = instance_queries(index.vector(product_id)[None, :], huse_dim, block)
+    xq = duplicate_queries(index.vector(product_id)[None, :], huse_dim, served)
     hits = index.search(xq, k, exclude_ids=[product_id])[0]
     return [h for h in hits if h.score >= threshold]
 

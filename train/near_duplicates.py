@@ -1,8 +1,9 @@
 """Near-duplicate listings: products whose photos are the same item (re-encoded, cropped,
 resized, or the same product from two sellers), found by the visual block of the served index.
 
-A pair is a near duplicate when the cosine of their visual blocks' instance parts (without the
-colour histogram: embedder.visual.instance_probe) is at least the threshold
+A pair is a near duplicate when the listing cosine of their visual blocks (the whole block, or
+its instance part without the colour histogram, whichever found more copies of validation
+photos at the listing rate: embedder.visual.duplicate_queries) is at least the threshold
 (default: the bundle's `photo_search.near_duplicate_threshold`, picked on validation photos;
 see train.photo_search). `python -m train.huse near-duplicates --bundle B --index I` writes
 near_duplicates.csv and near_duplicates.html (a contact sheet) beside the index, or to --out.
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.visual import DEFAULT_NEIGHBOURS, VisualBlock, instance_queries
+from embedder.visual import DEFAULT_NEIGHBOURS, ServedSpace, duplicate_queries
 from huse_common.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,14 +38,14 @@ class DuplicatePair:
     similarity: float  # cosine of the visual blocks
 
 
-def find_pairs(index: Any, huse_dim: int, block: VisualBlock, threshold: float,
+def find_pairs(index: Any, huse_dim: int, served: ServedSpace, threshold: float,
                k: int = DEFAULT_NEIGHBOURS, batch: int = 256) -> list[DuplicatePair]:
-    """Every unordered pair of live products with instance cosine (embedder.visual.
-    instance_probe) >= threshold, best first."""
+    """Every unordered pair of live products with listing cosine (embedder.visual.
+    duplicate_queries) >= threshold, best first."""
     ids, xb = index.live_vectors()
     seen: dict[tuple[str, str], float] = {}
     for lo in range(0, len(ids), batch):
-        xq = instance_queries(xb[lo:lo + batch], huse_dim, block)
+        xq = duplicate_queries(xb[lo:lo + batch], huse_dim, served)
         for pid, hits in zip(ids[lo:lo + batch], index.search(xq, k + 1), strict=True):
             for h in hits:
                 if h.id != pid and h.score >= threshold:
@@ -183,7 +184,7 @@ def list_near_duplicates(bundle_dir: str | Path, index_dir: str | Path,
     threshold = bundle.near_duplicate_threshold if threshold is None else threshold
     out = Path(out_dir) if out_dir is not None else Path(index_dir)
     with ProductIndex.open(index_dir, expected_fingerprint=bundle.fingerprint) as index:
-        pairs = find_pairs(index, bundle.dim, bundle.visual_block, threshold)
+        pairs = find_pairs(index, bundle.dim, bundle.served_space, threshold)
         csv_path, html_path = write_outputs(pairs, index, out, threshold,
                                             media_root=Path(index_dir).parent)
     logger.info("%d near-duplicate pairs at visual cosine >= %.3f", len(pairs), threshold)

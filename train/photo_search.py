@@ -55,8 +55,10 @@ RULE = ("validation photo queries: among settings with instance R@1 - 1 standard
         "{min_r1} and leaf P@10 within {tol} of the best such, the highest mean attribute-column "
         "P@10 (ties: smaller weights); recognition threshold: Youden's J of own-product vs "
         "nearest-other instance cosine (the visual block without its colour histogram); "
-        "near-duplicate threshold: the cosine that at most {max_rate} of validation products' "
-        "nearest other product reaches, and not below the recognition threshold")
+        "near-duplicate listing: by the whole visual block's cosine or by the instance part's, "
+        "whichever puts more validation photos' own products at or above its threshold, the "
+        "cosine that at most {max_rate} of validation products' nearest other product reaches "
+        "(not below that score's Youden threshold)")
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,13 @@ class PhotoSearchChoice:
     validation: list[dict[str, Any]] = field(default_factory=list)  # every setting's scores
     frozen: dict[str, float] = field(default_factory=dict)  # the frozen backbone's, same queries
     recognition_threshold: float | None = None  # None: the near-duplicate threshold
+    listing: dict[str, Any] = field(default_factory=dict)  # duplicate_listing's choice
 
     def to_dict(self) -> dict:
         return {"setting": self.setting, "near_duplicate_threshold": self.near_duplicate_threshold,
                 "recognition_threshold": self.recognition_threshold, "rule": self.rule,
-                "frozen": self.frozen, "validation": self.validation}
+                "frozen": self.frozen, "validation": self.validation,
+                "near_duplicate_listing": self.listing}
 
 
 def listing_threshold(instance_db: np.ndarray, rows: np.ndarray, max_rate: float,
@@ -97,6 +101,26 @@ def duplicate_threshold(visual_db: np.ndarray, visual_q: np.ndarray,
     candidates = np.unique(np.concatenate([own, other]))
     j = [(own >= t).mean() - (other >= t).mean() for t in candidates]
     return float(candidates[int(np.argmax(j))])
+
+
+def duplicate_listing(block: VisualBlock, image: np.ndarray, q_feats: np.ndarray,
+                      own_rows: np.ndarray, max_rate: float) -> dict[str, Any]:
+    """How near duplicates are listed: by the cosine of the whole visual blocks (colour
+    histogram included) or of their instance parts, whichever lists more validation photo
+    queries' (cropped, mirrored, re-encoded copies') own products at its listing threshold
+    (listing_threshold at `max_rate`, floored at that score's Youden threshold); ties: the
+    instance part. -> {"colour", "threshold", "copies_listed": {variant: share}}."""
+    visual_db, visual_q = block.transform(image), block.transform(q_feats)
+    found: dict[bool, tuple[float, float]] = {}
+    for colour in ((False, True) if block.colour_dim else (False,)):
+        db, q = ((l2n(visual_db), l2n(visual_q)) if colour
+                 else (block.instance(visual_db), block.instance(visual_q)))
+        t = listing_threshold(db, own_rows, max_rate, duplicate_threshold(db, q, own_rows))
+        found[colour] = (float(np.mean((q * db[own_rows]).sum(axis=1) >= t)), t)
+    colour = max(found, key=lambda c: (found[c][0], not c))
+    return {"colour": colour, "threshold": found[colour][1],
+            "copies_listed": {"whole block" if c else "instance part": round(v[0], 4)
+                              for c, v in found.items()}}
 
 
 def served_scores(db: np.ndarray, huse_q: np.ndarray, visual_q: np.ndarray, weight: float,
@@ -196,20 +220,21 @@ def choose_served_space(huse_db: np.ndarray, image: np.ndarray, train_rows: np.n
     best = pick(validation, grid.min_instance_r1, grid.leaf_tolerance)
     chosen = blocks[(best["visual_dim"], best["whiten"], best["colour_weight"])]
     recognition = chosen.near_duplicate_threshold
-    listing = listing_threshold(chosen.block.instance(chosen.block.transform(image)), own_rows,
-                                grid.duplicate_max_rate, recognition)
-    served = ServedSpace(chosen.block, float(best["visual_weight"]), listing, recognition)
+    listing = duplicate_listing(chosen.block, image, q_feats, own_rows, grid.duplicate_max_rate)
+    served = ServedSpace(chosen.block, float(best["visual_weight"]), listing["threshold"],
+                         recognition, listing["colour"])
     setting = {k: best[k] for k in ("visual_dim", "whiten", "colour_weight", "visual_weight")}
     logger.info("photo search: %s, recognition threshold %.3f, near-duplicate threshold %.3f "
-                "(val instance R@1 %.3f, leaf P@10 %.3f)", setting, recognition, listing,
+                "(%s; val instance R@1 %.3f, leaf P@10 %.3f)", setting, recognition,
+                listing["threshold"], "whole block" if listing["colour"] else "instance part",
                 best["instance_r1"], best["leaf_p10"])
-    return served, PhotoSearchChoice(setting, listing,
+    return served, PhotoSearchChoice(setting, listing["threshold"],
                                      RULE.format(min_r1=grid.min_instance_r1,
                                                  tol=grid.leaf_tolerance,
                                                  max_rate=grid.duplicate_max_rate), validation,
                                      {"instance_r1": frozen["instance_r1"],
                                       "leaf_p10": frozen["leaf_p10"], **frozen["attr_p10"]},
-                                     recognition)
+                                     recognition, listing)
 
 
 def attribute_table(products: Sequence[Any]) -> dict[str, dict[str, Any]]:

@@ -157,7 +157,8 @@ def _photo_section(ev: dict) -> str:
             f"histogram's share {served.get('colour_weight', 0.0):g}), visual weight "
             f"{served['visual_weight']:g}, recognition threshold "
             f"{served.get('recognition_threshold', served['near_duplicate_threshold']):.3f}, "
-            f"near-duplicate threshold {served['near_duplicate_threshold']:.3f} "
+            f"near-duplicate threshold {served['near_duplicate_threshold']:.3f} on the "
+            f"{'whole block' if served.get('duplicate_colour') else 'instance part'} "
             f"({ps.get('rule', '')}).")
     return _table(header, rows, left=(0,)) + "\n\n" + note
 

@@ -282,7 +282,10 @@ def test_served_search_recognises_the_product_then_lists_its_neighbours(tmp_path
 
 def test_recognition_and_near_duplicates_leave_the_shared_colour_out(tmp_path):
     """Every product has the same colour histogram: with the colour weighing 0.6 of the visual
-    block, whole-block cosines would all be >= 0.6; the instance cosine still tells them apart."""
+    block, whole-block cosines would all be >= 0.6; the instance cosine still tells them apart.
+    A bundle that lists duplicates by the whole block (duplicate_colour) scores by it."""
+    import dataclasses
+
     from embedder.visual import ServedSpace, near_duplicates_of, served_search
     from index.build import build_product_index
     from index.store import ProductIndex, ProductRecord
@@ -313,7 +316,39 @@ def test_recognition_and_near_duplicates_leave_the_shared_colour_out(tmp_path):
         instance_cos = np.delete(inst @ inst[4], 4)
         whole_cos = np.delete(visual @ visual[4], 4)  # 0.4 * instance + 0.6 (shared colour)
         t = float(whole_cos.max()) - 1e-3
-        found = near_duplicates_of(index, "p4", 8, block, threshold=t)
+        found = near_duplicates_of(index, "p4", 8, served, threshold=t)
         assert len(found) == int((instance_cos >= t).sum()) < int((whole_cos >= t).sum())
         assert all(h.score == pytest.approx(float(inst[int(h.id[1:])] @ inst[4]), abs=1e-4)
-                   for h in near_duplicates_of(index, "p4", 8, block, threshold=-1.0))
+                   for h in near_duplicates_of(index, "p4", 8, served, threshold=-1.0))
+        whole = dataclasses.replace(served, duplicate_colour=True)
+        assert len(near_duplicates_of(index, "p4", 8, whole, threshold=t, k=11)) == int(
+            (whole_cos >= t).sum())
+        assert all(h.score == pytest.approx(float(visual[int(h.id[1:])] @ visual[4]), abs=1e-4)
+                   for h in near_duplicates_of(index, "p4", 8, whole, threshold=-1.0))
+
+
+def test_duplicate_listing_takes_the_colour_only_where_it_finds_more_copies():
+    """Copies keep their product's colour; other products of a look-alike pair differ in
+    colour: the whole block lists more copies at the same chance rate. With one colour for
+    every product, the colour cannot help and the instance part is kept."""
+    from train.photo_search import duplicate_listing
+
+    rng = np.random.default_rng(7)
+    n, pairs = 80, 40
+    base = rng.normal(size=(pairs, 24))
+    deep = np.repeat(base, 2, axis=0) + 0.35 * rng.normal(size=(n, 24))  # look-alike pairs
+    colours = np.abs(rng.normal(size=(n, 8)))
+    image = np.hstack([deep, colours]).astype(np.float32)
+    own = np.arange(0, n, 2)
+    copies = np.hstack([deep[own] + 0.3 * rng.normal(size=(len(own), 24)),
+                        colours[own] * (1 + 0.02 * rng.normal(size=(len(own), 8)))])
+    block = VisualBlock.fit(image, 12, colour_dim=8).with_colour_weight(0.6)
+    chosen = duplicate_listing(block, image, copies.astype(np.float32), own, max_rate=0.05)
+    shares = chosen["copies_listed"]
+    assert chosen["colour"] and shares["whole block"] > shares["instance part"]
+    same = image.copy()
+    same[:, 24:] = colours[0]
+    same_copies = copies.copy()
+    same_copies[:, 24:] = colours[0]
+    block = VisualBlock.fit(same, 12, colour_dim=8).with_colour_weight(0.6)
+    assert not duplicate_listing(block, same, same_copies.astype(np.float32), own, 0.05)["colour"]
