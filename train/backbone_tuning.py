@@ -51,7 +51,7 @@ def tuning_rows(y: np.ndarray, splits: Any, cfg: TrainConfig) -> tuple[np.ndarra
     return train, splits.val[y[splits.val] >= 0]
 
 
-def skip_reason(cfg: TrainConfig, n_train: int, streamed: bool) -> str:
+def skip_reason(cfg: TrainConfig, n_train: int, streamed: bool, parallel: bool = False) -> str:
     """Why the backbone stays frozen for this run; "" when it is tuned."""
     from embedder.backbones import is_efficientnet
     from embedder.colour import split_spec
@@ -63,6 +63,8 @@ def skip_reason(cfg: TrainConfig, n_train: int, streamed: bool) -> str:
         return f"{cfg.image_backbone} is not an EfficientNet"
     if streamed:
         return "the catalog streams from feature shards"
+    if parallel:  # each rank would train its own tail and embed with it
+        return "a distributed (torch.distributed) job"
     if n_train < t.min_train_products:
         return (f"{n_train} labelled training products < backbone_tuning.min_train_products="
                 f"{t.min_train_products}")

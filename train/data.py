@@ -121,6 +121,13 @@ def image_features(products: Sequence[Any], cfg: TrainConfig, tail: Any = None
     return image, info
 
 
+def with_tuned_image(feats: CatalogFeatures, cfg: TrainConfig, tail: Any) -> CatalogFeatures:
+    """`feats` with the image features of the backbone with `tail` (embedder.backbone_tail),
+    the packaged backbone's kept as `frozen_image` for the baselines."""
+    image, info = image_features(feats.products, cfg, tail)
+    return dataclasses.replace(feats, image=image, image_backbone=info, frozen_image=feats.image)
+
+
 def ray_features(catalog: str | Path, cfg: TrainConfig, address: str | None = None,
                  out_shards: str | Path | None = None) -> Any:
     """The catalog's frozen features computed on Ray (embedder.ray_features) into feature
@@ -258,10 +265,8 @@ def bundle_data(bundle: Any, catalog: str | Path, **explicit: Any) -> tuple[Trai
     label spaces."""
     cfg = config_from_bundle(bundle, **explicit)
     feats = load_features(catalog, cfg)
-    if bundle.image_tail is not None:  # the bundle's tuned backbone; the packaged one's too
-        image, info = image_features(feats.products, cfg, bundle.image_tail)
-        feats = dataclasses.replace(feats, image=image, image_backbone=info,
-                                    frozen_image=feats.image)
+    if bundle.image_tail is not None:
+        feats = with_tuned_image(feats, cfg, bundle.image_tail)
     values, _, splits = split_catalog(feats, cfg)
     y = {}
     for head in bundle.heads:

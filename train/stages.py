@@ -93,8 +93,9 @@ def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
     `feats` (train.data.CatalogFeatures, or train.streaming.ShardedFeatures) skips reading the
     catalog; without it, the catalog's size decides between the two (cfg.streaming)."""
     from embedder.tfidf import TfidfText
+    from train import distributed
     from train.backbone_tuning import skip_reason, tune_image_backbone
-    from train.data import image_features
+    from train.data import with_tuned_image
     from train.semantic_graph import build_semantic_graph
     from train.splits import build_label_spaces, oversample
     from train.streaming import held_rows, load_training_features, tower_text_input
@@ -109,16 +110,15 @@ def prepare(cfg: TrainConfig, rejects_path: Path | None = None,
     check_trainable(data, spaces, cfg)
     tuning = None
     y_leaf = spaces.y[leaf]
-    skip = skip_reason(cfg, int((y_leaf[splits.train] >= 0).sum()), feats.streamed)
+    skip = skip_reason(cfg, int((y_leaf[splits.train] >= 0).sum()), feats.streamed,
+                       distributed.current().parallel)
     if skip:
         logger.info("image backbone not tuned: %s", skip)
     else:
         with timed("backbone tuning", timings):
             tuning = tune_image_backbone(feats.products, y_leaf, splits, cfg)
         with timed("tuned image features", timings):
-            image, info = image_features(feats.products, cfg, tuning.tail)
-        feats = dataclasses.replace(feats, image=image, image_backbone=info,
-                                    frozen_image=feats.image)
+            feats = with_tuned_image(feats, cfg, tuning.tail)
         data = dataclasses.replace(data, feats=feats)
     tfidf = None
     if cfg.use_tfidf:

@@ -39,6 +39,7 @@ def test_skip_reasons():
     assert skip_reason(cfg, 100, streamed=False) == ""
     assert "min_train_products" in skip_reason(cfg, 99, streamed=False)
     assert "streams" in skip_reason(cfg, 100, streamed=True)
+    assert "distributed" in skip_reason(cfg, 100, streamed=False, parallel=True)
     off = TrainConfig(backbone_tuning=BackboneTuning(first_block=0))
     assert "first_block=0" in skip_reason(off, 10**6, streamed=False)
     hf = TrainConfig(image_backbone="hf:/some/vit+colour")
