@@ -23,7 +23,8 @@ def tuned_run(sample_catalog, tiny_text_backbone_dir, tmp_path_factory):
 
     from train.pipeline import run
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the suite shares 2 cores; restored below
     out = tmp_path_factory.mktemp("tuned_run")
     cfg = TrainConfig(catalog=str(sample_catalog), out=str(out / "model"),
                       cache_dir=str(out / "cache"), image_backbone="efficientnet-lite0+colour",
@@ -31,7 +32,10 @@ def tuned_run(sample_catalog, tiny_text_backbone_dir, tmp_path_factory):
                       embed_dim=16, image_towers=((32,),), text_tower=(32,), batch_size=32,
                       max_epochs=2, min_per_class=1, tfidf_max_features=200, num_workers=0,
                       device="cpu", index_factory="Flat", photo_visual_dims=(16,))
-    return cfg, Path(run(cfg))
+    try:
+        return cfg, Path(run(cfg))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_skip_reasons():
