@@ -28,6 +28,9 @@ class ProductFeatures:
 
     products: list[Any]  # embedder.catalog.Product, valid ones in catalog order
     text_backbone: Any  # the loaded text backbone (it also embeds class names)
+    # the packaged image backbone's (n, Di) features when `image` comes from a tuned one (the
+    # baselines read them); None: the image features are the packaged backbone's
+    frozen_image: np.ndarray | None = None
 
     @property
     def titles(self) -> list[str]:
@@ -51,8 +54,7 @@ class CatalogFeatures(ProductFeatures):
     image_backbone: Any  # embedder.bundle_config.BackboneInfo
     text_backbone: Any
     catalog_summary: dict
-    # the packaged backbone's (n, Di) features when `image` comes from a tuned one (baselines)
-    frozen_image: np.ndarray | None = None
+    frozen_image: np.ndarray | None = None  # see ProductFeatures
     streamed = False  # train.streaming.ShardedFeatures: True
 
     @property
@@ -216,7 +218,7 @@ class SplitData:
     def rows(self, rows: np.ndarray) -> LabeledFeatures:
         f = self.feats
         image, text = f.take(rows)
-        frozen = getattr(f, "frozen_image", None)
+        frozen = f.frozen_image
         return LabeledFeatures(
             product_ids=[f.products[i].id for i in rows],
             titles=[f.products[i].title for i in rows],

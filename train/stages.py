@@ -319,7 +319,7 @@ def evaluate(data: SplitData, bundle: Any, cfg: Any = None,
             evaluation["photo_search"] = {
                 **photo_report(bundle, products, image, text, text, rows.test,
                                getattr(cfg, "seed", 0), cache_dir,
-                               frozen_image=getattr(data.feats, "frozen_image", None)),
+                               frozen_image=data.feats.frozen_image),
                 "rule": bundle.config.photo_search.get("rule", "")}
     return Evaluated(evaluation, artifacts)
 
